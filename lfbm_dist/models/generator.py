@@ -1,0 +1,64 @@
+"""Top-down ConvNet generators g_β(z): (B, nz) -> (B, C, R, R) in [−1, 1].
+
+The named architectures are the paper's Table 7 (SVHN 32², CIFAR-10 32², CelebA 64²) and
+Table 12 (CelebAMask-HQ 256²) as implemented by the official code: transposed convolutions
+(kernel 4, stride 2, padding 1) doubling the resolution, LeakyReLU(0.2), tanh output,
+Xavier-normal weights. `celebahq256` with nz=128, ngf=128 has exactly Table 13's
+49,817,731 parameters. The `tiny*` ones are for tests and the CPU quickstart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    first_kernel: int          # 1×1 latent -> first_kernel² feature map
+    channel_mults: tuple[int, ...]  # feature channels per stage, in units of ngf
+    final_upsample: bool       # last layer: ×2 transposed conv (True) or 3×3 'same' conv (False)
+    default_ngf: int
+
+    def resolution(self) -> int:
+        return self.first_kernel * 2 ** (len(self.channel_mults) - 1) * (2 if self.final_upsample else 1)
+
+
+GENERATOR_SPECS: dict[str, GeneratorSpec] = {
+    "tiny16": GeneratorSpec(4, (2, 1), True, 16),
+    "tiny32": GeneratorSpec(4, (4, 2, 1), True, 16),
+    "svhn32": GeneratorSpec(4, (8, 4, 2), True, 64),
+    "cifar10_32": GeneratorSpec(8, (8, 4, 2), False, 128),
+    "celeba64": GeneratorSpec(4, (8, 4, 2, 1), True, 128),
+    "celebahq256": GeneratorSpec(4, (16, 8, 4, 2, 2, 1), True, 128),
+}
+
+
+class ConvGenerator(nn.Module):
+    def __init__(self, spec: GeneratorSpec, nz: int, ngf: int, image_channels: int = 3, leak: float = 0.2):
+        super().__init__()
+        self.nz, self.resolution, self.image_channels = nz, spec.resolution(), image_channels
+        widths = [m * ngf for m in spec.channel_mults]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, widths[0], spec.first_kernel, 1, 0), nn.LeakyReLU(leak)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(leak)]
+        if spec.final_upsample:
+            layers.append(nn.ConvTranspose2d(widths[-1], image_channels, 4, 2, 1))
+        else:
+            layers.append(nn.ConvTranspose2d(widths[-1], image_channels, 3, 1, 1))
+        layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.ConvTranspose2d):
+                nn.init.xavier_normal_(m.weight)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.reshape(z.shape[0], self.nz, 1, 1))  # (B, C, R, R)
+
+
+def build_generator(arch: str, nz: int, ngf: int | None = None, image_channels: int = 3) -> ConvGenerator:
+    if arch not in GENERATOR_SPECS:
+        raise ValueError(f"unknown generator arch {arch!r}; choose from {sorted(GENERATOR_SPECS)}")
+    spec = GENERATOR_SPECS[arch]
+    return ConvGenerator(spec, nz, ngf or spec.default_ngf, image_channels)
