@@ -118,6 +118,11 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__}")
         return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)
@@ -186,7 +191,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         for k in reversed(keys):
             nested = {k: nested}
         _merge(cfg, nested, "", "command line")
-    validate(cfg, source)
+    validate(cfg, f"{source} (+ command-line overrides)" if overrides else source)
     return cfg
 
 

@@ -1,0 +1,29 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# Tests are CPU-only and single-threaded per process so multi-process tests do not oversubscribe
+# CI's two cores.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+def randomize_(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter so tests do not run on the (near-identity) initialisation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module
