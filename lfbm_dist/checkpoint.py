@@ -4,7 +4,8 @@ Layout of one checkpoint (a directory under RUN_DIR/checkpoints/):
 
     ckpt-000000012800/            name = images seen, zero-padded so names sort by progress
         model.safetensors ...     Accelerate `save_state`: model, optimizer, every rank's RNG
-        trainer_state.json        counters, data position, best metrics (plain JSON)
+        trainer_state.json        counters and best metrics (plain JSON)
+        data_state_rank{R}.json   each rank's data-stream position (ranks read different samples)
         config.yaml               the resolved config that produced it
         COMPLETE                  written last; a directory without it is never loaded
 
@@ -60,7 +61,7 @@ def assert_finite(module: torch.nn.Module) -> None:
 
 
 def save(engine, wrapped, plain: torch.nn.Module, cfg: Config, trainer_state: dict[str, Any],
-         keep: int) -> Path:
+         keep: int, data_state: dict[str, Any] | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     root = checkpoint_root(cfg.train.run_dir)
     name = f"ckpt-{int(trainer_state['images_seen']):012d}"
@@ -72,6 +73,7 @@ def save(engine, wrapped, plain: torch.nn.Module, cfg: Config, trainer_state: di
         tmp.mkdir(parents=True)
     engine.barrier()
     engine.accelerator.save_state(str(tmp), safe_serialization=True)
+    (tmp / f"data_state_rank{engine.rank}.json").write_text(json.dumps(data_state or {}, sort_keys=True))
     engine.barrier()
     if engine.is_main:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
@@ -106,14 +108,19 @@ def check_compatible(ckpt_dir: Path, cfg: Config) -> dict[str, Any]:
     return state
 
 
-def load(engine, ckpt_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Collective: restore model/optimizer/RNG into the prepared objects; return trainer state."""
+def load(engine, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Collective: restore model/optimizer/RNG into the prepared objects.
+
+    Returns (trainer state, this rank's data position — empty if the checkpoint has none for it).
+    """
     state = check_compatible(ckpt_dir, cfg)
+    data_file = ckpt_dir / f"data_state_rank{engine.rank}.json"
+    data_state = json.loads(data_file.read_text()) if data_file.is_file() else {}
     try:
         engine.accelerator.load_state(str(ckpt_dir))
     except Exception as exc:  # truncated or foreign files: name the checkpoint, not a stack trace
         raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
-    return state
+    return state, data_state
 
 
 def resolve_resume(cfg: Config) -> Path | None:

@@ -67,7 +67,13 @@ class DataConfig:
     shards: list[str] = field(default_factory=list)  # shard source: URLs, brace patterns or index files
     resolution: int = 16            # images are resized to this (must match the generator)
     hflip: bool = True              # random horizontal flip
-    num_workers: int = 0
+    num_workers: int = 0            # DataLoader worker processes per rank (shards)
+    shuffle_buffer: int = 1000      # samples held by each worker's seeded shuffle buffer
+    on_mismatch: Literal["convert", "skip", "error"] = "convert"  # wrong size/mode: fix, skip+count, or stop
+    max_corrupt_samples: int = 100  # skipped (logged) unusable samples per worker before the run stops
+    allow_pipe: bool = False        # allow `pipe:` shard URLs (they run shell commands)
+    occlusion: str = "none"         # train on occluded images: none|center|region:20|saltpepper:50 (§4.6)
+    mask_seed: int = 0              # occlusion masks are a function of (mask_seed, sample key)
     max_samples: int = 0            # memory source: keep the first N (0 = all)
 
 
@@ -228,6 +234,16 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(d.resolution == resolution, "data.resolution", f"must equal generator '{g.arch}' output {resolution}, got {d.resolution}")
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(d.max_samples >= 0, "data.max_samples", f"must be >= 0, got {d.max_samples}")
+    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {d.shuffle_buffer}")
+    need(d.max_corrupt_samples >= 0, "data.max_corrupt_samples", f"must be >= 0, got {d.max_corrupt_samples}")
+    from .data.masks import MaskSpecError, parse_mask_spec
+
+    try:
+        parse_mask_spec(d.occlusion)
+    except MaskSpecError as exc:
+        raise ConfigError(f"{source}: data.occlusion: {exc}") from None
+    need(d.allow_pipe or not any(s.startswith("pipe:") for s in d.shards), "data.shards",
+         "has a pipe: URL (runs a shell command); set data.allow_pipe=true to allow it")
     need(d.source != "shards" or len(d.shards) > 0, "data.shards", "must name at least one shard when data.source is 'shards'")
     need(t.total_kimg > 0, "train.total_kimg", f"must be > 0, got {t.total_kimg}")
     need(t.batch_per_gpu >= 1, "train.batch_per_gpu", f"must be >= 1, got {t.batch_per_gpu}")

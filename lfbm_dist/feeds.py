@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
 from .config import Config
+from .data.masks import make_mask
 from .data.memory import MemorySampler, load_memory_dataset, to_model_range
 from .seeding import per_sample_uniform
 
 _FLIP_STREAM = 1  # seeding stream id for horizontal flips (Langevin noise uses stream 0)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor                 # (B, C, R, R) float in [−1, 1], on the device
+    positions: list[int]            # global sample indices: keys of per-sample randomness
+    mask: torch.Tensor | None = None  # (B, 1, R, R) float, 1 = visible (learning from occluded data)
+    keys: list[str] | None = None   # dataset sample keys
 
 
 class MemoryFeed:
@@ -23,6 +34,8 @@ class MemoryFeed:
         self.sampler = MemorySampler(len(self.images), t.seed)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.batch_per_gpu, self.seed, self.hflip = t.batch_per_gpu, t.seed, d.hflip
+        self.occlusion, self.mask_seed, self.resolution = d.occlusion, d.mask_seed, d.resolution
+        self.corrupt_skipped = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -33,7 +46,7 @@ class MemoryFeed:
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def micro_batch(self, images_seen: int, step: int, micro: int) -> tuple[torch.Tensor, list[int]]:
+    def micro_batch(self, images_seen: int, step: int, micro: int) -> Batch:
         start = images_seen + (micro * self.world_size + self.rank) * self.batch_per_gpu
         positions = list(range(start, start + self.batch_per_gpu))
         rows = torch.tensor([self.sampler.index(p) for p in positions])
@@ -41,12 +54,16 @@ class MemoryFeed:
         if self.hflip:
             flip = per_sample_uniform(self.seed, step, positions, _FLIP_STREAM) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x.to(self.device, non_blocking=True), positions
+        mask = None
+        if self.occlusion != "none":  # keyed by dataset row: the same image always has the same mask
+            mask = torch.stack([make_mask(self.occlusion, self.resolution, str(int(r)), self.mask_seed)
+                                for r in rows]).float().to(self.device)
+        return Batch(x.to(self.device, non_blocking=True), positions, mask, [str(int(r)) for r in rows])
 
 
 def build_feed(cfg: Config, rank: int, world_size: int, device: torch.device):
     if cfg.data.source == "memory":
         return MemoryFeed(cfg, rank, world_size, device)
-    from .data.shards import ShardFeed  # the streaming loader (WebDataset)
+    from .data.shard_feed import ShardFeed  # the streaming loader (WebDataset shards)
 
     return ShardFeed(cfg, rank, world_size, device)

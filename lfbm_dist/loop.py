@@ -60,11 +60,12 @@ def training_loop(cfg: Config) -> dict:
     plain = engine.unwrap(wrapped)  # Langevin, sampling, export; `wrapped` only for the learning step
     feed = build_feed(cfg, engine.rank, engine.world_size, engine.device)
 
-    state = {"step": 0, "images_seen": 0, "skipped_steps": 0, "data": {}, "best": {}}
+    state = {"step": 0, "images_seen": 0, "skipped_steps": 0, "best": {}}
     resume_from = checkpoint.resolve_resume(cfg)
     if resume_from is not None:
-        state.update(checkpoint.load(engine, resume_from, cfg))
-        feed.load_state_dict(state["data"])
+        saved, data_state = checkpoint.load(engine, resume_from, cfg)
+        state.update(saved)
+        feed.load_state_dict(data_state)
         if engine.is_main:
             print(f"resumed from {resume_from} at kimg {state['images_seen'] / 1000:.3f}", flush=True)
 
@@ -91,14 +92,15 @@ def training_loop(cfg: Config) -> dict:
 
         # -- phase 1+2 per micro-batch: posterior inference (plain module), then the learning loss
         for micro in range(t.accumulation_steps):
-            x, positions = feed.micro_batch(images_seen, step, micro)
+            batch = feed.micro_batch(images_seen, step, micro)
+            x, positions, mask = batch.x, batch.positions, batch.mask
             if fixed_x is None:
                 fixed_x = x[:8].clone()
             chains = per_sample_normal(t.seed, step, positions, (lv.num_steps + 1, cfg.generator.nz),
                                        _LANGEVIN_STREAM).to(engine.device, non_blocking=True)
             z, lstats = langevin_posterior(
                 plain.generator, plain.prior, x, num_steps=lv.num_steps, step_size=lv.step_size,
-                sigma=lv.sigma, z_init=chains[:, 0], noise=chains[:, 1:], add_noise=lv.add_noise,
+                sigma=lv.sigma, mask=mask, z_init=chains[:, 0], noise=chains[:, 1:], add_noise=lv.add_noise,
                 autocast_dtype=engine.autocast_dtype, return_stats=True)
             prior_noise = None
             if isinstance(plain.prior, EBMPrior):
@@ -107,7 +109,8 @@ def training_loop(cfg: Config) -> dict:
                                                 _PRIOR_CHAIN_STREAM).to(engine.device, non_blocking=True)
             last = micro == t.accumulation_steps - 1
             with engine.no_sync(wrapped, skip_sync=not last):
-                loss, stats = wrapped(x, z, autocast_dtype=engine.autocast_dtype, prior_chain_noise=prior_noise)
+                loss, stats = wrapped(x, z, mask=mask, autocast_dtype=engine.autocast_dtype,
+                                      prior_chain_noise=prior_noise)
                 engine.backward(loss / t.accumulation_steps)
             stats.update(lstats)
             for key, value in stats.items():
@@ -147,14 +150,15 @@ def training_loop(cfg: Config) -> dict:
             for group in optimizer.param_groups:
                 values[f"lr/{group.get('name', 'group')}"] = group["lr"]
             values["skipped_steps"] = float(state["skipped_steps"])
+            values["data/corrupt_skipped"] = float(feed.corrupt_skipped)  # this rank's count (rank 0 logs)
             observer.scalars(values, now)
             observer.status(state["step"], now, values)
             tick_sums, tick_count = {}, 0
         if _kimg_due(prev, now, t.image_every_kimg) or done:
             _log_images(observer, plain, fixed_x, cfg, engine, now)
         if _kimg_due(prev, now, t.snapshot_every_kimg) or done:
-            state["data"] = feed.state_dict()
-            checkpoint.save(engine, wrapped, plain, cfg, dict(state), keep=t.keep_snapshots)
+            checkpoint.save(engine, wrapped, plain, cfg, dict(state), keep=t.keep_snapshots,
+                            data_state=feed.state_dict())
 
     observer.close()
     if engine.is_main:

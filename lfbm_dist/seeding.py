@@ -16,6 +16,12 @@ def sample_seed(*keys: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def text_seed(*parts: object) -> int:
+    """A 63-bit seed from arbitrary parts (e.g. a run seed and a sample key string)."""
+    digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
 def per_sample_normal(seed: int, step: int, sample_indices: list[int], shape: tuple[int, ...],
                       stream: int = 0) -> torch.Tensor:
     """(B, *shape) standard normals; row i depends only on (seed, step, sample_indices[i], stream).

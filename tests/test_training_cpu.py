@@ -9,9 +9,12 @@ from tb_read import read_events, scalar_series
 
 @pytest.mark.slow
 def test_few_hundred_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
-    run_dir = tmp_path / "run"
+    run_dir, shard_dir = tmp_path / "run", tmp_path / "lfw16"
+    build = [PYTHON, "-m", "data_tools.build_shards", "demo", "--name", "lfw", "--out", str(shard_dir),
+             "--resolution", "16", "--samples-per-shard", "64", "--no-progress"]
+    assert subprocess.run(build, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
     cmd = [PYTHON, "-m", "lfbm_dist.train", "--config", "configs/quickstart.yaml",
-           f"train.run_dir={run_dir}", "train.total_kimg=9.6", "train.batch_per_gpu=32",
+           f"data.shards=[{shard_dir}/index.json]", f"train.run_dir={run_dir}", "train.total_kimg=9.6", "train.batch_per_gpu=32",
            "train.log_every_kimg=0.32", "train.image_every_kimg=4.8", "train.snapshot_every_kimg=0"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,1 @@
+"""Offline tools that build and verify WebDataset shards for lfbm_dist."""
