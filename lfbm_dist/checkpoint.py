@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from .config import Config
+from .safe_load import restricted_torch_load
 
 COMPLETE_MARKER = "COMPLETE"
 # Config sections that change the shapes or meaning of the saved tensors.
@@ -117,7 +118,8 @@ def load(engine, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], dict[str,
     data_file = ckpt_dir / f"data_state_rank{engine.rank}.json"
     data_state = json.loads(data_file.read_text()) if data_file.is_file() else {}
     try:
-        engine.accelerator.load_state(str(ckpt_dir))
+        with restricted_torch_load():
+            engine.accelerator.load_state(str(ckpt_dir))
     except Exception as exc:  # truncated or foreign files: name the checkpoint, not a stack trace
         raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
     return state, data_state

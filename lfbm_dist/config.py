@@ -91,6 +91,8 @@ class TrainConfig:
     image_every_kimg: float = 0.0   # image grids to TensorBoard; 0 = only at the end
     keep_snapshots: int = 3
     resume: str = "none"            # none | auto | path to a checkpoint directory
+    collective_timeout_min: float = 30.0  # process-group timeout: covers long evaluations between collectives
+    max_consecutive_skips: int = 10  # non-finite steps in a row before the run stops
 
 
 @dataclass
@@ -254,6 +256,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     for key in ("log_every_kimg", "snapshot_every_kimg", "image_every_kimg"):
         need(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
     need(t.keep_snapshots >= 1, "train.keep_snapshots", f"must be >= 1, got {t.keep_snapshots}")
+    need(t.collective_timeout_min > 0, "train.collective_timeout_min", f"must be > 0, got {t.collective_timeout_min}")
+    need(t.max_consecutive_skips >= 1, "train.max_consecutive_skips", f"must be >= 1, got {t.max_consecutive_skips}")
     need(bool(t.run_dir), "train.run_dir", "must not be empty")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from .seeding import per_sample_normal
 _LANGEVIN_STREAM = 0       # seeding stream of the posterior chain start + noise
 _PRIOR_CHAIN_STREAM = 2    # seeding stream of the EBM prior chains (LEBM baseline)
 _SAMPLE_SEED = 12345       # fixed latents for the prior-sample grids
+# Fault injection for tests: steps (comma-separated) whose latents are made non-finite.
+_FAULT_NAN_STEPS = {int(s) for s in os.environ.get("LFBM_FAULT_NAN_STEPS", "").split(",") if s.strip()}
 
 
 class NonFiniteError(RuntimeError):
@@ -74,7 +77,8 @@ def training_loop(cfg: Config) -> dict:
 
     observer = Observer(t.run_dir, engine.is_main, total_images, state["images_seen"])
     if engine.is_main:
-        print(f"lfbm_dist: {engine.world_size} rank(s) on {engine.device}, global batch {global_batch}, "
+        print(f"lfbm_dist: {engine.world_size} rank(s) on {engine.device} ({engine.backend_name}), "
+              f"global batch {global_batch}, "
               f"generator {count_parameters(plain.generator):,} + prior {count_parameters(plain.prior):,} "
               f"parameters, run dir {run_dir}", flush=True)
     # Statistics accumulate on the device and are read once per logging tick (no per-step sync).
@@ -90,52 +94,63 @@ def training_loop(cfg: Config) -> dict:
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * scale
 
-        # -- phase 1+2 per micro-batch: posterior inference (plain module), then the learning loss
+        # -- phase 1: posterior inference for every micro-batch (plain module: no collectives)
+        micro_batches = []
         for micro in range(t.accumulation_steps):
             batch = feed.micro_batch(images_seen, step, micro)
-            x, positions, mask = batch.x, batch.positions, batch.mask
             if fixed_x is None:
-                fixed_x = x[:8].clone()
-            chains = per_sample_normal(t.seed, step, positions, (lv.num_steps + 1, cfg.generator.nz),
+                fixed_x = batch.x[:8].clone()
+            chains = per_sample_normal(t.seed, step, batch.positions, (lv.num_steps + 1, cfg.generator.nz),
                                        _LANGEVIN_STREAM).to(engine.device, non_blocking=True)
             z, lstats = langevin_posterior(
-                plain.generator, plain.prior, x, num_steps=lv.num_steps, step_size=lv.step_size,
-                sigma=lv.sigma, mask=mask, z_init=chains[:, 0], noise=chains[:, 1:], add_noise=lv.add_noise,
-                autocast_dtype=engine.autocast_dtype, return_stats=True)
-            prior_noise = None
-            if isinstance(plain.prior, EBMPrior):
-                prior_noise = per_sample_normal(t.seed, step, positions,
-                                                (plain.prior.langevin_steps + 1, cfg.generator.nz),
-                                                _PRIOR_CHAIN_STREAM).to(engine.device, non_blocking=True)
-            last = micro == t.accumulation_steps - 1
-            with engine.no_sync(wrapped, skip_sync=not last):
-                loss, stats = wrapped(x, z, mask=mask, autocast_dtype=engine.autocast_dtype,
-                                      prior_chain_noise=prior_noise)
-                engine.backward(loss / t.accumulation_steps)
-            stats.update(lstats)
-            for key, value in stats.items():
-                tick_sums[key] = tick_sums.get(key, 0.0) + value.float()
-            tick_count += 1
+                plain.generator, plain.prior, batch.x, num_steps=lv.num_steps, step_size=lv.step_size,
+                sigma=lv.sigma, mask=batch.mask, z_init=chains[:, 0], noise=chains[:, 1:],
+                add_noise=lv.add_noise, autocast_dtype=engine.autocast_dtype, return_stats=True)
+            if step in _FAULT_NAN_STEPS:  # test hook: inject a non-finite latent
+                z[0, 0] = float("nan")
+            micro_batches.append((batch, z, lstats))
 
-        # -- phase 3: non-finite guard, then one Adam step on both parameter groups
-        grads = [p.grad for p in plain.parameters() if p.grad is not None]
-        # One host–device sync per optimizer step: the guard must decide before the update.
-        # Gradients are already all-reduced, so every rank takes the same decision; non-finite
-        # latents or losses always surface here as non-finite gradients.
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        # -- phase 2: non-finite guard on the latents, one decision for all ranks
+        # Host–device sync + one tiny all-reduce per step: the step must be skipped on every rank or none.
+        finite = engine.all_ranks_true(all(bool(torch.isfinite(z).all()) for _, z, _ in micro_batches))
+
+        # -- phase 3: learning step through the wrapped module; one Adam step on α and β
         if finite:
-            if cfg.optim.grad_clip > 0:
+            for batch, z, lstats in micro_batches:
+                prior_noise = None
+                if isinstance(plain.prior, EBMPrior):
+                    prior_noise = per_sample_normal(t.seed, step, batch.positions,
+                                                    (plain.prior.langevin_steps + 1, cfg.generator.nz),
+                                                    _PRIOR_CHAIN_STREAM).to(engine.device, non_blocking=True)
+                with engine.accumulate(wrapped):
+                    loss, stats = wrapped(batch.x, z, mask=batch.mask, autocast_dtype=engine.autocast_dtype,
+                                          prior_chain_noise=prior_noise)
+                    engine.backward(loss)  # scaled by 1/accumulation_steps inside
+                stats.update(lstats)
+                for key, value in stats.items():
+                    tick_sums[key] = tick_sums.get(key, 0.0) + value.float()
+                tick_count += 1
+            # DDP: gradients are all-reduced, so every rank takes the same decision (host sync).
+            # DeepSpeed keeps gradients in its own partitions and has already stepped in backward.
+            grads = [p.grad for p in plain.parameters() if p.grad is not None]
+            finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+            if finite and cfg.optim.grad_clip > 0 and not engine.uses_deepspeed:
                 for group in optimizer.param_groups:
                     torch.nn.utils.clip_grad_norm_(group["params"], cfg.optim.grad_clip)
-            optimizer.step()
+            if finite:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if finite:
             consecutive_skips = 0
         else:
             state["skipped_steps"] += 1
             consecutive_skips += 1
-            if consecutive_skips >= 10:
-                raise NonFiniteError(f"10 consecutive non-finite steps at step {step}; stopping "
+            if engine.is_main:
+                print(f"warning: non-finite latents or gradients at step {step}: step skipped "
+                      f"({consecutive_skips} in a row)", flush=True)
+            if consecutive_skips >= t.max_consecutive_skips:
+                raise NonFiniteError(f"{consecutive_skips} consecutive non-finite steps at step {step}; stopping "
                                      "(lower the learning rates or the Langevin step size)")
-        optimizer.zero_grad(set_to_none=True)
         state["step"] = step + 1
         state["images_seen"] = images_seen + global_batch
 
@@ -144,8 +159,10 @@ def training_loop(cfg: Config) -> dict:
         done = now >= total_images
         if _kimg_due(prev, now, t.log_every_kimg) or done:
             keys = sorted(tick_sums)
-            means = engine.reduce_mean(torch.stack([tick_sums[k] / tick_count for k in keys]))
-            values = dict(zip(keys, means.tolist()))  # host sync: once per logging tick
+            values = {}
+            if keys:  # empty only if every step of the tick was skipped
+                means = engine.reduce_mean(torch.stack([tick_sums[k] / tick_count for k in keys]))
+                values = dict(zip(keys, means.tolist()))  # host sync: once per logging tick
             values["images_per_sec"] = observer.images_per_sec(now) * (1 if engine.is_main else 0)
             for group in optimizer.param_groups:
                 values[f"lr/{group.get('name', 'group')}"] = group["lr"]

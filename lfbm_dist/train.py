@@ -40,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_config(cfg), end="")
         return 0
     from lfbm_dist.checkpoint import CheckpointError
+    from lfbm_dist.data.shards import DataError
     from lfbm_dist.engine import LaunchError
-    from lfbm_dist.loop import training_loop
+    from lfbm_dist.loop import NonFiniteError, training_loop
 
     try:
         training_loop(cfg)
-    except (CheckpointError, LaunchError) as exc:
+    except (CheckpointError, LaunchError, DataError, NonFiniteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
