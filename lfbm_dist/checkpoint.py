@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 
+from . import faults
 from .config import Config
 from .safe_load import restricted_torch_load
 
@@ -75,6 +76,7 @@ def save(engine, wrapped, plain: torch.nn.Module, cfg: Config, trainer_state: di
     engine.barrier()
     engine.accelerator.save_state(str(tmp), safe_serialization=True)
     (tmp / f"data_state_rank{engine.rank}.json").write_text(json.dumps(data_state or {}, sort_keys=True))
+    faults.in_save(int(trainer_state["images_seen"]))
     engine.barrier()
     if engine.is_main:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True))

@@ -64,6 +64,7 @@ def _deepspeed_plugin(cfg: Config):
     ds_config = json.loads(open(config_file).read()) if config_file and config_file != "none" else {}
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", ds_config.get("zero_optimization", {}).get("stage", 2)))
     ds_config.setdefault("zero_optimization", {})["stage"] = stage
+    ds_config = {k: v for k, v in ds_config.items() if v != "auto"}  # ours fill these below
     ds_config.update({
         "train_micro_batch_size_per_gpu": cfg.train.batch_per_gpu,
         "gradient_accumulation_steps": cfg.train.accumulation_steps,

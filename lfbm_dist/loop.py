@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import yaml
 
-from . import checkpoint
+from . import checkpoint, faults
 from .config import Config
 from .engine import Engine
 from .factory import build_model, build_optimizer, count_parameters
@@ -26,8 +25,6 @@ from .seeding import per_sample_normal
 _LANGEVIN_STREAM = 0       # seeding stream of the posterior chain start + noise
 _PRIOR_CHAIN_STREAM = 2    # seeding stream of the EBM prior chains (LEBM baseline)
 _SAMPLE_SEED = 12345       # fixed latents for the prior-sample grids
-# Fault injection for tests: steps (comma-separated) whose latents are made non-finite.
-_FAULT_NAN_STEPS = {int(s) for s in os.environ.get("LFBM_FAULT_NAN_STEPS", "").split(",") if s.strip()}
 
 
 class NonFiniteError(RuntimeError):
@@ -106,7 +103,7 @@ def training_loop(cfg: Config) -> dict:
                 plain.generator, plain.prior, batch.x, num_steps=lv.num_steps, step_size=lv.step_size,
                 sigma=lv.sigma, mask=batch.mask, z_init=chains[:, 0], noise=chains[:, 1:],
                 add_noise=lv.add_noise, autocast_dtype=engine.autocast_dtype, return_stats=True)
-            if step in _FAULT_NAN_STEPS:  # test hook: inject a non-finite latent
+            if step in faults.NAN_STEPS:  # test hook: inject a non-finite latent
                 z[0, 0] = float("nan")
             micro_batches.append((batch, z, lstats))
 
@@ -153,6 +150,8 @@ def training_loop(cfg: Config) -> dict:
                                      "(lower the learning rates or the Langevin step size)")
         state["step"] = step + 1
         state["images_seen"] = images_seen + global_batch
+
+        faults.after_step()
 
         # ---------------------------------------------------------------- maintenance
         prev, now = images_seen, state["images_seen"]

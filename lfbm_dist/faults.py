@@ -1,0 +1,31 @@
+"""Fault injection for the test suite, driven by environment variables (all unset in normal runs).
+
+LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non-finite guard tests)
+LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
+LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
+                                 images seen, after the shards are written and before the rename
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def _ints(name: str) -> set[int]:
+    return {int(v) for v in os.environ.get(name, "").split(",") if v.strip()}
+
+
+NAN_STEPS = _ints("LFBM_FAULT_NAN_STEPS")
+STEP_SLEEP = float(os.environ.get("LFBM_FAULT_STEP_SLEEP", "0") or 0)
+KILL_IN_SAVE = _ints("LFBM_FAULT_KILL_IN_SAVE")
+
+
+def after_step() -> None:
+    if STEP_SLEEP > 0:
+        time.sleep(STEP_SLEEP)
+
+
+def in_save(images_seen: int) -> None:
+    if images_seen in KILL_IN_SAVE:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,42 @@
+"""Run the real entry points the way users do: one process, accelerate launch (DDP / DeepSpeed)."""
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from conftest import PYTHON, ROOT
+
+ACCELERATE = str(Path(PYTHON).parent / "accelerate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(kind: str, *args: str) -> list[str]:
+    if kind == "single":
+        return [PYTHON, "-m", "lfbm_dist.train", *args]
+    common = ["launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]
+    if kind == "ddp2":
+        backend = ["--multi_gpu", "--num_processes", "2"]
+    elif kind in ("zero1", "zero2"):
+        backend = ["--use_deepspeed", "--num_processes", "2", "--zero_stage", kind[-1]]
+    else:
+        raise ValueError(kind)
+    return [ACCELERATE, *common, *backend, "lfbm_dist/train.py", *args]
+
+
+def env(**extra: str) -> dict:
+    e = dict(os.environ)
+    e.update({"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache/torch_extensions"),
+              "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"})
+    e.update(extra)
+    return e
+
+
+def run(kind: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(kind, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env(**extra_env))
