@@ -75,6 +75,7 @@ class DataConfig:
     occlusion: str = "none"         # train on occluded images: none|center|region:20|saltpepper:50 (§4.6)
     mask_seed: int = 0              # occlusion masks are a function of (mask_seed, sample key)
     max_samples: int = 0            # memory source: keep the first N (0 = all)
+    heldout_class: int = -1         # memory source: train without this class (anomaly detection, §4.4)
 
 
 @dataclass
@@ -96,6 +97,22 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    inception: str = "auto"         # FID network: auto | torchscript:PATH | fidelity:PATH (torch-fidelity weights)
+    fid_num_samples: int = 50000    # generated samples (index-seeded: independent of world size)
+    fid_ref_samples: int = 0        # training images for the reference statistics (0 = all)
+    fid_batch: int = 100
+    fid_every_kimg: float = 0.0     # FID during training (0 = off)
+    cache_dir: str = ".cache/fid_stats"  # reference statistics cache
+    split: str = "test"             # split for reconstruction / inpainting / anomaly (falls back to train)
+    recon_samples: int = 10000
+    inpaint_samples: int = 10000
+    inpaint_completions: int = 10   # chains per image from different initialisations (Fig. 2)
+    inpaint_mask: str = "center"    # 40×40 at 64², scaled
+    seed: int = 0
+
+
+@dataclass
 class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -103,6 +120,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,6 +277,13 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.collective_timeout_min > 0, "train.collective_timeout_min", f"must be > 0, got {t.collective_timeout_min}")
     need(t.max_consecutive_skips >= 1, "train.max_consecutive_skips", f"must be >= 1, got {t.max_consecutive_skips}")
     need(bool(t.run_dir), "train.run_dir", "must not be empty")
+    e = cfg.eval
+    for key in ("fid_num_samples", "fid_ref_samples", "recon_samples", "inpaint_samples"):
+        need(getattr(e, key) >= 0, f"eval.{key}", f"must be >= 0, got {getattr(e, key)}")
+    need(e.fid_batch >= 1, "eval.fid_batch", f"must be >= 1, got {e.fid_batch}")
+    need(e.inpaint_completions >= 1, "eval.inpaint_completions", f"must be >= 1, got {e.inpaint_completions}")
+    need(e.fid_every_kimg >= 0, "eval.fid_every_kimg", f"must be >= 0, got {e.fid_every_kimg}")
+    need(e.split in ("train", "test"), "eval.split", f"must be train or test, got {e.split!r}")
 
 
 def dump_config(cfg: Config) -> str:

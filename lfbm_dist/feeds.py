@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .data.masks import make_mask
-from .data.memory import MemorySampler, load_memory_dataset, to_model_range
+from .data.memory import MemorySampler, load_memory_dataset, split_indices, to_model_range
 from .seeding import per_sample_uniform
 
 _FLIP_STREAM = 1  # seeding stream id for horizontal flips (Langevin noise uses stream 0)
@@ -31,14 +31,15 @@ class MemoryFeed:
         d, t = cfg.data, cfg.train
         self.images, self.labels = load_memory_dataset(d.dataset, d.resolution, cfg.generator.image_channels,
                                                        d.max_samples, seed=t.seed)
-        self.sampler = MemorySampler(len(self.images), t.seed)
+        self.rows = split_indices(self.labels, "train", d.heldout_class, t.seed)  # all rows unless a class is held out
+        self.sampler = MemorySampler(len(self.rows), t.seed)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.batch_per_gpu, self.seed, self.hflip = t.batch_per_gpu, t.seed, d.hflip
         self.occlusion, self.mask_seed, self.resolution = d.occlusion, d.mask_seed, d.resolution
         self.corrupt_skipped = 0
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows)
 
     def state_dict(self) -> dict:
         return {}  # position is a pure function of images_seen
@@ -49,7 +50,7 @@ class MemoryFeed:
     def micro_batch(self, images_seen: int, step: int, micro: int) -> Batch:
         start = images_seen + (micro * self.world_size + self.rank) * self.batch_per_gpu
         positions = list(range(start, start + self.batch_per_gpu))
-        rows = torch.tensor([self.sampler.index(p) for p in positions])
+        rows = torch.tensor([self.rows[self.sampler.index(p)] for p in positions])
         x = to_model_range(self.images[rows])  # (B, C, R, R) in [−1, 1]
         if self.hflip:
             flip = per_sample_uniform(self.seed, step, positions, _FLIP_STREAM) < 0.5

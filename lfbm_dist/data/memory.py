@@ -91,3 +91,23 @@ class MemorySampler:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.num_samples, generator=gen)
         return int(self._perm[offset])
+
+
+def split_indices(labels: torch.Tensor, split: str, heldout_class: int = -1, seed: int = 0,
+                  test_fraction: float = 0.2) -> list[int]:
+    """Rows of a packaged set for `split` ('train' | 'test').
+
+    With heldout_class = c (anomaly detection, §4.4): normal rows (label ≠ c) are shuffled by `seed`;
+    the first 80 % train; test = the other 20 % + every row of class c. Without: train = all rows,
+    test = the last 20 % of a seeded permutation (so test ⊂ train for the tiny demo sets).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if heldout_class < 0:
+        perm = torch.randperm(len(labels), generator=gen).tolist()
+        return perm if split == "train" else perm[int(len(perm) * (1 - test_fraction)):]
+    normal = torch.nonzero(labels != heldout_class).flatten()
+    normal = normal[torch.randperm(len(normal), generator=gen)].tolist()
+    cut = int(len(normal) * (1 - test_fraction))
+    if split == "train":
+        return normal[:cut]
+    return normal[cut:] + torch.nonzero(labels == heldout_class).flatten().tolist()

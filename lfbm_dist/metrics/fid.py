@@ -1,0 +1,145 @@
+"""Distributed FID.
+
+* Generated samples are indexed 0..N−1 and sample i's latent comes from a generator seeded by
+  (seed, i): the sample set does not depend on world size or batch size. Rank r takes i ≡ r (mod W).
+* Each rank accumulates float64 feature sums and outer products; these are all-reduced (never
+  images). μ and Σ (unbiased, as np.cov) follow; the Fréchet distance is torch-fidelity's own
+  `fid_statistics_to_metric`.
+* Reference statistics of the training shards are computed once (distributed the same way) and
+  cached under a key hashing every setting that changes them; rank 0 writes the cache atomically,
+  every rank reads it after rank 0 decides.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from .. import dist
+
+FEATURE_DIM = 2048
+STATS_VERSION = 1  # bump when preprocessing changes: invalidates every cached reference
+
+
+class FeatureStats:
+    """Running float64 Σf and Σffᵀ of (N, 2048) features; all-reduce then μ, Σ."""
+
+    def __init__(self, dim: int = FEATURE_DIM):
+        self.n = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, feats: torch.Tensor) -> None:
+        f = feats.detach().to("cpu", torch.float64)
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+
+    def all_reduce(self) -> None:
+        """Sum over ranks (collective; float64 tensors: exact-order-independent to ~1e-16)."""
+        if not dist.is_initialized():
+            return
+        packed = torch.cat([torch.tensor([float(self.n)], dtype=torch.float64), self.sum, self.outer.flatten()])
+        if torch_dist.get_backend() == "nccl":
+            packed = packed.cuda()
+        torch_dist.all_reduce(packed)
+        packed = packed.cpu()
+        d = self.sum.numel()
+        self.n = int(round(packed[0].item()))
+        self.sum, self.outer = packed[1:1 + d].clone(), packed[1 + d:].reshape(d, d).clone()
+
+    def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2:
+            raise ValueError("FID needs at least 2 images")
+        mu = self.sum / self.n
+        sigma = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return mu.numpy(), sigma.numpy()
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """torch-fidelity's own Fréchet distance on our statistics."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, verbose=False)
+    return float(out["frechet_inception_distance"])
+
+
+def to_uint8(images_pm1: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] float -> uint8, as a saved PNG would hold it (generated and real images alike)."""
+    return ((images_pm1.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def generated_stats(sample_fn: Callable[[list[int]], torch.Tensor], inception, num_samples: int,
+                    batch: int, device: torch.device) -> FeatureStats:
+    """sample_fn(indices) -> images in [−1, 1] for exactly those global sample indices."""
+    stats = FeatureStats()
+    mine = list(range(dist.rank(), num_samples, dist.world_size()))
+    for start in range(0, len(mine), batch):
+        indices = mine[start:start + batch]
+        images = sample_fn(indices)
+        stats.update(inception(to_uint8(images).cpu()))
+    stats.all_reduce()
+    return stats
+
+
+def image_stats(batches: Iterable[torch.Tensor], inception) -> FeatureStats:
+    """Statistics of uint8 image batches already split by rank (e.g. reference shards)."""
+    stats = FeatureStats()
+    for images in batches:
+        stats.update(inception(images))
+    stats.all_reduce()
+    return stats
+
+
+def cache_key(settings: dict) -> str:
+    blob = json.dumps({"version": STATS_VERSION, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def load_cached(cache_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+    path = cache_dir / f"fid-ref-{key}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:  # no pickles from the cache either
+        return data["mu"], data["sigma"], int(data["n"])
+
+
+def save_cached(cache_dir: Path, key: str, mu, sigma, n: int, settings: dict) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"fid-ref-{key}.npz"
+    tmp = cache_dir / f".fid-ref-{key}.{os.getpid()}.npz"
+    np.savez(tmp, mu=mu, sigma=sigma, n=np.array(n))
+    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    (cache_dir / f"fid-ref-{key}.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+    return path
+
+
+def reference_stats(settings: dict, cache_dir: Path, compute: Callable[[], FeatureStats]):
+    """(μ, Σ, n, 'hit'|'miss'): rank 0 decides, computes if needed (all ranks help), writes; all read."""
+    key = cache_key(settings)
+    hit = load_cached(cache_dir, key) is not None if dist.is_main() else False
+    if dist.is_initialized():
+        flag = [hit]
+        torch_dist.broadcast_object_list(flag, src=0)  # our own processes' booleans, not file content
+        hit = bool(flag[0])
+    if not hit:
+        stats = compute()  # collective
+        if dist.is_main():
+            mu, sigma = stats.mu_sigma()
+            save_cached(cache_dir, key, mu, sigma, stats.n, settings)
+    dist.barrier()
+    mu, sigma, n = load_cached(cache_dir, key)
+    return mu, sigma, n, "hit" if hit else "miss"
+
+
+def check_comparable(a: dict, b: dict) -> None:
+    """Refuse to compare FIDs from different networks, resolutions or sample counts."""
+    for key in ("fid_network", "fid_image_resolution", "fid_num_samples"):
+        if a.get(key) != b.get(key):
+            raise ValueError(f"FID numbers are not comparable: {key} {a.get(key)!r} vs {b.get(key)!r}")

@@ -1,0 +1,125 @@
+"""FID against torch-fidelity itself, across process counts, and the reference-statistics cache."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PYTHON, ROOT
+from launch import ACCELERATE, env, free_port, run
+from lfbm_dist.metrics import fid as fidlib
+from lfbm_dist.metrics.inception import TorchScriptInception, load_inception
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fidrun") / "run"
+    proc = run("single", "--config", "configs/test_tiny.yaml", f"train.run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir
+
+
+def _evaluate(launcher, run_dir, cache, *extra):
+    args = ["--run", str(run_dir), "--metrics", "fid", "--out", str(cache / "metrics.json"),
+            "eval.fid_num_samples=48", "eval.fid_ref_samples=40", "eval.fid_batch=16", f"eval.cache_dir={cache}", *extra]
+    if launcher == "single":
+        cmd = [PYTHON, "-m", "lfbm_dist.evaluate", *args]
+    else:
+        cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "lfbm_dist/evaluate.py", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((cache / "metrics.json").read_text())
+
+
+def test_fid_identical_on_one_and_two_processes_and_cache(trained_run, tmp_path):
+    one = _evaluate("single", trained_run, tmp_path / "c1")
+    two = _evaluate("ddp2", trained_run, tmp_path / "c2")
+    assert one["fid_ref_cache"] == two["fid_ref_cache"] == "miss"
+    assert abs(one["fid"] - two["fid"]) <= 1e-6 * abs(one["fid"]), (one["fid"], two["fid"])
+    assert one["fid_network"] == "fid-inception-v3-torchscript-default_1" and one["fid_num_samples"] == 48
+    again = _evaluate("single", trained_run, tmp_path / "c1")
+    assert again["fid_ref_cache"] == "hit" and again["fid"] == one["fid"]
+    changed = _evaluate("single", trained_run, tmp_path / "c1", "eval.fid_ref_samples=32")
+    assert changed["fid_ref_cache"] == "miss" and changed["fid_ref_images"] == 32
+    assert len(list((tmp_path / "c1").glob("fid-ref-*.npz"))) == 2
+
+
+class _UInt8Set(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def test_our_fid_equals_torch_fidelity_on_the_same_features():
+    import torch_fidelity
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import register_feature_extractor
+
+    network = load_inception("auto")
+    assert isinstance(network, TorchScriptInception)
+
+    class LfbmInception(FeatureExtractorBase):
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            self.net = network
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("2048",)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "2048"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return None
+
+        def forward(self, x):
+            return (self.net(x).double(),)
+
+    try:
+        register_feature_extractor("lfbm-test-inception", LfbmInception)
+    except Exception:
+        pass  # already registered in this process
+    from skimage.data import lfw_subset
+
+    faces = torch.from_numpy((lfw_subset() * 255).round().astype(np.uint8))[:, None].expand(-1, 3, -1, -1)
+    set_a = faces[:100].contiguous()
+    gen = torch.Generator().manual_seed(0)
+    set_b = (faces[100:200].float() * 0.7 + 60 * torch.rand(100, 3, 25, 25, generator=gen)).clamp(0, 255).to(torch.uint8)
+    ours_a, ours_b = fidlib.FeatureStats(), fidlib.FeatureStats()
+    for batch in set_a.split(32):
+        ours_a.update(network(batch))
+    for batch in set_b.split(32):
+        ours_b.update(network(batch))
+    ours = fidlib.frechet_distance(*ours_a.mu_sigma(), *ours_b.mu_sigma())
+    theirs = torch_fidelity.calculate_metrics(
+        input1=_UInt8Set(set_a), input2=_UInt8Set(set_b), fid=True, feature_extractor="lfbm-test-inception",
+        feature_layer_fid="2048", cuda=False, batch_size=32, verbose=False, save_cpu_ram=True,
+        cache=False)["frechet_inception_distance"]
+    assert ours > 1.0  # the sets differ
+    assert abs(ours - theirs) <= 1e-3 * abs(theirs), (ours, theirs)
+
+
+def test_incomparable_fids_are_refused():
+    a = {"fid_network": "x", "fid_image_resolution": 64, "fid_num_samples": 50000}
+    fidlib.check_comparable(a, dict(a))
+    with pytest.raises(ValueError, match="not comparable: fid_network"):
+        fidlib.check_comparable(a, {**a, "fid_network": "y"})
+    with pytest.raises(ValueError, match="fid_image_resolution"):
+        fidlib.check_comparable(a, {**a, "fid_image_resolution": 256})
