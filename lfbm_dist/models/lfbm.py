@@ -54,4 +54,8 @@ class LFBM(nn.Module):
                 "loss/prior": loss_prior.detach(),
                 "recon_mse": (sq_err / visible).mean(),  # per visible pixel, on the [−1, 1] scale
             }
+            if mask is not None:  # learning from occluded data (§4.6): how well the hidden pixels are recovered
+                hidden = (1 - mask).expand_as(x)
+                hidden_err = ((x_hat.float() - x.float()) / 2).pow(2) * hidden  # [0, 1] scale, as Table 5
+                stats["recovery_mse"] = hidden_err.sum() / hidden.sum().clamp_min(1)
         return loss_generator + loss_prior, stats
