@@ -1,0 +1,104 @@
+"""The Slurm launcher against a real single-node Slurm cluster (slurmctld + slurmd + munge)."""
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import PYTHON, ROOT
+from launch import env
+from slurm_cluster import SlurmCluster, SlurmUnavailable
+
+pytestmark = pytest.mark.slow
+LAUNCHER = [PYTHON, "launchers/slurm.py"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no Slurm cluster: {exc}")
+    yield c
+    c.stop()
+
+
+def launcher(*args, timeout=600, **extra_env):
+    import os
+
+    e = env(**extra_env)
+    e["SLURM_CONF"] = os.environ["SLURM_CONF"]
+    return subprocess.run([*LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+def test_two_task_cpu_training_job(cluster, tmp_path):
+    _ok(launcher("train", "--config", "configs/test_tiny.yaml", "--tasks-per-node", "2", "--cpus-per-task", "1",
+                 "--time", "00:10:00", "--out", str(tmp_path), "--name", "job2", "--wait"))
+    run_dir = tmp_path / "job2"
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["images_seen"] == 64  # 2 ranks × 8 per step
+    logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_0_log.out"))
+    assert "2 rank(s)" in logs
+
+
+def test_array_sweep_and_summary(cluster, tmp_path):
+    _ok(launcher("sweep", "--config", "configs/test_tiny.yaml", "--grid", "langevin.num_steps=1,2,3",
+                 "--tasks-per-node", "1", "--cpus-per-task", "1", "--max-parallel", "2", "--time", "10",
+                 "--out", str(tmp_path), "--name", "sw", "--wait"))
+    summary = _ok(launcher("summary", "--root", str(tmp_path / "sw"), "--json"))
+    rows = json.loads(summary.stdout)
+    assert [r["point"] for r in rows] == ["num_steps-1", "num_steps-2", "num_steps-3"]
+    assert all(r["step"] == 8 for r in rows)
+    assert (tmp_path / "sw/summary.md").read_text().count("| num_steps-") == 3
+
+
+def test_preemption_signal_requeues_and_resumes_to_the_same_step_count(cluster, tmp_path):
+    args = ["train", "--config", "configs/test_tiny.yaml", "--tasks-per-node", "1", "--cpus-per-task", "1",
+            "--time", "10", "--out", str(tmp_path), "--name", "pre", "--max-requeues", "2",
+            "train.total_kimg=0.192", "train.snapshot_every_kimg=0.032"]
+    proc = _ok(launcher(*args, LFBM_FAULT_STEP_SLEEP="0.4"))
+    job_id = proc.stdout.split("submitted training job ")[1].split()[0]
+    run_dir = tmp_path / "pre"
+    deadline = time.time() + 300
+    while not list((run_dir / "checkpoints").glob("ckpt-*[0-9]")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list((run_dir / "checkpoints").glob("ckpt-*[0-9]")), "no checkpoint before the signal"
+    # What Slurm sends before the time limit / on preemption (submitit asks for USR2).
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, env=env(SLURM_CONF=str(cluster.conf)))
+    while time.time() < deadline:
+        state_file = run_dir / "trainer_state.json"
+        if state_file.is_file() and json.loads(state_file.read_text())["step"] == 24:
+            break
+        time.sleep(0.5)
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert state["step"] == 24 and state["images_seen"] == 192  # same as an uninterrupted run
+    requeues = json.loads((run_dir / "requeues.json").read_text())
+    assert len(requeues) == 1 and requeues[0]["job"] == job_id
+    logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.*"))
+    assert "requeue 1/2" in logs and "resumed from" in logs
+
+
+def test_bad_options_one_line(tmp_path):
+    for args, message in ((["--time", "25h"], "--time: not a Slurm time"),
+                          (["--sbatch", "comment=$(id)"], "--sbatch: expected key=value with a plain value"),
+                          (["--nodes", "0"], "--nodes, --tasks-per-node and --cpus-per-task must be >= 1"),
+                          (["langevin.sigma=0"], "langevin.sigma must be > 0")):
+        proc = subprocess.run([*LAUNCHER, "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path),
+                               "--dry-run", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_dry_run_prints_the_sbatch_script(tmp_path):
+    proc = subprocess.run([*LAUNCHER, "train", "--config", "configs/celebahq256.yaml", "--nodes", "4",
+                           "--gpus-per-node", "8", "--partition", "gpu", "--time", "24:00:00", "--account", "ml",
+                           "--out", str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --partition=gpu", "#SBATCH --time=1440", "#SBATCH --signal=USR2@120", "#SBATCH --account=ml"):
+        assert line in proc.stdout
