@@ -170,6 +170,16 @@ def training_loop(cfg: Config) -> dict:
             observer.scalars(values, now)
             observer.status(state["step"], now, values)
             tick_sums, tick_count = {}, 0
+        if _kimg_due(prev, now, cfg.eval.fid_every_kimg):
+            from .evaluate import run_metrics  # collective: every rank generates its share of samples
+
+            fid = run_metrics(plain, cfg, ["fid"], engine.device)["fid"]
+            best = state["best"].get("fid")
+            if best is None or fid < best:
+                state["best"]["fid"], state["best"]["fid_kimg"] = fid, now / 1000
+            observer.scalars({"eval/fid": fid, "eval/fid_best": state["best"]["fid"]}, now)
+            if engine.is_main:
+                print(f"FID {fid:.3f} at kimg {now / 1000:.3f} (best {state['best']['fid']:.3f})", flush=True)
         if _kimg_due(prev, now, t.image_every_kimg) or done:
             _log_images(observer, plain, fixed_x, cfg, engine, now)
         if _kimg_due(prev, now, t.snapshot_every_kimg) or done:
