@@ -30,7 +30,7 @@ from .safe_load import restricted_torch_load
 
 COMPLETE_MARKER = "COMPLETE"
 # Config sections that change the shapes or meaning of the saved tensors.
-_ARCH_KEYS = ("generator", "prior")
+_ARCH_KEYS = ("generator", "prior", "inference")
 
 
 class CheckpointError(RuntimeError):

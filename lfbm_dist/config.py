@@ -50,9 +50,18 @@ class LangevinConfig:
 
 
 @dataclass
+class InferenceConfig:
+    kind: Literal["langevin", "vae"] = "langevin"  # LFBM-MCMC, or the LFBM-VAE baseline (encoder + IAF)
+    encoder_ndf: int = 64           # VAE encoder base width
+    iaf_steps: int = 2              # inverse autoregressive flow steps on top of the Gaussian encoder
+    iaf_hidden: int = 256
+
+
+@dataclass
 class OptimConfig:
     lr_generator: float = 3e-4
     lr_prior: float = 3e-4
+    lr_encoder: float = 3e-4        # LFBM-VAE baseline only
     beta1: float = 0.5              # Adam β₁ = 0.5 as in the paper's code
     beta2: float = 0.999
     lr_decay: float = 0.998         # exponential decay factor γ ...
@@ -117,6 +126,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -176,7 +186,7 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str, source: str) -> None:
             raise ConfigError(f"{source}: unknown key '{dotted}' (valid: {', '.join(sorted(names))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            if key == "prior" and isinstance(value, str):  # shorthand `prior: ebm`
+            if key in ("prior", "inference") and isinstance(value, str):  # shorthand `prior: ebm`, `inference: vae`
                 value = {"kind": value}
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{dotted}' must be a mapping, got {value!r}")
@@ -243,7 +253,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(lv.test_num_steps >= 0, "langevin.test_num_steps", f"must be >= 0, got {lv.test_num_steps}")
     need(lv.step_size > 0 and math.isfinite(lv.step_size), "langevin.step_size", f"must be > 0, got {lv.step_size}")
     need(lv.sigma > 0 and math.isfinite(lv.sigma), "langevin.sigma", f"must be > 0, got {lv.sigma}")
-    for key in ("lr_generator", "lr_prior"):
+    for key in ("lr_generator", "lr_prior", "lr_encoder"):
         need(getattr(op, key) > 0, f"optim.{key}", f"must be > 0, got {getattr(op, key)}")
     need(0 <= op.beta1 < 1, "optim.beta1", f"must be in [0, 1), got {op.beta1}")
     need(0 <= op.beta2 < 1, "optim.beta2", f"must be in [0, 1), got {op.beta2}")
@@ -277,6 +287,11 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.collective_timeout_min > 0, "train.collective_timeout_min", f"must be > 0, got {t.collective_timeout_min}")
     need(t.max_consecutive_skips >= 1, "train.max_consecutive_skips", f"must be >= 1, got {t.max_consecutive_skips}")
     need(bool(t.run_dir), "train.run_dir", "must not be empty")
+    inf = cfg.inference
+    need(inf.encoder_ndf >= 1 and inf.iaf_hidden >= 1 and inf.iaf_steps >= 0, "inference",
+         "encoder_ndf and iaf_hidden must be >= 1 and iaf_steps >= 0")
+    need(inf.kind != "vae" or cfg.data.occlusion == "none", "inference.kind",
+         "vae cannot learn from occluded data (the encoder needs whole images, §4.6); use langevin")
     e = cfg.eval
     for key in ("fid_num_samples", "fid_ref_samples", "recon_samples", "inpaint_samples"):
         need(getattr(e, key) >= 0, f"eval.{key}", f"must be >= 0, got {getattr(e, key)}")

@@ -17,7 +17,14 @@ def build_model(cfg: Config) -> LFBM:
     else:
         prior = EBMPrior(g.nz, hidden=p.ebm_hidden, langevin_steps=p.ebm_langevin_steps,
                          langevin_step_size=p.ebm_langevin_step_size)
-    return LFBM(generator, prior, sigma=cfg.langevin.sigma)
+    encoder = None
+    if cfg.inference.kind == "vae":
+        from .models.encoder import IAFEncoder
+
+        i = cfg.inference
+        encoder = IAFEncoder(cfg.data.resolution, g.image_channels, g.nz, ndf=i.encoder_ndf,
+                             iaf_steps=i.iaf_steps, iaf_hidden=i.iaf_hidden)
+    return LFBM(generator, prior, sigma=cfg.langevin.sigma, encoder=encoder)
 
 
 def build_optimizer(cfg: Config, model: LFBM) -> torch.optim.Adam:
@@ -27,6 +34,8 @@ def build_optimizer(cfg: Config, model: LFBM) -> torch.optim.Adam:
     prior_params = list(model.prior.parameters())
     if prior_params:
         groups.append({"params": prior_params, "lr": o.lr_prior, "name": "prior"})
+    if model.encoder is not None:
+        groups.append({"params": list(model.encoder.parameters()), "lr": o.lr_encoder, "name": "encoder"})
     return torch.optim.Adam(groups, betas=(o.beta1, o.beta2))
 
 

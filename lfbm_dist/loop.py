@@ -97,6 +97,10 @@ def training_loop(cfg: Config) -> dict:
             batch = feed.micro_batch(images_seen, step, micro)
             if fixed_x is None:
                 fixed_x = batch.x[:8].clone()
+            if plain.encoder is not None:  # LFBM-VAE: amortised inference; "z" carries the ε of q(z|x)
+                eps = per_sample_normal(t.seed, step, batch.positions, (cfg.generator.nz,), _LANGEVIN_STREAM)
+                micro_batches.append((batch, eps.to(engine.device, non_blocking=True), {}))
+                continue
             chains = per_sample_normal(t.seed, step, batch.positions, (lv.num_steps + 1, cfg.generator.nz),
                                        _LANGEVIN_STREAM).to(engine.device, non_blocking=True)
             z, lstats = langevin_posterior(

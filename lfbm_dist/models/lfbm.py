@@ -20,11 +20,13 @@ from .generator import ConvGenerator
 
 
 class LFBM(nn.Module):
-    def __init__(self, generator: ConvGenerator, prior: FlowPrior | GaussianPrior | EBMPrior, sigma: float):
+    def __init__(self, generator: ConvGenerator, prior: FlowPrior | GaussianPrior | EBMPrior, sigma: float,
+                 encoder: nn.Module | None = None):
         super().__init__()
         self.generator = generator
         self.prior = prior
         self.sigma = sigma
+        self.encoder = encoder  # LFBM-VAE baseline only: amortised posterior q(z|x)
 
     @property
     def nz(self) -> int:
@@ -33,7 +35,13 @@ class LFBM(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
                 autocast_dtype: torch.dtype | None = None,
                 prior_chain_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The learning step's loss on inferred latents z (detached). Returns (loss, stats)."""
+        """The learning step's loss on inferred latents z (detached). Returns (loss, stats).
+
+        LFBM-VAE baseline (self.encoder set): `z` is the reparameterisation noise ε instead, and the
+        loss is the negative ELBO  ‖x − g(z)‖²/(2σ²) − log p_α(z) + log q(z|x),  z ~ q(z|x).
+        """
+        if self.encoder is not None:
+            return self._negative_elbo(x, z, autocast_dtype)
         z = z.detach()
         with torch.autocast(device_type=x.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
@@ -59,3 +67,19 @@ class LFBM(nn.Module):
                 hidden_err = ((x_hat.float() - x.float()) / 2).pow(2) * hidden  # [0, 1] scale, as Table 5
                 stats["recovery_mse"] = hidden_err.sum() / hidden.sum().clamp_min(1)
         return loss_generator + loss_prior, stats
+
+    def _negative_elbo(self, x: torch.Tensor, eps: torch.Tensor,
+                       autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z, log_q = self.encoder(x, eps)
+        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            x_hat = self.generator(z)
+        sq_err = (x.float() - x_hat.float()).pow(2).flatten(1).sum(1)  # (B,)
+        log_p_z = self.prior.log_prob(z)
+        loss_generator = sq_err.mean() / (2.0 * self.sigma**2)
+        loss_prior = -log_p_z.mean()
+        kl_term = log_q.mean() + loss_prior  # E_q[log q − log p_α]
+        with torch.no_grad():
+            stats = {"loss/generator": loss_generator.detach(), "loss/prior": loss_prior.detach(),
+                     "loss/kl": kl_term.detach(), "recon_mse": (sq_err / x[0].numel()).mean()}
+        return loss_generator + loss_prior + log_q.mean(), stats
