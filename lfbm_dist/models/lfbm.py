@@ -61,6 +61,8 @@ class LFBM(nn.Module):
                 "loss/generator": loss_generator.detach(),
                 "loss/prior": loss_prior.detach(),
                 "recon_mse": (sq_err / visible).mean(),  # per visible pixel, on the [−1, 1] scale
+                # mean log p_α(z) of the inferred latents (unnormalised for the EBM prior)
+                "log_p_z": (-loss_prior if isinstance(self.prior, FlowPrior) else self.prior.log_prob(z).mean()).detach(),
             }
             if mask is not None:  # learning from occluded data (§4.6): how well the hidden pixels are recovered
                 hidden = (1 - mask).expand_as(x)
