@@ -31,7 +31,10 @@ def command(kind: str, *args: str) -> list[str]:
 
 def env(**extra: str) -> dict:
     e = dict(os.environ)
-    e.update({"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache/torch_extensions"),
+    # DeepSpeed JIT-compiles a CPU comm op on first use (~40 s): cache it outside the clone so
+    # later CI runs on the same machine reuse it.
+    ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/lfbm_dist/torch_extensions"))
+    e.update({"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": ext_dir,
               "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"})
     e.update(extra)
     return e
