@@ -284,6 +284,15 @@ def cmd_summary(args) -> int:
         print(f"error: {root}: no such sweep directory", file=sys.stderr)
         return 2
     rows = collect(root)
+    from lfbm_dist.metrics.fid import check_comparable
+
+    with_fid = [r for r in rows if "fid" in r]
+    for r in with_fid[1:]:  # a table of FIDs is a comparison: refuse incomparable ones
+        try:
+            check_comparable(with_fid[0], r)
+        except ValueError as exc:
+            print(f"error: {with_fid[0]['point']} vs {r['point']}: {exc}", file=sys.stderr)
+            return 2
     (root / "summary.json").write_text(json.dumps(rows, indent=2))
     keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

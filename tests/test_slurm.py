@@ -102,3 +102,14 @@ def test_dry_run_prints_the_sbatch_script(tmp_path):
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --partition=gpu", "#SBATCH --time=1440", "#SBATCH --signal=USR2@120", "#SBATCH --account=ml"):
         assert line in proc.stdout
+
+
+def test_summary_refuses_incomparable_fids(tmp_path):
+    for name, network in (("a", "net-1"), ("b", "net-2")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("{}\n")
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"fid": 10.0, "fid_network": network, "fid_image_resolution": 64, "fid_num_samples": 100}))
+    proc = subprocess.run([*LAUNCHER, "summary", "--root", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "not comparable: fid_network" in proc.stderr
