@@ -166,7 +166,7 @@ def training_loop(cfg: Config) -> dict:
             if keys:  # empty only if every step of the tick was skipped
                 means = engine.reduce_mean(torch.stack([tick_sums[k] / tick_count for k in keys]))
                 values = dict(zip(keys, means.tolist()))  # host sync: once per logging tick
-            values["images_per_sec"] = observer.images_per_sec(now) * (1 if engine.is_main else 0)
+            values["images_per_sec"] = observer.images_per_sec(now)  # all ranks together (images_seen is global)
             for group in optimizer.param_groups:
                 values[f"lr/{group.get('name', 'group')}"] = group["lr"]
             values["skipped_steps"] = float(state["skipped_steps"])
@@ -214,13 +214,14 @@ def _sample_images(plain, n: int, device: torch.device) -> torch.Tensor:
 
 
 def _log_images(observer, plain, fixed_x, cfg: Config, engine: Engine, images_seen: int) -> None:
+    """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
     if not engine.is_main or fixed_x is None:
         return
-    lv = cfg.langevin
+    from .metrics.sampling import infer
+
     observer.image_grid("samples/prior", _sample_images(plain, 32, engine.device), images_seen)
-    z = langevin_posterior(plain.generator, plain.prior, fixed_x, num_steps=lv.num_steps,
-                           step_size=lv.step_size, sigma=lv.sigma,
-                           rng=torch.Generator(device="cpu").manual_seed(_SAMPLE_SEED) if engine.device.type == "cpu" else None)
+    z = infer(plain, fixed_x, list(range(len(fixed_x))), _SAMPLE_SEED, cfg.langevin.num_steps,
+              cfg.langevin.step_size, tag="tb-recon")
     with torch.no_grad():
         recon = plain.generator(z)
     observer.image_grid("reconstructions", torch.cat([fixed_x, recon]), images_seen)
