@@ -14,7 +14,6 @@ Each sample is {"__key__", "<format>": encoded image, "cls": label} (label only 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import multiprocessing as mp
@@ -24,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lfbm_dist.data.transforms import square_resize
+from lfbm_dist.files import file_digest
 
 from .sources import (CELEBA_CROP_BOX, Item, SourceError, celeba_items, celeba_partition, celebahq_items,
                       demo_arrays, folder_items, load_item)
@@ -42,18 +44,6 @@ def _init_worker(opts: dict) -> None:
     _ARRAYS = demo_arrays(opts["demo"])[0] if opts.get("demo") else None
 
 
-def _square_resize(img: Image.Image, size: int, resample: int) -> Image.Image:
-    """Resize the shorter side to `size`, then centre-crop to size×size."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    img = img.resize(new, resample=resample)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
 def _encode_item(item: Item) -> tuple[str, bytes, int]:
     o = _OPTS
     if _ARRAYS is not None:
@@ -64,7 +54,7 @@ def _encode_item(item: Item) -> tuple[str, bytes, int]:
     if o["crop_box"]:
         img = img.crop(tuple(o["crop_box"]))
     img = img.convert("RGB" if o["channels"] == 3 else "L")
-    img = _square_resize(img, o["resolution"], FILTERS[o["filter"]])
+    img = square_resize(img, o["resolution"], FILTERS[o["filter"]])
     buf = io.BytesIO()
     fmt = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[o["format"]]
     params = {"quality": o["quality"]} if fmt in ("JPEG", "WEBP") else {"compress_level": 6}
@@ -72,14 +62,6 @@ def _encode_item(item: Item) -> tuple[str, bytes, int]:
         params["method"] = 4
     img.save(buf, format=fmt, **params)
     return item.key, buf.getvalue(), item.label
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _split(items: list[Item], test_fraction: float, seed: int, partition: dict[str, str] | None):
@@ -123,7 +105,7 @@ def build(items: list[Item], out: Path, opts: dict, partition: dict[str, str] | 
         writer.close()
         shards = []
         for path in sorted(out.glob(f"{split}-*.tar")):
-            shards.append({"url": path.name, "samples": 0, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+            shards.append({"url": path.name, "samples": 0, "bytes": path.stat().st_size, "sha256": file_digest(path)})
         remaining = len(split_items)
         for shard in shards:
             shard["samples"] = min(opts["samples_per_shard"], remaining)
@@ -162,7 +144,7 @@ def verify(index_path: Path) -> list[str]:
             if not path.is_file():
                 problems.append(f"{path}: missing")
                 continue
-            if path.stat().st_size != shard["bytes"] or _sha256(path) != shard["sha256"]:
+            if path.stat().st_size != shard["bytes"] or file_digest(path) != shard["sha256"]:
                 problems.append(f"{path}: size or sha256 differs from the index")
                 continue
             try:

@@ -55,11 +55,11 @@ def latest(run_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def assert_finite(module: torch.nn.Module) -> None:
-    """No checkpoint may hold NaN/Inf (one host sync per parameter tensor: snapshots only)."""
-    for name, tensor in module.state_dict().items():
+def assert_finite(state: dict[str, torch.Tensor], what: str = "refusing to save") -> None:
+    """No checkpoint or export may hold NaN/Inf (one host sync per tensor: snapshots only)."""
+    for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"refusing to save: non-finite values in '{name}'")
+            raise CheckpointError(f"{what}: non-finite values in '{name}'")
 
 
 def save(engine, wrapped, plain: torch.nn.Module, cfg: Config, trainer_state: dict[str, Any],
@@ -68,7 +68,7 @@ def save(engine, wrapped, plain: torch.nn.Module, cfg: Config, trainer_state: di
     root = checkpoint_root(cfg.train.run_dir)
     name = f"ckpt-{int(trainer_state['images_seen']):012d}"
     final, tmp = root / name, root / f"{name}.tmp"
-    assert_finite(plain)
+    assert_finite(plain.state_dict())
     if engine.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -41,22 +41,18 @@ def init_distributed(timeout_min: float) -> torch.device:
 
 
 def load_model(args, overrides):
-    from lfbm_dist.export import checkpoint_state_dict
+    from lfbm_dist.export import checkpoint_state_dict, load_exported
     from lfbm_dist.factory import build_model
 
     if args.export:
-        folder = Path(args.export)
-        cfg = load_config(folder / "config.yaml", overrides)
-        from safetensors.torch import load_file
-
-        state, images_seen = load_file(str(folder / "model.safetensors")), None
-    else:
-        ckpt = Path(args.checkpoint) if args.checkpoint else latest(args.run)
-        if ckpt is None:
-            raise CheckpointError(f"{args.run}: no complete checkpoint to evaluate")
-        cfg = load_config(ckpt / "config.yaml", overrides)
-        state = checkpoint_state_dict(ckpt)
-        images_seen = json.loads((ckpt / "trainer_state.json").read_text())["images_seen"]
+        model, cfg = load_exported(args.export, overrides=overrides)
+        return model, cfg, None
+    ckpt = Path(args.checkpoint) if args.checkpoint else latest(args.run)
+    if ckpt is None:
+        raise CheckpointError(f"{args.run}: no complete checkpoint to evaluate")
+    cfg = load_config(ckpt / "config.yaml", overrides)
+    state = checkpoint_state_dict(ckpt)
+    images_seen = json.loads((ckpt / "trainer_state.json").read_text())["images_seen"]
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval(), cfg, images_seen

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .checkpoint import COMPLETE_MARKER, CheckpointError, latest
+from .checkpoint import COMPLETE_MARKER, CheckpointError, assert_finite, latest
 from .config import Config, ConfigError, load_config
 from .factory import build_model
 from .models import LFBM
@@ -48,9 +48,7 @@ def export(ckpt_dir: Path, out_dir: Path) -> Path:
     if missing or unexpected:
         raise CheckpointError(f"{ckpt_dir}: weights do not match its config "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{ckpt_dir}: non-finite values in '{name}'")
+    assert_finite(state, str(ckpt_dir))
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,13 +58,14 @@ def export(ckpt_dir: Path, out_dir: Path) -> Path:
     return out_dir / "model.safetensors"
 
 
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LFBM, Config]:
+def load_exported(path: str | Path, map_location: str | torch.device = "cpu",
+                  overrides: list[str] | tuple[str, ...] = ()) -> tuple[LFBM, Config]:
     """(model in eval mode, config) from an export directory or its model.safetensors."""
     from safetensors.torch import load_file
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    cfg = load_config(folder / "config.yaml")
+    cfg = load_config(folder / "config.yaml", overrides)
     model = build_model(cfg)
     model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)), strict=True)
     return model.eval().to(map_location), cfg

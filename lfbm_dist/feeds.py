@@ -18,6 +18,12 @@ from .seeding import per_sample_uniform
 _FLIP_STREAM = 1  # seeding stream id for horizontal flips (Langevin noise uses stream 0)
 
 
+def micro_batch_positions(images_seen: int, micro: int, rank: int, world_size: int, batch_per_gpu: int) -> list[int]:
+    """Global sample indices of (micro-step, rank) inside the global batch that starts at images_seen."""
+    start = images_seen + (micro * world_size + rank) * batch_per_gpu
+    return list(range(start, start + batch_per_gpu))
+
+
 @dataclass
 class Batch:
     x: torch.Tensor                 # (B, C, R, R) float in [−1, 1], on the device
@@ -48,8 +54,7 @@ class MemoryFeed:
         pass
 
     def micro_batch(self, images_seen: int, step: int, micro: int) -> Batch:
-        start = images_seen + (micro * self.world_size + self.rank) * self.batch_per_gpu
-        positions = list(range(start, start + self.batch_per_gpu))
+        positions = micro_batch_positions(images_seen, micro, self.rank, self.world_size, self.batch_per_gpu)
         rows = torch.tensor([self.rows[self.sampler.index(p)] for p in positions])
         x = to_model_range(self.images[rows])  # (B, C, R, R) in [−1, 1]
         if self.hflip:

@@ -200,26 +200,14 @@ def training_loop(cfg: Config) -> dict:
     return state
 
 
-@torch.no_grad()
-def _sample_images(plain, n: int, device: torch.device) -> torch.Tensor:
-    gen = torch.Generator(device="cpu").manual_seed(_SAMPLE_SEED)
-    if isinstance(plain.prior, EBMPrior):
-        chain = torch.randn(n, plain.prior.langevin_steps + 1, plain.nz, generator=gen).to(device)
-        with torch.enable_grad():
-            z = plain.prior.sample(n, chain_noise=chain)
-    else:
-        z0 = torch.randn(n, plain.nz, generator=gen).to(device)
-        z = plain.prior.from_base(z0) if hasattr(plain.prior, "from_base") else z0
-    return plain.generator(z)
-
-
 def _log_images(observer, plain, fixed_x, cfg: Config, engine: Engine, images_seen: int) -> None:
     """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
     if not engine.is_main or fixed_x is None:
         return
-    from .metrics.sampling import infer
+    from .metrics.sampling import infer, sample_images
 
-    observer.image_grid("samples/prior", _sample_images(plain, 32, engine.device), images_seen)
+    observer.image_grid("samples/prior", sample_images(plain, list(range(32)), _SAMPLE_SEED, engine.device),
+                        images_seen)
     z = infer(plain, fixed_x, list(range(len(fixed_x))), _SAMPLE_SEED, cfg.langevin.num_steps,
               cfg.langevin.step_size, tag="tb-recon")
     with torch.no_grad():

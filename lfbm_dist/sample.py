@@ -17,7 +17,9 @@ from PIL import Image
 
 
 def _save(images: torch.Tensor, out: Path, names: list[str]) -> None:
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    from .metrics.fid import to_uint8
+
+    arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     for a, name in zip(arr, names):
         Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(out / f"{name}.png")
 

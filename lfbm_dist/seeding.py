@@ -22,19 +22,24 @@ def text_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def per_sample_normal(seed: int, step: int, sample_indices: list[int], shape: tuple[int, ...],
-                      stream: int = 0) -> torch.Tensor:
-    """(B, *shape) standard normals; row i depends only on (seed, step, sample_indices[i], stream).
+def normal_rows(row_seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) standard normals, row i drawn from a CPU generator seeded with row_seeds[i].
 
-    Drawn on the CPU (bitwise identical on every machine) and moved by the caller; for a
-    256² step this is ≈ 2 MB per batch, negligible next to the K generator passes.
+    On the CPU, so bitwise identical on every machine; the caller moves it. For a 256² step this
+    is ≈ 2 MB per batch, negligible next to the K generator passes.
     """
-    out = torch.empty((len(sample_indices), *shape))
+    out = torch.empty((len(row_seeds), *shape))
     gen = torch.Generator()
-    for row, index in enumerate(sample_indices):
-        gen.manual_seed(sample_seed(seed, step, index, stream))
+    for row, row_seed in enumerate(row_seeds):
+        gen.manual_seed(row_seed)
         out[row] = torch.randn(shape, generator=gen)
     return out
+
+
+def per_sample_normal(seed: int, step: int, sample_indices: list[int], shape: tuple[int, ...],
+                      stream: int = 0) -> torch.Tensor:
+    """(B, *shape) standard normals; row i depends only on (seed, step, sample_indices[i], stream)."""
+    return normal_rows([sample_seed(seed, step, index, stream) for index in sample_indices], shape)
 
 
 def per_sample_uniform(seed: int, step: int, sample_indices: list[int], stream: int) -> torch.Tensor:

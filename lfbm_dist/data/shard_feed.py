@@ -104,10 +104,10 @@ class ShardFeed:
         return batch
 
     def micro_batch(self, images_seen: int, step: int, micro: int):
-        from ..feeds import Batch
+        from ..feeds import Batch, micro_batch_positions
 
         b = self.next_batch()
-        start = images_seen + (micro * self.world_size + self.rank) * self.cfg.train.batch_per_gpu
         x = b["images"].to(self.device, non_blocking=True).float() / 127.5 - 1.0  # (B, C, R, R) in [−1, 1]
         mask = b["masks"].to(self.device, non_blocking=True).float() if "masks" in b else None
-        return Batch(x, list(range(start, start + len(b["keys"]))), mask, b["keys"])
+        positions = micro_batch_positions(images_seen, micro, self.rank, self.world_size, self.cfg.train.batch_per_gpu)
+        return Batch(x, positions, mask, b["keys"])

@@ -14,6 +14,18 @@ class SampleError(ValueError):
     """This one sample is unusable; the message says why (shard and key are added by the caller)."""
 
 
+def square_resize(img: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
+    """Resize the shorter side to `size`, then centre-crop to size×size (no-op if already so)."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    img = img.resize(new, resample=resample)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def decode_image(members: dict[str, bytes], channels: int, resolution: int, on_mismatch: str) -> torch.Tensor:
     """members: {extension: bytes} of one WebDataset sample. Returns (C, R, R) uint8."""
     ext = next((e for e in IMAGE_EXTS if e in members), None)
@@ -32,12 +44,7 @@ def decode_image(members: dict[str, bytes], channels: int, resolution: int, on_m
     if img.size != (resolution, resolution):
         if on_mismatch != "convert":
             raise SampleError(f"image is {img.size[0]}×{img.size[1]}, expected {resolution}×{resolution}")
-        w, h = img.size
-        scale = resolution / min(w, h)
-        new = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-        img = img.resize(new, resample=Image.BICUBIC)
-        left, top = (new[0] - resolution) // 2, (new[1] - resolution) // 2
-        img = img.crop((left, top, left + resolution, top + resolution))
+        img = square_resize(img, resolution)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]

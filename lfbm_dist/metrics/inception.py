@@ -5,13 +5,14 @@ part of every FID result (`name`), and numbers from different networks are never
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..files import file_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TORCHSCRIPT = ROOT / ".cache/fid/fid_inception_v3_default_1.pt"
@@ -25,20 +26,12 @@ class InceptionError(RuntimeError):
     pass
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class TorchScriptInception(nn.Module):
     """uint8 (N, 3, H, W) -> bilinear resize to 299² -> x/128 − 1 -> (N, 2048) float32."""
 
     def __init__(self, path: Path):
         super().__init__()
-        sha1 = _sha1(path)
+        sha1 = file_digest(path, "sha1")
         if sha1 not in KNOWN_SHA1 and os.environ.get("LFBM_ALLOW_UNKNOWN_INCEPTION") != "1":
             # A TorchScript file runs code when loaded: only the pinned network, unless explicitly allowed.
             raise InceptionError(f"{path}: unknown FID network (sha1 {sha1}); set LFBM_ALLOW_UNKNOWN_INCEPTION=1 "

@@ -5,17 +5,12 @@ import torch
 
 from ..inference import langevin_posterior
 from ..models import LFBM, EBMPrior, FlowPrior
-from ..seeding import text_seed
+from ..seeding import normal_rows, text_seed
 
 
 def seeded_normal(tag: str, seed: int, indices: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     """(B, *shape) normals, row i a function of (tag, seed, indices[i]) only."""
-    out = torch.empty((len(indices), *shape))
-    gen = torch.Generator()
-    for row, index in enumerate(indices):
-        gen.manual_seed(text_seed(tag, seed, index))
-        out[row] = torch.randn(shape, generator=gen)
-    return out
+    return normal_rows([text_seed(tag, seed, index) for index in indices], shape)
 
 
 @torch.no_grad()
