@@ -62,7 +62,7 @@ def assert_finite(state: dict[str, torch.Tensor], what: str = "refusing to save"
             raise CheckpointError(f"{what}: non-finite values in '{name}'")
 
 
-def save(engine, wrapped, plain: torch.nn.Module, cfg: Config, trainer_state: dict[str, Any],
+def save(engine, plain: torch.nn.Module, cfg: Config, trainer_state: dict[str, Any],
          keep: int, data_state: dict[str, Any] | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     root = checkpoint_root(cfg.train.run_dir)

@@ -5,6 +5,7 @@ import contextlib
 import os
 from typing import Iterator
 
+import torch
 import torch.distributed as torch_dist
 
 
@@ -31,6 +32,16 @@ def is_main() -> bool:
 def print0(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs, flush=True)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks; returns a CPU tensor. NCCL only reduces CUDA tensors, gloo takes CPU ones.
+    Without a process group it returns the input."""
+    if not is_initialized():
+        return tensor
+    on_device = tensor.cuda() if torch_dist.get_backend() == "nccl" else tensor.cpu()
+    torch_dist.all_reduce(on_device)
+    return on_device.cpu()
 
 
 def barrier() -> None:

@@ -75,12 +75,12 @@ def run_metrics(model, cfg, metrics: list[str], device: torch.device, writer=Non
 
     inception, ref = None, None
     if "fid" in metrics or "inpaint" in metrics:
-        inception = load_inception(e.inception).to(device) if device.type == "cuda" else load_inception(e.inception)
+        inception = load_inception(e.inception).to(device)
         settings = {"data": identity(cfg, "train"), "resolution": cfg.data.resolution,
                     "channels": cfg.generator.image_channels, "ref_samples": e.fid_ref_samples,
                     "network": inception.name}
         compute = lambda: fidlib.image_stats(
-            (imgs.to(device) for imgs, _, _ in iter_uint8(cfg, "train", e.fid_ref_samples, rank, world, e.fid_batch)),
+            (imgs for imgs, _, _ in iter_uint8(cfg, "train", e.fid_ref_samples, rank, world, e.fid_batch)),
             inception)
         mu_r, sigma_r, n_ref, cache = fidlib.reference_stats(settings, Path(e.cache_dir), compute)
         ref = (mu_r, sigma_r)
@@ -104,7 +104,7 @@ def run_metrics(model, cfg, metrics: list[str], device: torch.device, writer=Non
 
         def on_completed(c, x, mask, done):
             if c == 0:
-                completed.update(inception(fidlib.to_uint8(done).cpu() if device.type != "cuda" else fidlib.to_uint8(done)))
+                completed.update(inception(fidlib.to_uint8(done)))
             if len(grid) < 3 * 8 and c < 2:
                 grid.extend([x[:4] * mask[:4], done[:4]] if c == 0 else [done[:4]])
 

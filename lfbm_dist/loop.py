@@ -187,7 +187,7 @@ def training_loop(cfg: Config) -> dict:
         if _kimg_due(prev, now, t.image_every_kimg) or done:
             _log_images(observer, plain, fixed_x, cfg, engine, now)
         if _kimg_due(prev, now, t.snapshot_every_kimg) or done:
-            checkpoint.save(engine, wrapped, plain, cfg, dict(state), keep=t.keep_snapshots,
+            checkpoint.save(engine, plain, cfg, dict(state), keep=t.keep_snapshots,
                             data_state=feed.state_dict())
 
     observer.close()

@@ -50,7 +50,7 @@ def iter_uint8(cfg: Config, split: str, max_samples: int, rank: int, world: int,
     if d.source == "memory":
         from .memory import split_indices
 
-        images, labels = load_memory_dataset(d.dataset, d.resolution, channels, d.max_samples, seed=0)
+        images, labels = load_memory_dataset(d.dataset, d.resolution, channels, d.max_samples, seed=cfg.train.seed)
         rows = split_indices(labels, split, d.heldout_class, cfg.train.seed)
         if max_samples:
             rows = rows[:max_samples]

@@ -42,6 +42,11 @@ class DataError(RuntimeError):
     """A data problem that stops the run (missing shard, empty list, too many corrupt samples …)."""
 
 
+class ShardCorrupt(DataError):
+    """A shard that opened but whose content is bad (corrupt or truncated tar): counted and made up,
+    unlike a missing or refused shard, which stops the run."""
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     url: str
@@ -118,7 +123,7 @@ def expand_shard_specs(specs: list[str], allow_pipe: bool = False) -> list[Shard
 def iter_tar_samples(url: str, allow_pipe: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample, grouping consecutive members by key as WebDataset does.
 
-    A truncated or corrupt tar raises DataError naming the shard and the last good key.
+    A truncated or corrupt tar raises ShardCorrupt (a DataError) naming the shard and the last good key.
     """
     stream = open_url(url, allow_pipe)
     key, members, last_key = None, {}, "<start>"
@@ -142,7 +147,7 @@ def iter_tar_samples(url: str, allow_pipe: bool = False) -> Iterator[tuple[str, 
         if key is not None:
             yield key, members
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise DataError(f"shard {url}: corrupt or truncated tar after key {last_key} ({exc})") from None
+        raise ShardCorrupt(f"shard {url}: corrupt or truncated tar after key {last_key} ({exc})") from None
     finally:
         stream.close()
 
@@ -218,11 +223,9 @@ class ShardStream(IterableDataset):
                         if len(buffer) >= self.shuffle_buffer:
                             yield buffer.pop(rng.randrange(len(buffer)))
                     if read < offset + count:  # ended cleanly on a member boundary, but too early
-                        raise DataError(f"shard {url}: truncated: {read} samples, "
+                        raise ShardCorrupt(f"shard {url}: truncated: {read} samples, "
                                         f"the index says {self.counts[shard]}")
-                except DataError as exc:
-                    if "not found" in str(exc) or "refusing" in str(exc) or "cannot open" in str(exc):
-                        raise
+                except ShardCorrupt as exc:
                     yield ("", "", {"__error__": str(exc).encode()})  # truncated shard: counted below
             rng.shuffle(buffer)
             yield from buffer

@@ -46,10 +46,7 @@ class FeatureStats:
         if not dist.is_initialized():
             return
         packed = torch.cat([torch.tensor([float(self.n)], dtype=torch.float64), self.sum, self.outer.flatten()])
-        if torch_dist.get_backend() == "nccl":
-            packed = packed.cuda()
-        torch_dist.all_reduce(packed)
-        packed = packed.cpu()
+        packed = dist.all_reduce_sum(packed)
         d = self.sum.numel()
         self.n = int(round(packed[0].item()))
         self.sum, self.outer = packed[1:1 + d].clone(), packed[1 + d:].reshape(d, d).clone()
@@ -83,7 +80,7 @@ def generated_stats(sample_fn: Callable[[list[int]], torch.Tensor], inception, n
     for start in range(0, len(mine), batch):
         indices = mine[start:start + batch]
         images = sample_fn(indices)
-        stats.update(inception(to_uint8(images).cpu()))
+        stats.update(inception(to_uint8(images)))
     stats.all_reduce()
     return stats
 
@@ -102,8 +99,12 @@ def cache_key(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"fid-ref-{key}.npz"
+
+
 def load_cached(cache_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray, int] | None:
-    path = cache_dir / f"fid-ref-{key}.npz"
+    path = _cache_path(cache_dir, key)
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:  # no pickles from the cache either
@@ -112,7 +113,7 @@ def load_cached(cache_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray, int]
 
 def save_cached(cache_dir: Path, key: str, mu, sigma, n: int, settings: dict) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"fid-ref-{key}.npz"
+    path = _cache_path(cache_dir, key)
     tmp = cache_dir / f".fid-ref-{key}.{os.getpid()}.npz"
     np.savez(tmp, mu=mu, sigma=sigma, n=np.array(n))
     os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
@@ -123,7 +124,7 @@ def save_cached(cache_dir: Path, key: str, mu, sigma, n: int, settings: dict) ->
 def reference_stats(settings: dict, cache_dir: Path, compute: Callable[[], FeatureStats]):
     """(μ, Σ, n, 'hit'|'miss'): rank 0 decides, computes if needed (all ranks help), writes; all read."""
     key = cache_key(settings)
-    hit = load_cached(cache_dir, key) is not None if dist.is_main() else False
+    hit = _cache_path(cache_dir, key).is_file() if dist.is_main() else False
     if dist.is_initialized():
         flag = [hit]
         torch_dist.broadcast_object_list(flag, src=0)  # our own processes' booleans, not file content

@@ -26,6 +26,10 @@ class InceptionError(RuntimeError):
     pass
 
 
+def _device_of(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
 class TorchScriptInception(nn.Module):
     """uint8 (N, 3, H, W) -> bilinear resize to 299² -> x/128 − 1 -> (N, 2048) float32."""
 
@@ -41,7 +45,8 @@ class TorchScriptInception(nn.Module):
 
     @torch.no_grad()
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = images_uint8.float()
+        """Images on any device; features come back on the network's device."""
+        x = images_uint8.to(_device_of(self.net)).float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != RESOLUTION or x.shape[-2] != RESOLUTION:
@@ -63,7 +68,8 @@ class FidelityInception(nn.Module):
 
     @torch.no_grad()
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = images_uint8
+        """Images on any device; features come back on the network's device."""
+        x = images_uint8.to(_device_of(self.net))
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self.net(x.to(torch.uint8))[0].float()

@@ -33,8 +33,6 @@ def inpainting_metrics(model, batches, seed: int, num_steps: int, step_size: flo
             count += hole.sum().double().cpu()
             if on_completed is not None:
                 on_completed(c, x, mask, done)
-    totals = torch.stack([sq_sum, count])
-    if dist.is_initialized():
-        torch.distributed.all_reduce(totals)
+    totals = dist.all_reduce_sum(torch.stack([sq_sum, count]))
     return {"inpaint_mse": float(totals[0] / totals[1]), "inpaint_completions": completions,
             "inpaint_mask": mask_spec}

@@ -22,9 +22,7 @@ def reconstruction_mse(model, batches, seed: int, num_steps: int, step_size: flo
             err = (model.generator(z).float() - x.float()).pow(2)
         sq_sum += err.sum().double().cpu()
         count += err.numel()
-    totals = torch.stack([sq_sum, count])
-    if dist.is_initialized():
-        torch.distributed.all_reduce(totals)
+    totals = dist.all_reduce_sum(torch.stack([sq_sum, count]))
     mse_pm1 = float(totals[0] / totals[1])
     return {"recon_mse": mse_pm1 / 4.0, "recon_mse_pm1": mse_pm1, "recon_images": int(totals[1]) // x[0].numel(),
             "recon_langevin_steps": num_steps}
