@@ -20,7 +20,7 @@ with the plain (unwrapped) modules.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -57,6 +57,24 @@ def log_likelihood(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, sigma
     return -residual.pow(2).flatten(1).sum(1) / (2.0 * sigma**2)
 
 
+def log_posterior(generator: nn.Module, prior: Prior, z: torch.Tensor, x: torch.Tensor, sigma: float,
+                  mask: torch.Tensor | None = None,
+                  autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """log p(z | x) up to its constant, (B,) float32. A plain function of tensors and modules, so it
+    can be handed to torch.compile as it is (lfbm_dist/fastpath.py): forward and backward compile."""
+    return prior.log_prob(z) + log_likelihood(generator, z, x, sigma, mask, autocast_dtype)
+
+
+LogPosteriorFn = Callable[..., torch.Tensor]  # same signature as log_posterior
+
+
+def _langevin_update(z: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor | None, half_s2: float,
+                     step_size: float) -> torch.Tensor:
+    """z + ½s²∇ + sε as two fused multiply-adds (out-of-place first: z may be a caller's tensor)."""
+    z = torch.add(z, grad, alpha=half_s2)
+    return z.add_(eps, alpha=step_size) if eps is not None else z
+
+
 def _check_noise(noise: torch.Tensor | None, batch: int, num_steps: int, dim: int) -> None:
     if noise is not None and tuple(noise.shape) != (batch, num_steps, dim):
         raise ValueError(f"noise must have shape {(batch, num_steps, dim)}, got {tuple(noise.shape)}")
@@ -67,12 +85,14 @@ def langevin_posterior(generator: nn.Module, prior: Prior, x: torch.Tensor, *, n
                        z_init: torch.Tensor | None = None, add_noise: bool = True,
                        noise: torch.Tensor | None = None, rng: torch.Generator | None = None,
                        autocast_dtype: torch.dtype | None = None,
+                       log_posterior_fn: LogPosteriorFn | None = None,
                        return_stats: bool = False):
     """K steps of Eq. 8 on log p(z | x); chains start at z_init, else at N(0, I).
 
     x: (B, C, H, W) in the generator's range; mask: broadcastable to x, 1 = visible.
     noise: optional (B, K, nz) pre-drawn ε (the trainer derives it from per-sample seeds so that
     a global batch gives the same chains on any number of ranks); else drawn from `rng`.
+    log_posterior_fn: a drop-in for `log_posterior` (e.g. its torch.compile'd form); same math.
     Returns z (B, nz) detached, and with return_stats a dict of device tensors (no host sync).
     """
     if num_steps < 0 or step_size <= 0 or sigma <= 0:
@@ -84,17 +104,18 @@ def langevin_posterior(generator: nn.Module, prior: Prior, x: torch.Tensor, *, n
     z = z_init.detach().float().clone()
     half_s2 = 0.5 * step_size**2
     grad_norm = z.new_zeros(())
+    log_post_fn = log_posterior_fn or log_posterior
     with frozen(generator, prior if isinstance(prior, nn.Module) else None):
         for k in range(num_steps):
             z.requires_grad_(True)
-            log_post = prior.log_prob(z) + log_likelihood(generator, z, x, sigma, mask, autocast_dtype)
+            log_post = log_post_fn(generator, prior, z, x, sigma, mask, autocast_dtype)
             # Chains are independent, so the gradient of the sum is each chain's own gradient.
             (grad,) = torch.autograd.grad(log_post.sum(), z)
             with torch.no_grad():
-                z = z + half_s2 * grad
+                eps = None
                 if add_noise:
                     eps = noise[:, k] if noise is not None else torch.randn(z.shape, generator=rng, device=z.device)
-                    z = z + step_size * eps
+                z = _langevin_update(z.detach(), grad, eps, half_s2, step_size)
             if return_stats and k == num_steps - 1:
                 grad_norm = grad.detach().norm(dim=1).mean()
     z = z.detach()
@@ -116,8 +137,8 @@ def langevin_prior(prior: Prior, z_init: torch.Tensor, *, num_steps: int, step_s
             z.requires_grad_(True)
             (grad,) = torch.autograd.grad(prior.log_prob(z).sum(), z)
             with torch.no_grad():
-                z = z + half_s2 * grad
+                eps = None
                 if add_noise:
                     eps = noise[:, k] if noise is not None else torch.randn(z.shape, generator=rng, device=z.device)
-                    z = z + step_size * eps
+                z = _langevin_update(z.detach(), grad, eps, half_s2, step_size)
     return z.detach()
