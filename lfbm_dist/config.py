@@ -121,6 +121,16 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """GPU fast path of the Langevin-dominated iteration (docs/PERFORMANCE.md says what each is worth).
+    `auto` means on for CUDA devices and off on CPU; every switch falls back cleanly where unsupported."""
+    channels_last: Literal["auto", "on", "off"] = "auto"    # NHWC generator weights + images (tensor cores)
+    cudnn_benchmark: Literal["auto", "on", "off"] = "auto"  # cuDNN autotuning (shapes are static per run)
+    compile: Literal["auto", "on", "off"] = "off"           # torch.compile the Langevin log-posterior (fwd + bwd)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead = CUDA graphs
+
+
+@dataclass
 class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -130,6 +140,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,6 +153,8 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Check `value` against a field annotation, allowing int -> float only."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(annotation)):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in typing.get_args(annotation):
             raise ConfigError(f"{source}: {key} must be one of {list(typing.get_args(annotation))}, got {value!r}")
         return value

@@ -14,6 +14,7 @@ from torch import nn
 
 from . import dist
 from .config import Config
+from .fastpath import FastPath
 
 
 class LaunchError(RuntimeError):
@@ -103,11 +104,15 @@ class Engine:
                               f"{self.world_size}; on CPU use `accelerate launch --multi_gpu --num_processes N` "
                               "(`--cpu` silently runs one process) or torchrun")
         self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        self.fast = FastPath.resolve(cfg.perf, self.device)  # channels-last, cuDNN autotuning, compile
         self.backend_name = str(self.accelerator.distributed_type).split(".")[-1]
         if self.uses_deepspeed:
             self.backend_name += f" ZeRO-{self.accelerator.state.deepspeed_plugin.zero_stage}"
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        """Fast-path layout first (DDP registers its buckets on the parameters as they are then);
+        DDP's bucketed all-reduce overlaps the learning step's backward (DeepSpeed: overlap_comm)."""
+        self.fast.apply(model)
         return self.accelerator.prepare(model, optimizer)
 
     def unwrap(self, wrapped: Any) -> nn.Module:

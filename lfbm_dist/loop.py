@@ -77,7 +77,7 @@ def training_loop(cfg: Config) -> dict:
         print(f"lfbm_dist: {engine.world_size} rank(s) on {engine.device} ({engine.backend_name}), "
               f"global batch {global_batch}, "
               f"generator {count_parameters(plain.generator):,} + prior {count_parameters(plain.prior):,} "
-              f"parameters, run dir {run_dir}", flush=True)
+              f"parameters, run dir {run_dir}; fast path: {engine.fast.describe()}", flush=True)
     # Statistics accumulate on the device and are read once per logging tick (no per-step sync).
     tick_sums: dict[str, torch.Tensor] = {}
     tick_count = 0
@@ -95,6 +95,7 @@ def training_loop(cfg: Config) -> dict:
         micro_batches = []
         for micro in range(t.accumulation_steps):
             batch = feed.micro_batch(images_seen, step, micro)
+            batch.x = engine.fast.images(batch.x)  # the generator's memory format (channels-last on GPU)
             if fixed_x is None:
                 fixed_x = batch.x[:8].clone()
             if plain.encoder is not None:  # LFBM-VAE: amortised inference; "z" carries the ε of q(z|x)
@@ -106,7 +107,8 @@ def training_loop(cfg: Config) -> dict:
             z, lstats = langevin_posterior(
                 plain.generator, plain.prior, batch.x, num_steps=lv.num_steps, step_size=lv.step_size,
                 sigma=lv.sigma, mask=batch.mask, z_init=chains[:, 0], noise=chains[:, 1:],
-                add_noise=lv.add_noise, autocast_dtype=engine.autocast_dtype, return_stats=True)
+                add_noise=lv.add_noise, autocast_dtype=engine.autocast_dtype,
+                log_posterior_fn=engine.fast.log_posterior, return_stats=True)
             if step in faults.NAN_STEPS:  # test hook: inject a non-finite latent
                 z[0, 0] = float("nan")
             micro_batches.append((batch, z, lstats))

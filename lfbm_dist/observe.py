@@ -47,7 +47,7 @@ class Observer:
         elapsed = time.perf_counter() - self.start_time
         done = images_seen - self.start_images
         rate = done / max(elapsed, 1e-9)
-        eta = (self.total_images - images_seen) / max(rate, 1e-9)
+        eta = max(self.total_images - images_seen, 0) / max(rate, 1e-9)
         pct = 100.0 * images_seen / max(self.total_images, 1)
         bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
         parts = " ".join(f"{k.replace('/', '_')}={v:.4g}" for k, v in values.items())
