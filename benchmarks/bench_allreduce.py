@@ -55,8 +55,8 @@ def main() -> None:
         print(json.dumps({"benchmark": "gradient_allreduce", "config": args.config, "parameters": params,
                           "bytes": nbytes, "world_size": world, "backend": torch_dist.get_backend(),
                           "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                          "median_s": round(seconds, 4),
-                          "bus_bandwidth_GBps": round(2 * (world - 1) / world * nbytes / seconds / 1e9, 3)}, indent=2))
+                          "median_s": float(f"{seconds:.4g}"),  # 4 significant digits: tiny test buffers take µs
+                          "bus_bandwidth_GBps": float(f"{2 * (world - 1) / world * nbytes / seconds / 1e9:.4g}")}, indent=2))
     torch_dist.destroy_process_group()
 
 

@@ -1,16 +1,23 @@
 """Benchmark one LFBM training iteration (K posterior Langevin steps + the learning step). Prints JSON.
 
-    python benchmarks/bench_train_step.py --config celebahq256 --batch-per-gpu 32 [--steps 5] [--compile]
-    python benchmarks/bench_train_step.py --config quickstart --batch-per-gpu 16
+    python benchmarks/bench_train_step.py --config celebahq256 --batch-per-gpu 32 [--steps 5] [--ablate]
+    python benchmarks/bench_train_step.py --config quickstart --batch-per-gpu 50 perf.compile=on
 
-Two implementations of the same iteration are timed in the same process, on the same inputs:
-  * "lfbm_dist": our path — parameters frozen during Langevin (no weight gradients), generator
-    passes in bf16 autocast when the config says so (train.precision) on GPU, channels-last and
-    cuDNN autotuning on GPU, optional torch.compile of the generator;
-  * "plain_eager": how the authors' code runs — float32, parameters left trainable, PyTorch's
-    default precision settings (TF32 convolutions allowed, no cuDNN autotuning), no compilation.
-FLOPs are counted analytically from the generator's convolutions (lfbm_dist/flops.py, stated in
-the output); images/s and TFLOP/s are medians over the timed steps; data loading is excluded.
+Variants, timed in the same process on the same inputs, their timed steps interleaved:
+  * "plain_eager": how the authors' code runs — float32, parameters left trainable during Langevin,
+    PyTorch's default precision settings (TF32 convolutions allowed, no cuDNN autotuning), no
+    compilation, NCHW.
+  * "lfbm_dist": what `lfbm_dist/train.py` runs for this config on this device — the same
+    lfbm_dist.inference code with lfbm_dist.fastpath.FastPath resolved from `perf.*` (override it
+    with key=value arguments, e.g. perf.compile=on) and train.precision's bf16 autocast.
+  * with --ablate, a ladder that adds one change at a time (no weight gradients + fused update →
+    + bf16 autocast → + channels-last → + cuDNN autotuning → + torch.compile → + CUDA graphs),
+    so each change is kept only where it shows a gain. Steps that cannot apply on the device
+    (CUDA-only ones on CPU) are left out of the ladder and listed under "not_applicable".
+FLOPs are counted analytically from the generator's convolutions (lfbm_dist/flops.py, stated in the
+output); images/s and TFLOP/s come from the median step time; data loading is excluded. Every
+variant is built and warmed up first (--warmup steps: compilation and autotuning happen there and
+are reported as first_step_s), then the timed steps run round-robin across variants.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,8 +38,19 @@ sys.path.insert(0, str(ROOT))
 
 from lfbm_dist.config import load_config  # noqa: E402
 from lfbm_dist.factory import build_model, build_optimizer  # noqa: E402
+from lfbm_dist.fastpath import FastPath  # noqa: E402
 from lfbm_dist.flops import iteration_flops_per_image  # noqa: E402
 from lfbm_dist.inference import langevin_posterior  # noqa: E402
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def _sync(device: torch.device) -> None:
@@ -39,73 +58,127 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # timing boundary: a deliberate host–device sync
 
 
-def plain_eager_langevin(model, x, z, num_steps, step_size, sigma):
+def plain_eager_langevin(model, x, z, noise, step_size, sigma):
     """The authors' loop: fp32, all parameters trainable, grad of the summed log-posterior."""
     z = z.clone().requires_grad_(True)
-    for _ in range(num_steps):
+    for k in range(noise.shape[1]):
         x_hat = model.generator(z)
         log_post = model.prior.log_prob(z).sum() - ((x - x_hat) ** 2).sum() / (2 * sigma**2)
         grad = torch.autograd.grad(log_post, z)[0]
-        z = (z + 0.5 * step_size**2 * grad + step_size * torch.randn_like(z)).detach().requires_grad_(True)
+        z = (z + 0.5 * step_size**2 * grad + step_size * noise[:, k]).detach().requires_grad_(True)
     return z.detach()
 
 
-def run_variant(name: str, cfg, batch: int, steps: int, warmup: int, device: torch.device, compile_gen: bool):
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    optimizer = build_optimizer(cfg, model)
-    fast = name == "lfbm_dist"
-    autocast_dtype = torch.bfloat16 if (fast and cfg.train.precision == "bf16") else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = fast  # autotuning: our path only
-        if fast:
-            model.generator.to(memory_format=torch.channels_last)
-    if fast and compile_gen:
-        model.generator = torch.compile(model.generator)
-    lv = cfg.langevin
-    res = cfg.data.resolution
-    x = (torch.rand(batch, cfg.generator.image_channels, res, res, device=device) * 2 - 1)
-    if device.type == "cuda" and fast:
-        x = x.contiguous(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    langevin_s, learning_s = [], []
-    for i in range(warmup + steps):
-        z0 = torch.randn(batch, cfg.generator.nz, device=device)
+class Variant:
+    """One implementation of the iteration with its own model, optimizer and inputs.
+
+    spec: plain (bool: the authors' loop), bf16 (bool: generator autocast), fast (FastPath or None).
+    """
+
+    def __init__(self, spec: dict, cfg, batch: int, device: torch.device):
+        self.spec, self.cfg, self.batch, self.device = spec, cfg, batch, device
+        allocated_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        torch.manual_seed(0)
+        self.model = build_model(cfg).to(device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.fast: FastPath | None = spec["fast"]
+        if self.fast is not None:
+            self.fast.apply(self.model)
+        self.autocast_dtype = torch.bfloat16 if spec["bf16"] else None
+        res = cfg.data.resolution
+        self.x = torch.rand(batch, cfg.generator.image_channels, res, res, device=device) * 2 - 1
+        if self.fast is not None:
+            self.x = self.fast.images(self.x)
+        self.state_bytes = (torch.cuda.memory_allocated(device) - allocated_before) if device.type == "cuda" else 0
+        self.langevin_s: list[float] = []
+        self.learning_s: list[float] = []
+        self.step_peak_bytes = 0  # allocator peak above what was resident when the step began
+        self.first_step_s = 0.0
+
+    def step(self, timed: bool) -> None:
+        cfg, device, lv = self.cfg, self.device, self.cfg.langevin
+        # cuDNN autotuning is process-wide: set it for this variant (off = PyTorch's default).
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(self.fast and self.fast.cudnn_benchmark)
+        chains = torch.randn(self.batch, lv.num_steps + 1, cfg.generator.nz, device=device)
         _sync(device)
+        if device.type == "cuda":
+            resident = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        if fast:
-            z = langevin_posterior(model.generator, model.prior, x, num_steps=lv.num_steps, step_size=lv.step_size,
-                                   sigma=lv.sigma, z_init=z0, autocast_dtype=autocast_dtype)
+        if self.spec["plain"]:
+            z = plain_eager_langevin(self.model, self.x, chains[:, 0], chains[:, 1:], lv.step_size, lv.sigma)
         else:
-            z = plain_eager_langevin(model, x, z0, lv.num_steps, lv.step_size, lv.sigma)
+            z = langevin_posterior(self.model.generator, self.model.prior, self.x, num_steps=lv.num_steps,
+                                   step_size=lv.step_size, sigma=lv.sigma, z_init=chains[:, 0], noise=chains[:, 1:],
+                                   autocast_dtype=self.autocast_dtype,
+                                   log_posterior_fn=self.fast.log_posterior if self.fast is not None else None)
         _sync(device)
         t1 = time.perf_counter()
-        loss, _ = model(x, z, autocast_dtype=autocast_dtype)
+        loss, _ = self.model(self.x, z, autocast_dtype=self.autocast_dtype)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         _sync(device)
         t2 = time.perf_counter()
-        if i >= warmup:
-            langevin_s.append(t1 - t0)
-            learning_s.append(t2 - t1)
-    flops = iteration_flops_per_image(model.generator if not compile_gen else build_model(cfg).generator.to(device),
-                                      cfg.generator.nz, lv.num_steps)
-    step_s = statistics.median(a + b for a, b in zip(langevin_s, learning_s))
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {
-        "images_per_sec": round(batch / step_s, 3),
-        "achieved_tflops": round(batch * flops["total"] / step_s / 1e12, 4),
-        "step_s_median": round(step_s, 5),
-        "langevin_share": round(statistics.median(langevin_s) / step_s, 4),
-        "learning_share": round(statistics.median(learning_s) / step_s, 4),
-        "peak_memory_bytes": int(peak),
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process max RSS (both variants so far)",
-        "generator_autocast": str(autocast_dtype) if autocast_dtype else "float32",
-        "flops_per_image": flops,
-    }
+        if device.type == "cuda":
+            self.step_peak_bytes = max(self.step_peak_bytes, torch.cuda.max_memory_allocated(device) - resident)
+        if not timed:
+            self.first_step_s = self.first_step_s or (t2 - t0)  # includes autotuning / compilation
+            return
+        self.langevin_s.append(t1 - t0)
+        self.learning_s.append(t2 - t1)
+
+    def summary(self) -> dict:
+        cfg, device = self.cfg, self.device
+        flops = iteration_flops_per_image(build_model(cfg).generator.to(device), cfg.generator.nz,
+                                          cfg.langevin.num_steps)
+        step_s = statistics.median(a + b for a, b in zip(self.langevin_s, self.learning_s))
+        if device.type == "cuda":
+            # Own weights + optimizer state (held since set-up) + the step's working memory.
+            peak, kind = self.state_bytes + self.step_peak_bytes, "CUDA allocator: own state + step peak"
+        else:
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS (all variants)"
+        out = {
+            "images_per_sec": round(self.batch / step_s, 3),
+            "achieved_tflops": round(self.batch * flops["total"] / step_s / 1e12, 4),
+            "step_s_median": round(step_s, 5),
+            "first_step_s": round(self.first_step_s, 3),
+            "langevin_share": round(statistics.median(self.langevin_s) / step_s, 4),
+            "learning_share": round(statistics.median(self.learning_s) / step_s, 4),
+            "peak_memory_bytes": int(peak),
+            "peak_memory_kind": kind,
+            "generator_autocast": "bfloat16" if self.spec["bf16"] else "float32",
+            "fast_path": self.fast.describe() if self.fast is not None else "none",
+            "flops_per_image": flops,
+        }
+        if self.fast is not None and self.fast.fallback_reason:
+            out["compile_fallback"] = self.fast.fallback_reason
+        return out
+
+
+def variants(cfg, device: torch.device, ablate: bool) -> tuple[dict[str, dict], list[str]]:
+    cuda = device.type == "cuda"
+    configured = FastPath.resolve(cfg.perf, device)
+    out = {"lfbm_dist": {"plain": False, "bf16": cfg.train.precision == "bf16", "fast": configured}}
+    skipped: list[str] = []
+    if ablate:
+        base = FastPath(device=device)
+        ladder = [("no_weight_grads+fused_update", False, base),
+                  ("+bf16_autocast", True, base),
+                  ("+channels_last", True, replace(base, channels_last=True)),
+                  ("+cudnn_benchmark", True, replace(base, channels_last=True, cudnn_benchmark=cuda)),
+                  ("+compile", True, replace(base, channels_last=True, cudnn_benchmark=cuda, compile_mode="default")),
+                  ("+cuda_graphs", True, replace(base, channels_last=True, cudnn_benchmark=cuda,
+                                                 compile_mode="reduce-overhead"))]
+        for name, bf16, fast in ladder:
+            # CPU: no bf16 tensor cores, no cuDNN, no CUDA graphs; the rest is measurable here.
+            if not cuda and name in ("+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"):
+                skipped.append(name)
+                continue
+            out[name] = {"plain": False, "bf16": bf16 and cuda, "fast": fast}
+    out["plain_eager"] = {"plain": True, "bf16": False, "fast": None}
+    return out, skipped
 
 
 def main() -> None:
@@ -113,30 +186,47 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="preset name in configs/ (e.g. celebahq256) or a path")
     parser.add_argument("--batch-per-gpu", type=int, required=True)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (autotuning, compilation)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the generator (our path)")
+    parser.add_argument("--ablate", action="store_true", help="also time the one-change-at-a-time ladder")
+    parser.add_argument("--compile", action="store_true", help="shorthand for perf.compile=on")
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", help="config key=value (e.g. perf.compile=on)")
     args = parser.parse_args()
     path = Path(args.config)
     if not path.is_file():
         path = ROOT / "configs" / f"{args.config}.yaml"
-    cfg = load_config(path, args.overrides)
+    cfg = load_config(path, args.overrides + (["perf.compile=on"] if args.compile else []))
     device = torch.device(args.device)
     out = {"benchmark": "train_step", "config": path.stem, "batch_per_gpu": args.batch_per_gpu,
            "langevin_steps": cfg.langevin.num_steps, "resolution": cfg.data.resolution,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "flops_note": "2·MACs of the generator's (transposed) convolutions; Langevin step = 2F, learning = 3F",
            "variants": {}}
-    variants = ["lfbm_dist"] + ([] if args.skip_baseline else ["plain_eager"])
-    for name in variants:
-        out["variants"][name] = run_variant(name, cfg, args.batch_per_gpu, args.steps, args.warmup, device,
-                                            args.compile and name == "lfbm_dist")
-    if len(variants) == 2:
-        out["speedup_vs_plain_eager"] = round(out["variants"]["lfbm_dist"]["images_per_sec"]
-                                              / out["variants"]["plain_eager"]["images_per_sec"], 3)
+    specs, skipped = variants(cfg, device, args.ablate)
+    if args.skip_baseline:
+        specs.pop("plain_eager")
+    built = {}
+    for name, spec in specs.items():  # set-up and warm-up (compilation, autotuning) one by one
+        built[name] = Variant(spec, cfg, args.batch_per_gpu, device)
+        for _ in range(args.warmup):
+            built[name].step(timed=False)
+    # Timed steps interleave the variants, in a rotating order, so that drifting machine load
+    # (shared VMs, GPU clocks) is spread evenly instead of landing on whichever variant ran last.
+    names = list(built)
+    for round_index in range(args.steps):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            built[name].step(timed=True)
+    for name in names:
+        out["variants"][name] = built[name].summary()
+    if skipped:
+        out["not_applicable"] = {name: f"needs CUDA (device is {device.type})" for name in skipped}
+    if "plain_eager" in out["variants"]:
+        base = out["variants"]["plain_eager"]["images_per_sec"]
+        out["speedup_vs_plain_eager"] = {name: round(v["images_per_sec"] / base, 3)
+                                         for name, v in out["variants"].items() if name != "plain_eager"}
     print(json.dumps(out, indent=2))
 
 

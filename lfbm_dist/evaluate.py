@@ -11,6 +11,7 @@ Every FID carries the network, image resolution and sample count that produced i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -26,6 +27,7 @@ import torch  # noqa: E402
 from lfbm_dist import dist  # noqa: E402
 from lfbm_dist.checkpoint import CheckpointError, latest  # noqa: E402
 from lfbm_dist.config import ConfigError, load_config  # noqa: E402
+from lfbm_dist.fastpath import FastPath  # noqa: E402
 
 METRICS = ("fid", "recon", "inpaint", "anomaly")
 
@@ -152,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         model, cfg, images_seen = load_model(args, args.overrides)
         device = init_distributed(cfg.train.collective_timeout_min)
         model.to(device)
+        # NHWC + cuDNN autotuning for the 50k-sample FID and long-run inference; compile stays off
+        # here: evaluation shapes vary (last batches) and each one would recompile.
+        FastPath.resolve(dataclasses.replace(cfg.perf, compile="off"), device).apply(model)
         run_dir = Path(args.run or cfg.train.run_dir)
         writer = None
         if dist.is_main():

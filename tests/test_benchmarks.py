@@ -1,0 +1,62 @@
+"""The benchmark scripts run and print the JSON that docs/PERFORMANCE.md is built from. No timing
+is asserted here (speed comes from benchmarks, not tests); what is checked is that every variant
+ran, that the derived figures are consistent with the raw ones, and the FLOP count."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, ROOT
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_prints_every_variant_of_the_ladder():
+    proc = subprocess.run([PYTHON, "benchmarks/bench_train_step.py", "--config", "test_tiny", "--batch-per-gpu", "4",
+                           "--steps", "2", "--ablate"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    variants = out["variants"]
+    assert set(variants) == {"lfbm_dist", "no_weight_grads+fused_update", "+channels_last", "+compile", "plain_eager"}
+    assert set(out["not_applicable"]) == {"+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"}  # CPU
+    assert variants["+compile"]["fast_path"] == "channels_last=on cudnn_benchmark=off compile=default"
+    assert "compile_fallback" not in variants["+compile"]
+    assert variants["lfbm_dist"]["fast_path"] == "channels_last=off cudnn_benchmark=off compile=off"  # CPU auto
+    # test_tiny = tiny16, nz 8, ngf 8: MACs C_in·C_out·k²·H_in·W_in of 8→16 on 1², 16→8 on 4², 8→3 on 8²
+    flops = variants["lfbm_dist"]["flops_per_image"]
+    assert flops["generator_forward"] == 2 * (8 * 16 * 16 * 1 + 16 * 8 * 16 * 16 + 8 * 3 * 16 * 64)
+    assert flops["total"] == (2 * out["langevin_steps"] + 3) * flops["generator_forward"]
+    for name, v in variants.items():
+        assert v["images_per_sec"] == pytest.approx(4 / v["step_s_median"], rel=1e-3), name
+        assert v["achieved_tflops"] == pytest.approx(4 * flops["total"] / v["step_s_median"] / 1e12, rel=1e-2, abs=1e-4)
+        assert v["langevin_share"] + v["learning_share"] == pytest.approx(1.0, abs=0.25)  # medians of parts
+    assert set(out["speedup_vs_plain_eager"]) == set(variants) - {"plain_eager"}
+
+
+def test_flop_count_of_the_256_generator_matches_a_hand_count():
+    """Table 12 generator, nz 128: ≈ 4.94 GMAC per image, the issue's ≈ 5 GMAC; K = 60 → 1.214 TFLOP."""
+    from lfbm_dist.flops import iteration_flops_per_image
+    from lfbm_dist.models import build_generator
+
+    widths = [128 * m for m in (16, 8, 4, 2, 2, 1)]
+    macs = 128 * widths[0] * 16 * 1  # 1² -> 4², kernel 4
+    side = 4
+    for c_in, c_out in zip(widths, widths[1:] + [3]):  # each k4 s2 p1 layer doubles the side
+        macs += c_in * c_out * 16 * side * side
+        side *= 2
+    assert macs == 4_936_695_808
+    flops = iteration_flops_per_image(build_generator("celebahq256", nz=128), 128, 60)
+    assert flops["generator_forward"] == 2 * macs
+    assert flops["total"] == 123 * 2 * macs and round(flops["total"] / 1e12, 3) == 1.214
+
+
+@pytest.mark.slow
+def test_allreduce_benchmark_on_two_gloo_ranks():
+    proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "benchmarks/bench_allreduce.py",
+                           "--config", "test_tiny", "--repeats", "3"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert (out["world_size"], out["backend"], out["parameters"]) == (2, "gloo", 5787)  # test_tiny's gen + prior
+    assert out["bytes"] == 4 * out["parameters"] and out["median_s"] > 0
+    # ring all-reduce bus bandwidth: 2(N−1)/N · bytes / time
+    assert out["bus_bandwidth_GBps"] == pytest.approx(out["bytes"] / out["median_s"] / 1e9, rel=0.01)
