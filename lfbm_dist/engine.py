@@ -104,7 +104,8 @@ class Engine:
                               f"{self.world_size}; on CPU use `accelerate launch --multi_gpu --num_processes N` "
                               "(`--cpu` silently runs one process) or torchrun")
         self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
-        self.fast = FastPath.resolve(cfg.perf, self.device)  # channels-last, cuDNN autotuning, compile
+        # channels-last, cuDNN autotuning, compile (channels-last never under DeepSpeed: it crashes there)
+        self.fast = FastPath.resolve(cfg.perf, self.device, deepspeed=self.uses_deepspeed)
         self.backend_name = str(self.accelerator.distributed_type).split(".")[-1]
         if self.uses_deepspeed:
             self.backend_name += f" ZeRO-{self.accelerator.state.deepspeed_plugin.zero_stage}"

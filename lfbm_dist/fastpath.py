@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import PerfConfig
+from .config import ConfigError, PerfConfig
 from .inference import LogPosteriorFn, log_posterior
 
 
@@ -42,21 +42,32 @@ class FastPath:
     cudnn_benchmark: bool = False
     compile_mode: str | None = None           # None = eager
     fallback_reason: str | None = None        # set when compilation failed and we went eager
+    note: str | None = None                   # why an `auto` switch stayed off
     _compiled: LogPosteriorFn | None = field(default=None, repr=False)
 
     @classmethod
-    def resolve(cls, perf: PerfConfig, device: torch.device) -> "FastPath":
+    def resolve(cls, perf: PerfConfig, device: torch.device, deepspeed: bool = False) -> "FastPath":
+        """deepspeed: the model will be handed to a DeepSpeed engine, which views every parameter
+        as contiguous bytes (broadcast at start-up, flat ZeRO buffers): NHWC weights crash it."""
         compile_on = _on(perf.compile, device)
         # CUDA graphs need CUDA; on CPU "reduce-overhead" would silently be plain compilation.
         mode = perf.compile_mode if (device.type == "cuda" or perf.compile_mode != "reduce-overhead") else "default"
-        return cls(device=device, channels_last=_on(perf.channels_last, device),
+        channels_last, note = _on(perf.channels_last, device), None
+        if deepspeed and channels_last:
+            if perf.channels_last == "on":
+                raise ConfigError("perf.channels_last=on cannot run under DeepSpeed (it views every parameter as "
+                                  "contiguous bytes); use perf.channels_last=auto or off")
+            channels_last, note = False, "channels-last stays off under DeepSpeed"
+        return cls(device=device, channels_last=channels_last,
                    cudnn_benchmark=_on(perf.cudnn_benchmark, device) and device.type == "cuda",
-                   compile_mode=mode if compile_on else None)
+                   compile_mode=mode if compile_on else None, note=note)
 
     def describe(self) -> str:
         parts = [f"channels_last={'on' if self.channels_last else 'off'}",
                  f"cudnn_benchmark={'on' if self.cudnn_benchmark else 'off'}",
                  f"compile={self.compile_mode or 'off'}"]
+        if self.note:
+            parts.append(f"({self.note})")
         if self.fallback_reason:
             parts.append(f"(compile fell back to eager: {self.fallback_reason})")
         return " ".join(parts)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         training_loop(cfg)
-    except (CheckpointError, LaunchError, DataError, NonFiniteError) as exc:
+    except (CheckpointError, ConfigError, LaunchError, DataError, NonFiniteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -38,17 +38,27 @@ def test_two_rank_backends_train_checkpoint_and_export(tmp_path, kind, layout):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_channels_last_on_under_deepspeed_is_refused_in_one_line(tmp_path):
+    """DeepSpeed views every parameter as contiguous bytes; NHWC weights would crash inside it."""
+    proc = run("zero2", *TINY, f"train.run_dir={tmp_path / 'r'}", "perf.channels_last=on")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: perf.channels_last=on")]
+    assert lines and "cannot run under DeepSpeed" in lines[0], proc.stderr[-3000:]
+
+
 def _final_params(run_dir):
     return checkpoint_state_dict(latest(run_dir))
 
 
 def test_global_batch_split_equivalence(tmp_path):
-    """1 rank × 8, 2 ranks × 4, 2 ranks × 2 × accumulation 2 (and ZeRO-2 2 × 4): same parameters."""
+    """1 rank × 8, 2 ranks × 4, 2 ranks × 2 × accumulation 2 (and ZeRO-2 2 × 4, and DDP 2 × 4 with
+    channels-last weights and images): same parameters."""
     steps = ["train.total_kimg=0.04", "train.log_every_kimg=0.04"]  # 5 steps of global batch 8
     runs = {"1x8": ("single", ["train.batch_per_gpu=8"]),
             "2x4": ("ddp2", ["train.batch_per_gpu=4"]),
             "2x2x2": ("ddp2", ["train.batch_per_gpu=2", "train.accumulation_steps=2"]),
-            "zero2_2x4": ("zero2", ["train.batch_per_gpu=4"])}
+            "zero2_2x4": ("zero2", ["train.batch_per_gpu=4"]),
+            "2x4_channels_last": ("ddp2", ["train.batch_per_gpu=4", "perf.channels_last=on"])}
     params = {}
     for name, (kind, extra) in runs.items():
         run_dir = tmp_path / name

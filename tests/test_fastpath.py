@@ -9,7 +9,7 @@ import torch
 
 from conftest import PYTHON, ROOT, randomize_
 from helpers_models import LinearGenerator
-from lfbm_dist.config import PerfConfig, load_config
+from lfbm_dist.config import ConfigError, PerfConfig, load_config
 from lfbm_dist.fastpath import FastPath
 from lfbm_dist.inference import langevin_posterior
 from lfbm_dist.models import FlowPrior, GaussianPrior, build_generator
@@ -24,6 +24,11 @@ def test_auto_means_on_for_cuda_and_off_on_cpu():
     # CUDA graphs do not exist on CPU: asking for them there compiles plainly rather than pretending.
     forced = FastPath.resolve(PerfConfig("on", "on", "on", "reduce-overhead"), torch.device("cpu"))
     assert (forced.channels_last, forced.cudnn_benchmark, forced.compile_mode) == (True, False, "default")
+    # DeepSpeed crashes on NHWC parameters: auto stays off (and says so), an explicit on is refused.
+    deepspeed = FastPath.resolve(PerfConfig(), torch.device("cuda", 0), deepspeed=True)
+    assert not deepspeed.channels_last and "off under DeepSpeed" in deepspeed.describe()
+    with pytest.raises(ConfigError, match="cannot run under DeepSpeed"):
+        FastPath.resolve(PerfConfig(channels_last="on"), torch.device("cpu"), deepspeed=True)
 
 
 def test_yaml_on_off_read_as_switches(tmp_path):
