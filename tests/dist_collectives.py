@@ -1,6 +1,7 @@
 """Launched on 2 ranks (DDP or DeepSpeed via accelerate launch): counts collective communication
-during posterior inference (must be none) and during the learning step (must be some).
-Writes OUT_DIR/rank{R}.json per rank: {"rank", "backend", "inference", "learning"}."""
+during posterior inference, eager and torch.compile'd (must be none), and during the learning step
+(must be some). Writes OUT_DIR/rank{R}.json per rank:
+{"rank", "backend", "inference", "inference_compiled", "compile_fallback", "learning"}."""
 import json
 import os
 import sys
@@ -9,9 +10,10 @@ import torch
 import torch.distributed as torch_dist
 
 sys.path.insert(0, ".")
-from lfbm_dist.config import load_config  # noqa: E402
+from lfbm_dist.config import PerfConfig, load_config  # noqa: E402
 from lfbm_dist.engine import Engine  # noqa: E402
 from lfbm_dist.factory import build_model, build_optimizer  # noqa: E402
+from lfbm_dist.fastpath import FastPath  # noqa: E402
 from lfbm_dist.inference import langevin_posterior  # noqa: E402
 
 COUNT = {"calls": 0}
@@ -49,11 +51,18 @@ if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
 x = torch.rand(4, 3, 16, 16) * 2 - 1
 z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3)
 inference_calls = COUNT["calls"]
+# The fast path's compiled chain (forward and backward compiled by Inductor) must stay local too.
+fast = FastPath.resolve(PerfConfig(compile="on"), engine.device, deepspeed=engine.uses_deepspeed)
+langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3,
+                   log_posterior_fn=fast.log_posterior)
+compiled_calls = COUNT["calls"] - inference_calls
+inference_calls = COUNT["calls"]
 with engine.accumulate(wrapped):
     loss, _ = wrapped(x, z)
     engine.backward(loss)
 optimizer.step()
 result = {"rank": engine.rank, "backend": engine.backend_name, "inference": inference_calls,
+          "inference_compiled": compiled_calls, "compile_fallback": fast.fallback_reason,
           "learning": COUNT["calls"] - inference_calls}
 with open(os.path.join(os.environ["LFBM_TEST_OUT"], f"rank{engine.rank}.json"), "w") as f:
     json.dump(result, f)

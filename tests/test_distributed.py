@@ -180,4 +180,5 @@ def test_posterior_inference_uses_no_collectives(tmp_path, kind):
     assert sorted(r["rank"] for r in rows) == [0, 1]
     for r in rows:
         assert r["inference"] == 0, r
+        assert r["inference_compiled"] == 0 and r["compile_fallback"] is None, r
         assert r["learning"] > 0, r
