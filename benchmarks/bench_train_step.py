@@ -129,10 +129,8 @@ class Variant:
         self.langevin_s.append(t1 - t0)
         self.learning_s.append(t2 - t1)
 
-    def summary(self) -> dict:
-        cfg, device = self.cfg, self.device
-        flops = iteration_flops_per_image(build_model(cfg).generator.to(device), cfg.generator.nz,
-                                          cfg.langevin.num_steps)
+    def summary(self, flops: dict[str, int]) -> dict:
+        device = self.device
         step_s = statistics.median(a + b for a, b in zip(self.langevin_s, self.learning_s))
         if device.type == "cuda":
             # Own weights + optimizer state (held since set-up) + the step's working memory.
@@ -219,8 +217,10 @@ def main() -> None:
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             built[name].step(timed=True)
+    # One FLOP count for all variants: they run the same generator (compile wraps the log-posterior).
+    flops = iteration_flops_per_image(built[names[0]].model.generator, cfg.generator.nz, cfg.langevin.num_steps)
     for name in names:
-        out["variants"][name] = built[name].summary()
+        out["variants"][name] = built[name].summary(flops)
     if skipped:
         out["not_applicable"] = {name: f"needs CUDA (device is {device.type})" for name in skipped}
     if "plain_eager" in out["variants"]:

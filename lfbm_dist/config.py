@@ -123,7 +123,8 @@ class EvalConfig:
 @dataclass
 class PerfConfig:
     """GPU fast path of the Langevin-dominated iteration (docs/PERFORMANCE.md says what each is worth).
-    `auto` means on for CUDA devices and off on CPU; every switch falls back cleanly where unsupported."""
+    `auto` means on for CUDA devices and off on CPU, and where a switch cannot work `auto` leaves it
+    off; a failed compilation falls back to eager; `channels_last: on` under DeepSpeed is refused."""
     channels_last: Literal["auto", "on", "off"] = "auto"    # NHWC generator weights + images (tensor cores)
     cudnn_benchmark: Literal["auto", "on", "off"] = "auto"  # cuDNN autotuning (shapes are static per run)
     compile: Literal["auto", "on", "off"] = "off"           # torch.compile the Langevin log-posterior (fwd + bwd)

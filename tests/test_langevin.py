@@ -16,12 +16,12 @@ def _analytic_posterior(weight: torch.Tensor, x_flat: torch.Tensor, sigma: float
     return cov @ weight.T @ x_flat / sigma**2, cov
 
 
-def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0):
+def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, log_posterior_fn=None):
     rng = torch.Generator().manual_seed(seed)
     x = x_one.expand(chains, *x_one.shape).float()
     m = None if mask is None else mask.expand(chains, *mask.shape).float()
     return langevin_posterior(gen, GaussianPrior(gen.nz), x, num_steps=steps, step_size=0.1,
-                              sigma=sigma, mask=m, rng=rng).double()
+                              sigma=sigma, mask=m, rng=rng, log_posterior_fn=log_posterior_fn).double()
 
 
 def test_long_run_matches_analytic_posterior():
