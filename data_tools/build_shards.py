@@ -41,7 +41,7 @@ _ARRAYS: np.ndarray | None = None
 def _init_worker(opts: dict) -> None:
     global _OPTS, _ARRAYS
     _OPTS = opts
-    _ARRAYS = demo_arrays(opts["demo"])[0] if opts.get("demo") else None
+    _ARRAYS = demo_arrays(opts["demo"], opts["resolution"])[0] if opts.get("demo") else None
 
 
 def _encode_item(item: Item) -> tuple[str, bytes, int]:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             items, classes, opts["zip_path"] = folder_items(args.root, args.class_subfolders)
         else:
             opts["demo"] = args.name
-            _, labels = demo_arrays(args.name)
+            _, labels = demo_arrays(args.name, args.resolution)
             items = [Item(f"{args.name}_{i:06d}", str(i), int(labels[i])) for i in range(len(labels))]
         index_path = build(items, args.out, opts, partition, classes)
     except (SourceError, OSError) as exc:

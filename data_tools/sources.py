@@ -101,11 +101,11 @@ def celeba_partition(root: Path) -> dict[str, str] | None:
     return split
 
 
-def demo_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Packaged real images (uint8 (N, H, W) grayscale) and labels."""
-    from lfbm_dist.data.memory import _load_raw
+def demo_arrays(name: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packaged real images (uint8 (N, H, W) grayscale, native size; MNIST padded at 32²) and labels."""
+    from lfbm_dist.data.memory import packaged_images
 
-    images, labels = _load_raw(name, seed=0)
+    images, labels = packaged_images(name, resolution)
     return images[:, 0].numpy(), labels.numpy()
 
 

@@ -117,6 +117,7 @@ class EvalConfig:
     inpaint_samples: int = 10000
     inpaint_completions: int = 10   # chains per image from different initialisations (Fig. 2)
     inpaint_mask: str = "center"    # 40×40 at 64², scaled
+    anomaly_protocol: Literal["official", "noisy-ap"] = "official"  # metrics/anomaly.py: official = noise-free chains, PR-curve area
     seed: int = 0
 
 

@@ -44,6 +44,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return on_device.cpu()
 
 
+def all_gather_cat(tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Concatenate each rank's CPU tensor (sizes may differ) along `dim`, rank order; small tensors only."""
+    if not is_initialized():
+        return tensor
+    gathered = [None] * world_size()
+    torch_dist.all_gather_object(gathered, tensor.cpu())  # our own processes' tensors
+    return torch.cat(gathered, dim=dim)
+
+
 def barrier() -> None:
     if is_initialized():
         torch_dist.barrier()

@@ -29,7 +29,7 @@ from lfbm_dist.checkpoint import CheckpointError, latest  # noqa: E402
 from lfbm_dist.config import ConfigError, load_config  # noqa: E402
 from lfbm_dist.fastpath import FastPath  # noqa: E402
 
-METRICS = ("fid", "recon", "inpaint", "anomaly")
+METRICS = ("fid", "recon", "inpaint", "anomaly", "aggpost")
 
 
 def init_distributed(timeout_min: float) -> torch.device:
@@ -121,14 +121,20 @@ def run_metrics(model, cfg, metrics: list[str], device: torch.device, writer=Non
             writer.add_image("eval/inpainting", torchvision.utils.make_grid(
                 torch.cat(grid).cpu().clamp(-1, 1), nrow=4, normalize=True, value_range=(-1, 1)), images_seen or 0)
     if "anomaly" in metrics:
-        from lfbm_dist.metrics.anomaly import anomaly_scores, auprc
+        from lfbm_dist.metrics import anomaly
 
         if cfg.data.heldout_class < 0:
             raise ConfigError("anomaly: set data.heldout_class (the class left out of training)")
-        scores, flags = anomaly_scores(model, float_batches("test", 0, with_labels=True), cfg.data.heldout_class,
-                                       e.seed, lv.test_num_steps, lv.step_size)
-        results.update({"auprc": auprc(scores, flags), "anomaly_heldout_class": cfg.data.heldout_class,
-                        "anomaly_test_images": int(flags.numel()), "anomaly_positives": int(flags.sum())})
+        terms = anomaly.collect_terms(model, float_batches("test", 0, with_labels=True), cfg.data.heldout_class,
+                                      e.seed, lv.test_num_steps, lv.step_size,
+                                      add_noise=e.anomaly_protocol == "noisy-ap")
+        results.update(anomaly.summarize(dist.all_gather_cat(terms, dim=1), e.anomaly_protocol))
+        results.update({"anomaly_heldout_class": cfg.data.heldout_class, "anomaly_langevin_steps": lv.test_num_steps})
+    if "aggpost" in metrics:
+        from lfbm_dist.metrics.aggregated_posterior import aggregated_posterior
+
+        results.update(aggregated_posterior(model, float_batches("train", e.recon_samples), e.seed,
+                                            lv.num_steps, lv.step_size))
     return results
 
 

@@ -28,12 +28,16 @@ def generator_forward_flops(generator: nn.Module, nz: int) -> int:
         elif isinstance(module, nn.Conv2d):
             k_h, k_w = module.kernel_size
             total += 2 * module.in_channels // module.groups * module.out_channels * k_h * k_w * output.shape[-2] * output.shape[-1]
+        elif isinstance(module, nn.Linear):  # the mnist28 generator's fully-connected layers
+            total += 2 * module.in_features * module.out_features
 
-    handles = [m.register_forward_hook(hook) for m in generator.modules() if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d))]
+    handles = [m.register_forward_hook(hook) for m in generator.modules() if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear))]
+    was_training = generator.training
     try:
-        with torch.no_grad():
-            generator(torch.zeros(1, nz, device=next(generator.parameters()).device))
+        with torch.no_grad():  # eval: BatchNorm cannot take a batch of one in training mode
+            generator.eval()(torch.zeros(1, nz, device=next(generator.parameters()).device))
     finally:
+        generator.train(was_training)
         for h in handles:
             h.remove()
     return total

@@ -6,6 +6,7 @@ Progress is counted in images (kimg), so schedules do not change with world size
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -179,7 +180,8 @@ def training_loop(cfg: Config) -> dict:
         if _kimg_due(prev, now, cfg.eval.fid_every_kimg):
             from .evaluate import run_metrics  # collective: every rank generates its share of samples
 
-            fid = run_metrics(plain, cfg, ["fid"], engine.device)["fid"]
+            with _eval_mode(plain):  # BatchNorm generators: running statistics, and none updated
+                fid = run_metrics(plain, cfg, ["fid"], engine.device)["fid"]
             best = state["best"].get("fid")
             if best is None or fid < best:
                 state["best"]["fid"], state["best"]["fid_kimg"] = fid, now / 1000
@@ -187,7 +189,8 @@ def training_loop(cfg: Config) -> dict:
             if engine.is_main:
                 print(f"FID {fid:.3f} at kimg {now / 1000:.3f} (best {state['best']['fid']:.3f})", flush=True)
         if _kimg_due(prev, now, t.image_every_kimg) or done:
-            _log_images(observer, plain, fixed_x, cfg, engine, now)
+            with _eval_mode(plain):
+                _log_images(observer, plain, fixed_x, cfg, engine, now)
         if _kimg_due(prev, now, t.snapshot_every_kimg) or done:
             checkpoint.save(engine, plain, cfg, dict(state), keep=t.keep_snapshots,
                             data_state=feed.state_dict())
@@ -200,6 +203,17 @@ def training_loop(cfg: Config) -> dict:
               flush=True)
     engine.end()
     return state
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Evaluation passes (samples, FID) use BatchNorm running statistics and must not update them."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _log_images(observer, plain, fixed_x, cfg: Config, engine: Engine, images_seen: int) -> None:

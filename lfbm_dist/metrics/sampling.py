@@ -28,8 +28,11 @@ def sample_images(model: LFBM, indices: list[int], seed: int, device: torch.devi
 
 
 def infer(model: LFBM, x: torch.Tensor, indices: list[int], seed: int, num_steps: int, step_size: float,
-          mask: torch.Tensor | None = None, tag: str = "infer") -> torch.Tensor:
-    """Long-run posterior inference with per-index chain start and noise."""
-    chains = seeded_normal(tag, seed, indices, (num_steps + 1, model.nz)).to(x.device)
+          mask: torch.Tensor | None = None, tag: str = "infer", add_noise: bool = True) -> torch.Tensor:
+    """Posterior inference with a per-index chain start (and noise, unless add_noise=False:
+    then the chain is noise-free gradient ascent from its random start)."""
+    rows = num_steps + 1 if add_noise else 1
+    chains = seeded_normal(tag, seed, indices, (rows, model.nz)).to(x.device)
     return langevin_posterior(model.generator, model.prior, x, num_steps=num_steps, step_size=step_size,
-                              sigma=model.sigma, mask=mask, z_init=chains[:, 0], noise=chains[:, 1:])
+                              sigma=model.sigma, mask=mask, z_init=chains[:, 0], add_noise=add_noise,
+                              noise=chains[:, 1:] if add_noise else None)

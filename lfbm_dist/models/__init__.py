@@ -2,8 +2,8 @@
 from .ebm_prior import EBMPrior
 from .flow_prior import FlowPrior, standard_normal_log_prob
 from .gaussian_prior import GaussianPrior
-from .generator import GENERATOR_SPECS, ConvGenerator, GeneratorSpec, build_generator
+from .generator import GENERATOR_SPECS, ConvGenerator, GeneratorSpec, MLPGenerator, build_generator, uses_batch_statistics
 from .lfbm import LFBM
 
 __all__ = ["LFBM", "FlowPrior", "GaussianPrior", "EBMPrior", "ConvGenerator", "GeneratorSpec",
-           "GENERATOR_SPECS", "build_generator", "standard_normal_log_prob"]
+           "MLPGenerator", "GENERATOR_SPECS", "build_generator", "uses_batch_statistics", "standard_normal_log_prob"]

@@ -14,13 +14,12 @@ import torch
 from torch import nn
 
 from .ebm_prior import EBMPrior
-from .flow_prior import FlowPrior
+from .flow_prior import FlowPrior, standard_normal_log_prob
 from .gaussian_prior import GaussianPrior
-from .generator import ConvGenerator
 
 
 class LFBM(nn.Module):
-    def __init__(self, generator: ConvGenerator, prior: FlowPrior | GaussianPrior | EBMPrior, sigma: float,
+    def __init__(self, generator: nn.Module, prior: FlowPrior | GaussianPrior | EBMPrior, sigma: float,
                  encoder: nn.Module | None = None):
         super().__init__()
         self.generator = generator
@@ -63,6 +62,8 @@ class LFBM(nn.Module):
                 "recon_mse": (sq_err / visible).mean(),  # per visible pixel, on the [−1, 1] scale
                 # mean log p_α(z) of the inferred latents (unnormalised for the EBM prior)
                 "log_p_z": (-loss_prior if isinstance(self.prior, FlowPrior) else self.prior.log_prob(z).mean()).detach(),
+                # the same latents under N(0, I): the aggregated-posterior diagnostic's other half
+                "log_p_z_standard_normal": standard_normal_log_prob(z.float()).mean(),
             }
             if mask is not None:  # learning from occluded data (§4.6): how well the hidden pixels are recovered
                 hidden = (1 - mask).expand_as(x)

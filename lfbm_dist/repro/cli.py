@@ -1,0 +1,84 @@
+"""Reproduce the paper's tables: run a grid locally (sequential, resumable) or on Slurm, then
+summarize it with the paper's values beside ours.
+
+    lfbm-repro list    experiments/table4_anomaly.yaml --scale cpu
+    lfbm-repro run     experiments/table4_anomaly.yaml --scale cpu            # skips finished points
+    lfbm-repro summary experiments/table4_anomaly.yaml --scale cpu            # markdown table + verdicts
+    lfbm-repro run     experiments/table4_anomaly.yaml --scale paper --slurm --partition gpu --dry-run
+
+Runs go to RUN_ROOT/<grid>/<scale>/<point>/ (default RUN_ROOT: runs/repro); the summary to
+RUN_ROOT/<grid>/<scale>/summary.{md,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .spec import GridError, load_grid
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lfbm-repro", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("list", "print the points of a scale and which are finished"),
+                       ("run", "run every unfinished point (locally, or as a Slurm array with --slurm)"),
+                       ("summary", "write summary.md / summary.json of the finished points")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("grid", help="a grid file, e.g. experiments/table4_anomaly.yaml")
+        p.add_argument("--scale", default="cpu", help="a scale named in the grid file (cpu | paper)")
+        p.add_argument("--root", type=Path, default=Path("runs/repro"), help="parent of the grids' run directories")
+        if name == "run":
+            p.add_argument("--point", action="append", help="run only this point (repeatable)")
+            p.add_argument("--where", action="append", metavar="AXIS=V1,V2",
+                           help="run only the points with these axis values (repeatable)")
+            p.add_argument("--slurm", action="store_true", help="submit a Slurm array instead of running here")
+            p.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch scripts only")
+            p.add_argument("--partition", help="with --slurm")
+            p.add_argument("--account", help="with --slurm")
+        if name == "summary":
+            p.add_argument("--json", action="store_true", help="print the JSON summary instead of markdown")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+        if args.command == "list":
+            from .run import finished, point_dir
+
+            for point in grid.points(args.scale):
+                done = finished(point_dir(args.root, grid, args.scale, point), point)
+                print(f"{'done' if done else 'todo'}  {point.name}  {' '.join(point.overrides)}")
+            return 0
+        if args.command == "run":
+            if args.slurm:
+                from .slurm import submit_grid
+
+                return submit_grid(grid, args.scale, args.root, args.partition, args.account, args.dry_run)
+            from .run import run_grid
+
+            ran = run_grid(grid, args.scale, args.root, args.point, args.where)
+            print(f"{grid.name} ({args.scale}): {ran} point(s) run; "
+                  f"summary: lfbm-repro summary {args.grid} --scale {args.scale}", flush=True)
+            return 0
+        from .report import summarize
+
+        command = f"lfbm-repro run {args.grid} --scale {args.scale}"
+        markdown, summary = summarize(grid, args.scale, args.root, command)
+        out = args.root / grid.name / args.scale
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(markdown)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        print(json.dumps(summary, indent=2, sort_keys=True) if args.json else markdown, end="")
+        return 0
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

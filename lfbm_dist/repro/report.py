@@ -1,0 +1,130 @@
+"""Summaries of a grid: mean ± sd over seeds per table cell, the paper's value beside ours, and a
+verdict per ordering the paper claims.
+
+Verdicts compare our per-cell means:
+  reproduced          same direction as the paper, and the means differ by more than the two
+                      seed standard deviations added (sd needs ≥ 2 seeds)
+  same direction, within seed spread
+                      same direction, but not separated by that margin
+  not reproduced      the opposite direction (or equal)
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .run import POINT_FILE, point_dir
+from .spec import Grid, Table, _text
+
+VERDICTS = ("reproduced", "same direction, within seed spread", "not reproduced")
+
+
+def collect(grid: Grid, scale: str, root: Path) -> list[dict]:
+    """The finished points' records (point.json), in grid order."""
+    records = []
+    for point in grid.points(scale):
+        path = point_dir(root, grid, scale, point) / POINT_FILE
+        if path.is_file():
+            records.append(json.loads(path.read_text()))
+    return records
+
+
+def _cells(table: Table, records: list[dict]) -> dict[tuple[str, str], list[float]]:
+    cells: dict[tuple[str, str], list[float]] = {}
+    for rec in records:
+        value = rec["results"].get(table.metric)
+        if not isinstance(value, (int, float)):
+            continue
+        row = _text(rec["values"][table.rows])
+        col = _text(rec["values"][table.columns]) if table.columns else ""
+        cells.setdefault((row, col), []).append(float(value))
+    return cells
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return statistics.fmean(values), sd, len(values)
+
+
+def _fmt(values: list[float] | None) -> str:
+    if not values:
+        return "–"
+    mean, sd, n = _stats(values)
+    return f"{mean:.4g}" if n == 1 else f"{mean:.4g} ± {sd:.2g} (n={n})"
+
+
+def _paper(table: Table, row: str, col: str):
+    value = table.paper.get(row) if row in table.paper else table.paper.get(_maybe_int(row))
+    if isinstance(value, dict):
+        value = value.get(col) if col in value else value.get(_maybe_int(col))
+    return value
+
+
+def _maybe_int(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def verdict(better: list[float], worse: list[float], higher_is_better: bool) -> str:
+    (mb, sb, nb), (mw, sw, nw) = _stats(better), _stats(worse)
+    diff = (mb - mw) if higher_is_better else (mw - mb)
+    if diff <= 0:
+        return VERDICTS[2]
+    if nb > 1 and nw > 1 and diff > sb + sw:
+        return VERDICTS[0]
+    return VERDICTS[1]
+
+
+def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[str], list[dict]]:
+    cells = _cells(table, records)
+    rows = list(dict.fromkeys(r for r, _ in cells))
+    cols = list(dict.fromkeys(c for _, c in cells))
+    heading = f"{table.label or table.metric} ({'higher' if table.higher_is_better else 'lower'} is better)"
+    head = [table.rows.split(".")[-1]] + [f"{table.columns.split('.')[-1]} {c}" if table.columns else "ours" for c in cols]
+    lines = [f"**{heading}** — ours: mean ± sd over seeds; paper in brackets", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        name = f"{row} ({table.paper_names[row]})" if row in table.paper_names else row
+        parts = []
+        for col in cols:
+            paper = _paper(table, row, col)
+            parts.append(_fmt(cells.get((row, col))) + (f" [{paper}]" if paper is not None else ""))
+        lines.append(f"| {name} | " + " | ".join(parts) + " |")
+    found = []
+    for better, worse in table.orderings:
+        for col in cols:
+            a, b = cells.get((_text(better), col)), cells.get((_text(worse), col))
+            if a and b:
+                found.append({"metric": table.metric, "better": better, "worse": worse, "column": col,
+                              "verdict": verdict(a, b, table.higher_is_better)})
+    if found:
+        lines += ["", "Orderings the paper claims:", ""]
+        lines += [f"- {o['better']} better than {o['worse']}" + (f" ({table.columns.split('.')[-1]} {o['column']})"
+                  if o["column"] else "") + f": **{o['verdict']}**" for o in found]
+    return lines, found
+
+
+def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, dict]:
+    """(markdown, json-able summary) of the finished points; written beside the runs by the CLI."""
+    records = collect(grid, scale, root)
+    s = grid.scale(scale)
+    total = len(grid.points(scale))
+    lines = [f"### {grid.title} — `{scale}` scale", "",
+             f"Config `{grid.config}`; overrides `{' '.join(s.overrides) or '(none)'}`; seeds {list(s.seeds)}; "
+             f"{len(records)} of {total} points finished.", ""]
+    if s.note:
+        lines += [s.note, ""]
+    lines += [f"Command: `{command}`", ""]
+    orderings = []
+    for table in grid.tables:
+        body, found = table_markdown(grid, table, records)
+        lines += body + [""]
+        orderings += found
+    walls = [r.get("wall_s_last_attempt", 0.0) for r in records]
+    summary = {"grid": grid.name, "scale": scale, "finished": len(records), "points": total,
+               "orderings": orderings, "wall_s_sum": round(sum(walls), 1),
+               "records": [{k: r[k] for k in ("point", "values", "seed", "results")} for r in records]}
+    return "\n".join(lines).rstrip() + "\n", summary
