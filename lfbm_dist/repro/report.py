@@ -84,7 +84,7 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
     cols = list(dict.fromkeys(c for _, c in cells))
     heading = f"{table.label or table.metric} ({'higher' if table.higher_is_better else 'lower'} is better)"
     head = [table.rows.split(".")[-1]] + [f"{table.columns.split('.')[-1]} {c}" if table.columns else "ours" for c in cols]
-    lines = [f"**{heading}** — ours: mean ± sd over seeds; paper in brackets", "",
+    lines = [f"**{heading}** — ours: mean ± sd over seeds" + (f"; [{table.paper_label}]" if table.paper else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         name = f"{row} ({table.paper_names[row]})" if row in table.paper_names else row
@@ -113,7 +113,7 @@ def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, di
     s = grid.scale(scale)
     total = len(grid.points(scale))
     lines = [f"### {grid.title} — `{scale}` scale", "",
-             f"Config `{grid.config}`; overrides `{' '.join(s.overrides) or '(none)'}`; seeds {list(s.seeds)}; "
+             f"Config `{grid.config_for(scale)}`; overrides `{' '.join(s.overrides) or '(none)'}`; seeds {list(s.seeds)}; "
              f"{len(records)} of {total} points finished.", ""]
     if s.note:
         lines += [s.note, ""]

@@ -60,13 +60,13 @@ def run_point(grid: Grid, scale: str, point: Point, run_dir: Path) -> dict:
     overrides = list(point.overrides)
     log = run_dir / "repro.log"
     started = time.time()
-    _child([python, "-m", "lfbm_dist.train", "--config", grid.config, *overrides,
+    _child([python, "-m", "lfbm_dist.train", "--config", point.config, *overrides,
             f"train.run_dir={run_dir}", "train.resume=auto"], log)
     metrics_path = run_dir / "metrics.json"
     _child([python, "-m", "lfbm_dist.evaluate", "--run", str(run_dir), "--metrics", ",".join(grid.metrics),
             "--out", str(metrics_path), *overrides], log)
     record = {"grid": grid.name, "scale": scale, "point": point.name, "key": point.key(),
-              "values": point.values, "seed": point.seed, "overrides": overrides, "config": grid.config,
+              "values": point.values, "seed": point.seed, "overrides": overrides, "config": point.config,
               "results": json.loads(metrics_path.read_text()), "wall_s_last_attempt": round(time.time() - started, 1)}
     tmp = run_dir / f".{POINT_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

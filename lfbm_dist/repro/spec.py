@@ -6,7 +6,7 @@ claims), and a `cpu` and a `paper` scale: the overrides (budget), seeds and axis
 
     name: table4_anomaly
     title: Table 4 — anomaly detection on MNIST (AUPRC)
-    config: configs/mnist_anomaly.yaml
+    config: configs/mnist28.yaml
     metrics: [anomaly, aggpost]
     axes:
       data.heldout_class: [1, 4, 5, 7, 9]          # a plain axis: key=value for each value
@@ -49,6 +49,7 @@ class Table:
     higher_is_better: bool = True
     label: str = ""                   # what the metric is, for the heading
     paper: dict = field(default_factory=dict)        # row -> value, or row -> column -> value
+    paper_label: str = "paper"        # what the bracketed paper values are (e.g. "paper, SVHN")
     paper_names: dict = field(default_factory=dict)  # row -> the paper's name for it (LFBM, ABP …)
     orderings: tuple = ()             # ((better, worse), …) as the paper claims them
 
@@ -60,6 +61,7 @@ class Scale:
     axes: dict = field(default_factory=dict)   # replaces some axes' values at this scale
     note: str = ""
     slurm: dict = field(default_factory=dict)  # launcher options for `--slurm` (gpus_per_node, time …)
+    config: str = ""                            # this scale's base config, if not the grid's
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,12 @@ class Point:
     name: str                         # run-directory name, e.g. prior-flow_heldout_class-4_seed-0
     values: dict                      # axis -> value
     seed: int
+    config: str                       # the base config file
     overrides: tuple[str, ...]        # everything given to lfbm-train / lfbm-evaluate
 
     def key(self) -> str:
         """Hash of what defines the point's result (changing any of it means another experiment)."""
-        return hashlib.sha256(json.dumps(list(self.overrides)).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps([self.config, *self.overrides]).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class Grid:
     tables: tuple[Table, ...]
     scales: dict
     description: str = ""
+
+    def config_for(self, scale_name: str) -> str:
+        return self.scale(scale_name).config or self.config
 
     def scale(self, name: str) -> Scale:
         if name not in self.scales:
@@ -111,7 +117,8 @@ class Grid:
                 overrides = (*scale.overrides, *(o for k, v in values.items() for o in self._axis_overrides(k, v)),
                              *(f"{k}={seed}" for k in SEED_KEYS))
                 label = "_".join(f"{k.split('.')[-1]}-{_text(v)}" for k, v in values.items())
-                points.append(Point(f"{label}_seed-{seed}" if label else f"seed-{seed}", values, seed, overrides))
+                points.append(Point(f"{label}_seed-{seed}" if label else f"seed-{seed}", values, seed,
+                                    self.config_for(scale_name), overrides))
         return points
 
 
@@ -164,7 +171,8 @@ def load_grid(path: str | Path) -> Grid:
             _need(isinstance(kept, list) and kept and all(v in axes[axis] for v in kept), path,
                   f"scale {name!r}: axis {axis!r} keeps values that the grid does not define: {kept!r}")
         scales[name] = Scale(seeds=tuple(int(v) for v in s["seeds"]), overrides=tuple(s.get("overrides") or ()),
-                             axes=extra, note=s.get("note", ""), slurm=s.get("slurm") or {})
+                             axes=extra, note=s.get("note", ""), slurm=s.get("slurm") or {},
+                             config=s.get("config", ""))
     return Grid(path=path, name=raw["name"], title=raw.get("title", raw["name"]), config=raw["config"],
                 metrics=tuple(raw["metrics"]), axes=axes, scales=scales, description=raw.get("description", ""),
                 tables=tuple(_table(t, axes, path) for t in raw.get("tables") or ()))
