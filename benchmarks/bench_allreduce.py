@@ -6,6 +6,7 @@ Uses the backend the machine has (NCCL on GPUs, gloo on CPU) and a float32 buffe
 model's parameter count, i.e. what DDP reduces per optimizer step. Reports the median time and the
 ring-all-reduce bus bandwidth 2(N−1)/N · bytes / time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lfbm_dist.config import load_config  # noqa: E402
-from lfbm_dist.factory import build_model, count_parameters  # noqa: E402
+from lfbm_dist.training.build import build_model, count_parameters  # noqa: E402
 
 
 def main() -> None:
@@ -52,11 +53,22 @@ def main() -> None:
     seconds = statistics.median(times)
     nbytes = params * 4
     if rank == 0:
-        print(json.dumps({"benchmark": "gradient_allreduce", "config": args.config, "parameters": params,
-                          "bytes": nbytes, "world_size": world, "backend": torch_dist.get_backend(),
-                          "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                          "median_s": float(f"{seconds:.4g}"),  # 4 significant digits: tiny test buffers take µs
-                          "bus_bandwidth_GBps": float(f"{2 * (world - 1) / world * nbytes / seconds / 1e9:.4g}")}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "gradient_allreduce",
+                    "config": args.config,
+                    "parameters": params,
+                    "bytes": nbytes,
+                    "world_size": world,
+                    "backend": torch_dist.get_backend(),
+                    "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                    "median_s": float(f"{seconds:.4g}"),  # 4 significant digits: tiny test buffers take µs
+                    "bus_bandwidth_GBps": float(f"{2 * (world - 1) / world * nbytes / seconds / 1e9:.4g}"),
+                },
+                indent=2,
+            )
+        )
     torch_dist.destroy_process_group()
 
 

@@ -8,7 +8,7 @@ Variants, timed in the same process on the same inputs, their timed steps interl
     PyTorch's default precision settings (TF32 convolutions allowed, no cuDNN autotuning), no
     compilation, NCHW.
   * "lfbm_dist": what `lfbm_dist/train.py` runs for this config on this device — the same
-    lfbm_dist.inference code with lfbm_dist.fastpath.FastPath resolved from `perf.*` (override it
+    lfbm_dist.inference code with lfbm_dist.training.fastpath.FastPath resolved from `perf.*` (override it
     with key=value arguments, e.g. perf.compile=on) and train.precision's bf16 autocast.
   * with --ablate, a ladder that adds one change at a time (no weight gradients + fused update →
     + bf16 autocast → + channels-last → + cuDNN autotuning → + torch.compile → + CUDA graphs),
@@ -19,6 +19,7 @@ output); images/s and TFLOP/s come from the median step time; data loading is ex
 variant is built and warmed up first (--warmup steps: compilation and autotuning happen there and
 are reported as first_step_s), then the timed steps run round-robin across variants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lfbm_dist.config import load_config  # noqa: E402
-from lfbm_dist.factory import build_model, build_optimizer  # noqa: E402
-from lfbm_dist.fastpath import FastPath  # noqa: E402
 from lfbm_dist.flops import iteration_flops_per_image  # noqa: E402
 from lfbm_dist.inference import langevin_posterior  # noqa: E402
+from lfbm_dist.training.build import build_model, build_optimizer  # noqa: E402
+from lfbm_dist.training.fastpath import FastPath  # noqa: E402
 
 
 def _cpu_name() -> str:
@@ -109,10 +110,18 @@ class Variant:
         if self.spec["plain"]:
             z = plain_eager_langevin(self.model, self.x, chains[:, 0], chains[:, 1:], lv.step_size, lv.sigma)
         else:
-            z = langevin_posterior(self.model.generator, self.model.prior, self.x, num_steps=lv.num_steps,
-                                   step_size=lv.step_size, sigma=lv.sigma, z_init=chains[:, 0], noise=chains[:, 1:],
-                                   autocast_dtype=self.autocast_dtype,
-                                   log_posterior_fn=self.fast.log_posterior if self.fast is not None else None)
+            z = langevin_posterior(
+                self.model.generator,
+                self.model.prior,
+                self.x,
+                num_steps=lv.num_steps,
+                step_size=lv.step_size,
+                sigma=lv.sigma,
+                z_init=chains[:, 0],
+                noise=chains[:, 1:],
+                autocast_dtype=self.autocast_dtype,
+                log_posterior_fn=self.fast.log_posterior if self.fast is not None else None,
+            )
         _sync(device)
         t1 = time.perf_counter()
         loss, _ = self.model(self.x, z, autocast_dtype=self.autocast_dtype)
@@ -162,13 +171,18 @@ def variants(cfg, device: torch.device, ablate: bool) -> tuple[dict[str, dict], 
     skipped: list[str] = []
     if ablate:
         base = FastPath(device=device)
-        ladder = [("no_weight_grads+fused_update", False, base),
-                  ("+bf16_autocast", True, base),
-                  ("+channels_last", True, replace(base, channels_last=True)),
-                  ("+cudnn_benchmark", True, replace(base, channels_last=True, cudnn_benchmark=cuda)),
-                  ("+compile", True, replace(base, channels_last=True, cudnn_benchmark=cuda, compile_mode="default")),
-                  ("+cuda_graphs", True, replace(base, channels_last=True, cudnn_benchmark=cuda,
-                                                 compile_mode="reduce-overhead"))]
+        ladder = [
+            ("no_weight_grads+fused_update", False, base),
+            ("+bf16_autocast", True, base),
+            ("+channels_last", True, replace(base, channels_last=True)),
+            ("+cudnn_benchmark", True, replace(base, channels_last=True, cudnn_benchmark=cuda)),
+            ("+compile", True, replace(base, channels_last=True, cudnn_benchmark=cuda, compile_mode="default")),
+            (
+                "+cuda_graphs",
+                True,
+                replace(base, channels_last=True, cudnn_benchmark=cuda, compile_mode="reduce-overhead"),
+            ),
+        ]
         for name, bf16, fast in ladder:
             # CPU: no bf16 tensor cores, no cuDNN, no CUDA graphs; the rest is measurable here.
             if not cuda and name in ("+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"):
@@ -196,12 +210,18 @@ def main() -> None:
         path = ROOT / "configs" / f"{args.config}.yaml"
     cfg = load_config(path, args.overrides + (["perf.compile=on"] if args.compile else []))
     device = torch.device(args.device)
-    out = {"benchmark": "train_step", "config": path.stem, "batch_per_gpu": args.batch_per_gpu,
-           "langevin_steps": cfg.langevin.num_steps, "resolution": cfg.data.resolution,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-           "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "flops_note": "2·MACs of the generator's (transposed) convolutions; Langevin step = 2F, learning = 3F",
-           "variants": {}}
+    out = {
+        "benchmark": "train_step",
+        "config": path.stem,
+        "batch_per_gpu": args.batch_per_gpu,
+        "langevin_steps": cfg.langevin.num_steps,
+        "resolution": cfg.data.resolution,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "flops_note": "2·MACs of the generator's (transposed) convolutions; Langevin step = 2F, learning = 3F",
+        "variants": {},
+    }
     specs, skipped = variants(cfg, device, args.ablate)
     if args.skip_baseline:
         specs.pop("plain_eager")
@@ -225,8 +245,9 @@ def main() -> None:
         out["not_applicable"] = {name: f"needs CUDA (device is {device.type})" for name in skipped}
     if "plain_eager" in out["variants"]:
         base = out["variants"]["plain_eager"]["images_per_sec"]
-        out["speedup_vs_plain_eager"] = {name: round(v["images_per_sec"] / base, 3)
-                                         for name, v in out["variants"].items() if name != "plain_eager"}
+        out["speedup_vs_plain_eager"] = {
+            name: round(v["images_per_sec"] / base, 3) for name, v in out["variants"].items() if name != "plain_eager"
+        }
     print(json.dumps(out, indent=2))
 
 

@@ -11,6 +11,7 @@ Common options: --resolution, --filter (lanczos|bicubic|bilinear|box), --format 
 The same input and options give byte-identical shards (fixed tar metadata, ordered workers).
 Each sample is {"__key__", "<format>": encoded image, "cls": label} (label only when known).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lfbm_dist.data.reader import sample_digest
 from lfbm_dist.data.transforms import square_resize
-from lfbm_dist.files import file_digest
+from lfbm_dist.files import file_digest, write_atomic
 
-from .sources import (CELEBA_CROP_BOX, Item, SourceError, celeba_items, celeba_partition, celebahq_items,
-                      demo_arrays, folder_items, load_item)
+from .sources import (
+    CELEBA_CROP_BOX,
+    Item,
+    SourceError,
+    celeba_items,
+    celeba_partition,
+    celebahq_items,
+    demo_arrays,
+    folder_items,
+    load_item,
+)
 
 FILTERS = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "box": Image.BOX}
 INDEX_FORMAT = "lfbm_dist-shards/1"
@@ -66,53 +77,76 @@ def _encode_item(item: Item) -> tuple[str, bytes, int]:
 
 def _split(items: list[Item], test_fraction: float, seed: int, partition: dict[str, str] | None):
     if partition is not None:
-        return {"train": [i for i in items if partition.get(i.key, "train") == "train"],
-                "test": [i for i in items if partition.get(i.key) == "test"]}
+        return {
+            "train": [i for i in items if partition.get(i.key, "train") == "train"],
+            "test": [i for i in items if partition.get(i.key) == "test"],
+        }
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     n_test = int(round(test_fraction * len(items)))
     test_ids = set(order[:n_test])
-    return {"train": [it for k, it in enumerate(items) if k not in test_ids],
-            "test": [it for k, it in enumerate(items) if k in test_ids]}
+    return {
+        "train": [it for k, it in enumerate(items) if k not in test_ids],
+        "test": [it for k, it in enumerate(items) if k in test_ids],
+    }
 
 
-def build(items: list[Item], out: Path, opts: dict, partition: dict[str, str] | None = None,
-          classes: list[str] | None = None) -> Path:
+def build(
+    items: list[Item], out: Path, opts: dict, partition: dict[str, str] | None = None, classes: list[str] | None = None
+) -> Path:
     import webdataset as wds
-    from tqdm import tqdm
+
+    from lfbm_dist.progress import Progress
 
     out.mkdir(parents=True, exist_ok=True)
     splits = _split(items, opts["test_fraction"], opts["split_seed"], partition)
-    index = {"format": INDEX_FORMAT, "settings": {k: v for k, v in opts.items() if k not in ("zip_path", "workers", "progress")},
-             "classes": classes or [], "splits": {}}
+    index = {
+        "format": INDEX_FORMAT,
+        "settings": {k: v for k, v in opts.items() if k not in ("zip_path", "workers", "progress")},
+        "classes": classes or [],
+        "splits": {},
+    }
     for split, split_items in splits.items():
         if not split_items:
             continue
         for stale in out.glob(f"{split}-*.tar"):
             stale.unlink()
         # mtime=0 and fixed user/group/mode make the tar bytes a function of the content only.
-        writer = wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=opts["samples_per_shard"],
-                                 maxsize=1e12, verbose=0, mtime=0, encoder=False)
-        with mp.get_context("spawn").Pool(opts["workers"], _init_worker, (opts,)) if opts["workers"] > 1 else \
-                _InlinePool(opts) as pool:
+        writer = wds.ShardWriter(
+            str(out / f"{split}-%06d.tar"),
+            maxcount=opts["samples_per_shard"],
+            maxsize=1e12,
+            verbose=0,
+            mtime=0,
+            encoder=False,
+        )
+        digests: list[tuple[str, str]] = []  # (key, per-sample checksum), in write order
+        with (
+            mp.get_context("spawn").Pool(opts["workers"], _init_worker, (opts,))
+            if opts["workers"] > 1
+            else _InlinePool(opts) as pool
+        ):
             results = pool.imap(_encode_item, split_items, chunksize=16)
-            for key, data, label in tqdm(results, total=len(split_items), desc=split, file=sys.stderr,
-                                         disable=not opts["progress"]):
-                sample = {"__key__": key, opts["format"]: data}
-                if label >= 0:
-                    sample["cls"] = str(label).encode()
-                writer.write(sample)
+            with Progress(len(split_items), f"{split} shards", enabled=opts["progress"]) as bar:
+                for key, data, label in results:
+                    members = {opts["format"]: data}
+                    if label >= 0:
+                        members["cls"] = str(label).encode()
+                    writer.write({"__key__": key, **members})
+                    digests.append((key, sample_digest(members)))
+                    bar.update(1)
         writer.close()
         shards = []
         for path in sorted(out.glob(f"{split}-*.tar")):
             shards.append({"url": path.name, "samples": 0, "bytes": path.stat().st_size, "sha256": file_digest(path)})
-        remaining = len(split_items)
-        for shard in shards:
-            shard["samples"] = min(opts["samples_per_shard"], remaining)
-            remaining -= shard["samples"]
+        start = 0
+        for shard in shards:  # ShardWriter starts a new shard every samples_per_shard samples
+            shard["samples"] = min(opts["samples_per_shard"], len(split_items) - start)
+            shard["checksums"] = dict(digests[start : start + shard["samples"]])
+            start += shard["samples"]
         index["splits"][split] = {"samples": len(split_items), "shards": shards}
     index_path = out / "index.json"
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index_path
 
 
@@ -132,29 +166,40 @@ class _InlinePool:
         return map(fn, items)
 
 
-def verify(index_path: Path) -> list[str]:
-    """Re-check sizes, hashes and sample counts of every shard in an index. Returns problems."""
-    import tarfile
+def verify(index_path: Path, progress: bool = True) -> list[str]:
+    """Re-check every shard of an index: size and sha256 of the file, then each sample's checksum
+    and the sample count. Returns the problems found (empty: the copy is intact)."""
+    from lfbm_dist.data.errors import SampleError, ShardSkip
+    from lfbm_dist.data.reader import iter_samples
+    from lfbm_dist.data.reader import verify as verify_sample
+    from lfbm_dist.progress import Progress
 
     problems = []
     index = json.loads(index_path.read_text())
-    for split, info in index.get("splits", {}).items():
-        for shard in info["shards"]:
+    shards = [(split, shard) for split, info in index.get("splits", {}).items() for shard in info["shards"]]
+    with Progress(sum(s["samples"] for _, s in shards), f"verifying {index_path}", enabled=progress) as bar:
+        for _split, shard in shards:
             path = index_path.parent / shard["url"]
             if not path.is_file():
                 problems.append(f"{path}: missing")
                 continue
             if path.stat().st_size != shard["bytes"] or file_digest(path) != shard["sha256"]:
                 problems.append(f"{path}: size or sha256 differs from the index")
-                continue
+            count = 0
             try:
-                with tarfile.open(path) as tf:
-                    keys = {m.name.split(".", 1)[0] for m in tf.getmembers()}
-            except tarfile.TarError as exc:
-                problems.append(f"{path}: unreadable tar ({exc})")
+                for sample in iter_samples(str(path)):
+                    count += 1
+                    bar.update(1)
+                    if "checksums" in shard:
+                        try:
+                            verify_sample(sample, shard["checksums"])
+                        except SampleError as exc:
+                            problems.append(f"{path} key {sample.key}: {exc}")
+            except ShardSkip as exc:
+                problems.append(str(exc))
                 continue
-            if len(keys) != shard["samples"]:
-                problems.append(f"{path}: {len(keys)} samples, index says {shard['samples']}")
+            if count != shard["samples"]:
+                problems.append(f"{path}: {count} samples, index says {shard['samples']}")
     return problems
 
 
@@ -173,7 +218,12 @@ def _common(p: argparse.ArgumentParser, resolution: int, fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from lfbm_dist import logs
+
+    logs.setup()
+    parser = argparse.ArgumentParser(
+        prog="lfbm-shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="source", required=True)
     p = sub.add_parser("celeba", help="CelebA img_align_celeba/ (official LFBM crop)")
     p.add_argument("--root", required=True, type=Path)
@@ -189,25 +239,39 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="real images shipped in PyPI wheels")
     p.add_argument("--name", choices=("lfw", "mnist", "digits"), required=True)
     _common(p, 32, "png")
-    p = sub.add_parser("verify", help="re-check an index.json")
-    p.add_argument("index", type=Path)
+    p = sub.add_parser("verify", help="re-check an index.json: files, per-sample checksums, counts")
+    p.add_argument("index", type=Path, help="the index.json of a shard folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     args = parser.parse_args(argv)
 
     if args.source == "verify":
-        problems = verify(args.index)
+        problems = verify(args.index, progress=not args.no_progress)
         for line in problems:
             print(line, file=sys.stderr)
         print(f"{args.index}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     if args.resolution < 1 or args.samples_per_shard < 1 or args.workers < 1 or not 0 <= args.test_fraction < 1:
-        print("error: --resolution, --samples-per-shard, --workers must be >= 1 and --test-fraction in [0, 1)",
-              file=sys.stderr)
+        print(
+            "error: --resolution, --samples-per-shard, --workers must be >= 1 and --test-fraction in [0, 1)",
+            file=sys.stderr,
+        )
         return 2
-    opts = {"source": args.source, "resolution": args.resolution, "channels": args.channels,
-            "filter": args.filter, "format": args.format, "quality": args.quality,
-            "samples_per_shard": args.samples_per_shard, "test_fraction": args.test_fraction,
-            "split_seed": args.split_seed, "workers": args.workers, "progress": not args.no_progress,
-            "crop_box": None, "zip_path": None, "demo": None}
+    opts = {
+        "source": args.source,
+        "resolution": args.resolution,
+        "channels": args.channels,
+        "filter": args.filter,
+        "format": args.format,
+        "quality": args.quality,
+        "samples_per_shard": args.samples_per_shard,
+        "test_fraction": args.test_fraction,
+        "split_seed": args.split_seed,
+        "workers": args.workers,
+        "progress": not args.no_progress,
+        "crop_box": None,
+        "zip_path": None,
+        "demo": None,
+    }
     partition, classes = None, None
     try:
         if args.source == "celeba":
@@ -227,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = json.loads(index_path.read_text())["splits"]
-    print(f"wrote {index_path}: " + ", ".join(f"{k} {v['samples']} samples in {len(v['shards'])} shards"
-                                                for k, v in summary.items()))
+    print(
+        f"wrote {index_path}: "
+        + ", ".join(f"{k} {v['samples']} samples in {len(v['shards'])} shards" for k, v in summary.items())
+    )
     return 0
 
 

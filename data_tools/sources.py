@@ -3,13 +3,14 @@
 Keys are derived from relative paths ("img_align_celeba/000001.jpg" -> "000001"), with "/" and "."
 replaced so WebDataset's key/extension split stays unambiguous.
 """
+
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -26,8 +27,8 @@ class SourceError(RuntimeError):
 @dataclass(frozen=True)
 class Item:
     key: str
-    ref: str            # file path, or "zip::member"
-    label: int = -1     # class index (-1 = none)
+    ref: str  # file path, or "zip::member"
+    label: int = -1  # class index (-1 = none)
 
 
 def make_key(rel_path: str) -> str:

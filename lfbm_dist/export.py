@@ -1,93 +1,142 @@
-"""Consolidate a checkpoint (plain / DDP / DeepSpeed ZeRO-1/2) into one safetensors file + config.
+"""Consolidate a checkpoint (plain / DDP / DeepSpeed ZeRO-1/2) into one safetensors file + config, and
+load checkpoints or exports for inference.
 
-    python -m lfbm_dist.export --checkpoint runs/x/checkpoints/ckpt-000006030000 --out runs/x/export
-    python -m lfbm_dist.export --run runs/x --out runs/x/export          # newest complete checkpoint
+    lfbm-export --run runs/x --out runs/x/export          # newest complete checkpoint of a run
+    lfbm-export --checkpoint runs/x/checkpoints/ckpt-000006030000 --out runs/x/export
 
 Writes OUT/model.safetensors (float32 weights of generator + prior) and OUT/config.yaml. Sampling
 and evaluation load that pair with `load_exported` — no DeepSpeed, no pickles.
 """
+
 from __future__ import annotations
 
-import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
-import torch
-import yaml
+if __name__ == "__main__" and not __package__:
+    sys.path.pop(0)  # run as a script: lfbm_dist/ must not shadow top-level packages
 
-from .checkpoint import COMPLETE_MARKER, CheckpointError, assert_finite, latest
-from .config import Config, ConfigError, load_config
-from .factory import build_model
-from .models import LFBM
-from .safe_load import restricted_torch_load
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from lfbm_dist import cli, logs  # noqa: E402
+from lfbm_dist.config import Config, load_config  # noqa: E402
+from lfbm_dist.files import apply_umask, write_atomic  # noqa: E402
+from lfbm_dist.models import LFBM  # noqa: E402
+from lfbm_dist.training.build import build_model  # noqa: E402
+from lfbm_dist.training.checkpoint import CheckpointError, assert_finite, latest, verify  # noqa: E402
+
+log = logging.getLogger("lfbm_dist")
 
 
 def checkpoint_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """The model's full float32 state dict from any checkpoint layout we write."""
-    if not (ckpt_dir / COMPLETE_MARKER).is_file():
-        raise CheckpointError(f"{ckpt_dir}: incomplete checkpoint (no {COMPLETE_MARKER} marker)")
+    """The model's full float32 state dict from any checkpoint layout we write (verified first)."""
+    verify(ckpt_dir)
     plain = ckpt_dir / "model.safetensors"
-    if plain.is_file():
-        from safetensors.torch import load_file
+    try:
+        if plain.is_file():
+            from safetensors.torch import load_file
 
-        return load_file(str(plain))
-    if (ckpt_dir / "pytorch_model").is_dir():  # DeepSpeed ZeRO shards, written by accelerate save_state
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            return load_file(str(plain))
+        if (ckpt_dir / "pytorch_model").is_dir():  # DeepSpeed ZeRO shards, written by accelerate save_state
+            from lfbm_dist.training.engine import consolidate_zero_checkpoint
 
-        with restricted_torch_load():
-            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag="pytorch_model")
-        return {k: v.float().contiguous() for k, v in state.items()}
+            return consolidate_zero_checkpoint(ckpt_dir)
+    except Exception as exc:  # a damaged file that the manifest could not catch (e.g. an old checkpoint)
+        raise CheckpointError(
+            f"{ckpt_dir}: cannot read the weights ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from None
     raise CheckpointError(f"{ckpt_dir}: no model.safetensors and no DeepSpeed pytorch_model/ shards")
+
+
+def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LFBM:
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model
 
 
 def export(ckpt_dir: Path, out_dir: Path) -> Path:
     cfg = load_config(ckpt_dir / "config.yaml")
     state = checkpoint_state_dict(ckpt_dir)
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt_dir}: weights do not match its config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model = _model_from(state, cfg, ckpt_dir)
     assert_finite(state, str(ckpt_dir))
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"),
-              metadata={"format": "lfbm_dist-export/1", "source": str(ckpt_dir)})
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp = out_dir / ".model.safetensors.tmp"
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(tmp),
+        metadata={"format": "lfbm_dist-export/1", "source": str(ckpt_dir)},
+    )
+    tmp.replace(out_dir / "model.safetensors")
+    write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    apply_umask(out_dir)
     return out_dir / "model.safetensors"
 
 
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu",
-                  overrides: list[str] | tuple[str, ...] = ()) -> tuple[LFBM, Config]:
+def load_exported(
+    path: str | Path, map_location: str | torch.device = "cpu", overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[LFBM, Config]:
     """(model in eval mode, config) from an export directory or its model.safetensors."""
     from safetensors.torch import load_file
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     cfg = load_config(folder / "config.yaml", overrides)
-    model = build_model(cfg)
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)), strict=True)
-    return model.eval().to(map_location), cfg
+    try:
+        state = load_file(str(folder / "model.safetensors"), device=str(map_location))
+    except Exception as exc:
+        raise CheckpointError(f"{folder}/model.safetensors: cannot read the export ({type(exc).__name__})") from None
+    return _model_from(state, cfg, folder).eval().to(map_location), cfg
+
+
+def load_for_inference(
+    run: str | None = None,
+    checkpoint: str | None = None,
+    export_dir: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> tuple[LFBM, Config, int | None]:
+    """(model in eval mode, config, images seen or None) from an export, a checkpoint or a run's newest one."""
+    if export_dir:
+        model, cfg = load_exported(export_dir, overrides=overrides)
+        return model, cfg, None
+    ckpt = Path(checkpoint) if checkpoint else latest(run) if run else None
+    if ckpt is None:
+        raise CheckpointError(f"{run}: no complete checkpoint (train first, or give --checkpoint / --export)")
+    cfg = load_config(ckpt / "config.yaml", overrides)
+    model = _model_from(checkpoint_state_dict(ckpt), cfg, ckpt)
+    images_seen = json.loads((ckpt / "trainer_state.json").read_text())["images_seen"]
+    return model.eval(), cfg, images_seen
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
+    p = cli.parser("lfbm-export", __doc__)
+    source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint directory")
     source.add_argument("--run", type=Path, help="a run directory: its newest complete checkpoint")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    ckpt = args.checkpoint or latest(args.run)
-    try:
+    p.add_argument("--out", type=Path, required=True, help="output directory (model.safetensors + config.yaml)")
+    args = p.parse_args(argv)
+    logs.setup()
+
+    def body() -> int:
+        ckpt = args.checkpoint or latest(args.run)
         if ckpt is None:
             raise CheckpointError(f"{args.run}: no complete checkpoint")
+        log.info("exporting %s (verifying, consolidating) ...", ckpt)
         written = export(ckpt, args.out)
-    except (CheckpointError, ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"exported {ckpt} -> {written}")
-    return 0
+        log.info("exported %s -> %s", ckpt, written)
+        log.info("  sample:   lfbm-sample --export %s --num 64 --out %s/samples", args.out, args.out)
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

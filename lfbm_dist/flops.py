@@ -9,6 +9,7 @@ Per image, with F = generator forward FLOPs and K Langevin steps:
     iteration       = K · 2F + 3F
 Excluded (small at 256²): the flow prior (≈ 0.6 M MACs per pass), activations, the update itself.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,14 +25,29 @@ def generator_forward_flops(generator: nn.Module, nz: int) -> int:
         if isinstance(module, nn.ConvTranspose2d):
             x = inputs[0]
             k_h, k_w = module.kernel_size
-            total += 2 * module.in_channels * module.out_channels // module.groups * k_h * k_w * x.shape[-2] * x.shape[-1]
+            total += (
+                2 * module.in_channels * module.out_channels // module.groups * k_h * k_w * x.shape[-2] * x.shape[-1]
+            )
         elif isinstance(module, nn.Conv2d):
             k_h, k_w = module.kernel_size
-            total += 2 * module.in_channels // module.groups * module.out_channels * k_h * k_w * output.shape[-2] * output.shape[-1]
+            total += (
+                2
+                * module.in_channels
+                // module.groups
+                * module.out_channels
+                * k_h
+                * k_w
+                * output.shape[-2]
+                * output.shape[-1]
+            )
         elif isinstance(module, nn.Linear):  # the mnist28 generator's fully-connected layers
             total += 2 * module.in_features * module.out_features
 
-    handles = [m.register_forward_hook(hook) for m in generator.modules() if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in generator.modules()
+        if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear))
+    ]
     was_training = generator.training
     try:
         with torch.no_grad():  # eval: BatchNorm cannot take a batch of one in training mode
@@ -45,5 +61,9 @@ def generator_forward_flops(generator: nn.Module, nz: int) -> int:
 
 def iteration_flops_per_image(generator: nn.Module, nz: int, num_langevin_steps: int) -> dict[str, int]:
     forward = generator_forward_flops(generator, nz)
-    return {"generator_forward": forward, "langevin": num_langevin_steps * 2 * forward,
-            "learning": 3 * forward, "total": (2 * num_langevin_steps + 3) * forward}
+    return {
+        "generator_forward": forward,
+        "langevin": num_langevin_steps * 2 * forward,
+        "learning": 3 * forward,
+        "total": (2 * num_langevin_steps + 3) * forward,
+    }

@@ -1,13 +1,39 @@
 """World-size-independent randomness: every random number a training sample uses is drawn
 from a generator seeded by (run seed, optimizer step, global sample index), so the same global
 batch produces the same Langevin chains whether it is split over 1 or 8 ranks or over several
-accumulation steps.
+accumulation steps. Every stream of randomness is named here, in one place.
 """
+
 from __future__ import annotations
 
+import enum
 import hashlib
 
 import torch
+
+
+class Stream(enum.IntEnum):
+    """Training-time streams, keyed by (seed, step, global sample index, stream)."""
+
+    LANGEVIN = 0  # posterior chain start + per-step noise (or the VAE's reparameterisation ε)
+    FLIP = 1  # horizontal flips of in-memory images
+    PRIOR_CHAIN = 2  # the EBM prior's short-run chains in the learning step (LEBM baseline)
+
+
+class Tag(str, enum.Enum):
+    """Evaluation and logging streams, keyed by (tag, eval seed, sample index): text tags."""
+
+    SAMPLE = "sample"  # prior samples for FID and sample grids (z0, or the EBM chain)
+    RECON = "recon"  # long-run reconstruction chains
+    ANOMALY = "anomaly"  # anomaly-detection inference
+    AGGPOST = "aggpost"  # aggregated-posterior diagnostic
+    INPAINT = "inpaint"  # + completion number
+    TB_RECON = "tb-recon"  # TensorBoard reconstruction grid
+    # data: shard order "shards" (seed, epoch), stream buffers "buffer" (seed, epoch, stream, pass),
+    # flips "flip" (seed, epoch, key) and occlusion masks "mask" (mask seed, key) in data/.
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def sample_seed(*keys: int) -> int:
@@ -36,8 +62,9 @@ def normal_rows(row_seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
-def per_sample_normal(seed: int, step: int, sample_indices: list[int], shape: tuple[int, ...],
-                      stream: int = 0) -> torch.Tensor:
+def per_sample_normal(
+    seed: int, step: int, sample_indices: list[int], shape: tuple[int, ...], stream: int = 0
+) -> torch.Tensor:
     """(B, *shape) standard normals; row i depends only on (seed, step, sample_indices[i], stream)."""
     return normal_rows([sample_seed(seed, step, index, stream) for index in sample_indices], shape)
 

@@ -1,55 +1,79 @@
 """Train LFBM (latent normalizing-flow prior + ConvNet generator, Algorithm 1).
 
-    python -m lfbm_dist.train --config configs/quickstart.yaml [key=value ...]
-    accelerate launch lfbm_dist/train.py --config configs/celebahq256.yaml
-    accelerate launch --multi_gpu --num_processes 2 lfbm_dist/train.py --config ...   # 2 CPU ranks (gloo)
+    lfbm-train --config configs/quickstart.yaml [key=value ...]              # one process
+    lfbm-train --config configs/celebahq256.yaml --dry-run                   # resolved config + checks
+    accelerate launch --config_file configs/accelerate/ddp.yaml lfbm_dist/train.py --config ...   # GPUs
+    accelerate launch --multi_gpu --num_processes 2 lfbm_dist/train.py --config ...               # 2 CPU ranks
     torchrun --nproc_per_node 8 -m lfbm_dist.train --config configs/celebahq256.yaml
 
-`--dry-run` prints the resolved config and exits. The resolved config is written to
-RUN_DIR/config.yaml; TensorBoard logs go to RUN_DIR/tensorboard.
+The resolved config is written to RUN_DIR/config.yaml, TensorBoard logs to RUN_DIR/tensorboard,
+checkpoints to RUN_DIR/checkpoints, each rank's log (tracebacks included) to RUN_DIR/logs/.
+Ctrl-C or SIGTERM: the current step finishes, a checkpoint is written, and the command to resume
+is printed; a second signal exits at once.
 """
+
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # `accelerate launch lfbm_dist/train.py` runs this file as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "lfbm_dist"
+if __name__ == "__main__" and not __package__:
+    # `accelerate launch lfbm_dist/train.py` runs this file as a script, which puts lfbm_dist/ itself
+    # first on sys.path; its modules (config, data, …) must not shadow top-level packages.
+    sys.path.pop(0)
 
-from lfbm_dist.config import ConfigError, dump_config, load_config  # noqa: E402
+from lfbm_dist import cli, logs  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/quickstart.yaml")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. langevin.num_steps=40")
-    return parser.parse_args(argv)
+def _dry_run(cfg) -> None:
+    """The resolved config, then what starting it would find: run directory and data (one-line
+    errors, after the config, if either would stop the run)."""
+    from lfbm_dist.config import dump_config
+    from lfbm_dist.training import rundir
+    from lfbm_dist.training.build import memory_training_set, resolve_shards
+
+    print(dump_config(cfg), end="", flush=True)
+    state = rundir.inspect(cfg)
+    if cfg.data.source == "shards":
+        shards = resolve_shards(cfg)
+        images = sum(int(s.samples or 0) for s in shards)
+        data = f"{images} images in {len(shards)} shard(s)" + (
+            "" if all(s.checksums for s in shards) else " (no per-sample checksums: cannot be verified)"
+        )
+    else:
+        images = len(memory_training_set(cfg)[1])
+        data = f"{images} images of packaged '{cfg.data.dataset}'"
+    if images == 0:
+        from lfbm_dist.data.errors import DataError
+
+        raise DataError("the training data is empty")
+    print(f"# data: {data}\n# run dir {cfg.train.run_dir}: {state.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dump_config(cfg), end="")
-        return 0
-    from lfbm_dist.checkpoint import CheckpointError
-    from lfbm_dist.data.shards import DataError
-    from lfbm_dist.engine import LaunchError
-    from lfbm_dist.loop import NonFiniteError, training_loop
+    p = cli.parser("lfbm-train", __doc__)
+    p.add_argument("--config", required=True, help="YAML preset, e.g. configs/quickstart.yaml")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, check the data and the run directory, and exit",
+    )
+    cli.add_overrides(p)
+    args = p.parse_args(argv)
+    logs.setup()
 
-    try:
-        training_loop(cfg)
-    except (CheckpointError, ConfigError, LaunchError, DataError, NonFiniteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    def body() -> int:
+        from lfbm_dist.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            _dry_run(cfg)
+            return 0
+        from lfbm_dist.training.session import train
+
+        train(cfg, sys.argv if argv is None else ["lfbm-train", *argv])
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 during posterior inference, eager and torch.compile'd (must be none), and during the learning step
 (must be some). Writes OUT_DIR/rank{R}.json per rank:
 {"rank", "backend", "inference", "inference_compiled", "compile_fallback", "learning"}."""
+
 import json
 import os
 import sys
@@ -11,21 +12,39 @@ import torch.distributed as torch_dist
 
 sys.path.insert(0, ".")
 from lfbm_dist.config import PerfConfig, load_config  # noqa: E402
-from lfbm_dist.engine import Engine  # noqa: E402
-from lfbm_dist.factory import build_model, build_optimizer  # noqa: E402
-from lfbm_dist.fastpath import FastPath  # noqa: E402
 from lfbm_dist.inference import langevin_posterior  # noqa: E402
+from lfbm_dist.training.build import build_model, build_optimizer  # noqa: E402
+from lfbm_dist.training.engine import Engine  # noqa: E402
+from lfbm_dist.training.fastpath import FastPath  # noqa: E402
 
 COUNT = {"calls": 0}
-NAMES = ["all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
-         "reduce_scatter_tensor", "barrier", "reduce", "gather", "scatter", "send", "recv", "isend", "irecv",
-         "all_to_all", "all_to_all_single", "broadcast_object_list", "all_gather_object"]
+NAMES = [
+    "all_reduce",
+    "broadcast",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "barrier",
+    "reduce",
+    "gather",
+    "scatter",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "all_to_all",
+    "all_to_all_single",
+    "broadcast_object_list",
+    "all_gather_object",
+]
 
 
 def counting(fn):
     def wrapper(*args, **kwargs):
         COUNT["calls"] += 1
         return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -53,17 +72,23 @@ z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0
 inference_calls = COUNT["calls"]
 # The fast path's compiled chain (forward and backward compiled by Inductor) must stay local too.
 fast = FastPath.resolve(PerfConfig(compile="on"), engine.device, deepspeed=engine.uses_deepspeed)
-langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3,
-                   log_posterior_fn=fast.log_posterior)
+langevin_posterior(
+    plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3, log_posterior_fn=fast.log_posterior
+)
 compiled_calls = COUNT["calls"] - inference_calls
 inference_calls = COUNT["calls"]
 with engine.accumulate(wrapped):
     loss, _ = wrapped(x, z)
     engine.backward(loss)
 optimizer.step()
-result = {"rank": engine.rank, "backend": engine.backend_name, "inference": inference_calls,
-          "inference_compiled": compiled_calls, "compile_fallback": fast.fallback_reason,
-          "learning": COUNT["calls"] - inference_calls}
+result = {
+    "rank": engine.rank,
+    "backend": engine.backend_name,
+    "inference": inference_calls,
+    "inference_compiled": compiled_calls,
+    "compile_fallback": fast.fallback_reason,
+    "learning": COUNT["calls"] - inference_calls,
+}
 with open(os.path.join(os.environ["LFBM_TEST_OUT"], f"rank{engine.rank}.json"), "w") as f:
     json.dump(result, f)
 engine.end()

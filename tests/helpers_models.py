@@ -1,4 +1,5 @@
 """Tiny analytic models for reference tests."""
+
 import torch
 from torch import nn
 

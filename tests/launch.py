@@ -1,4 +1,5 @@
 """Run the real entry points the way users do: one process, accelerate launch (DDP / DeepSpeed)."""
+
 import os
 import socket
 import subprocess
@@ -18,8 +19,17 @@ def free_port() -> int:
 def command(kind: str, *args: str) -> list[str]:
     if kind == "single":
         return [PYTHON, "-m", "lfbm_dist.train", *args]
-    common = ["launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port())]
+    common = [
+        "launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     if kind == "ddp2":
         backend = ["--multi_gpu", "--num_processes", "2"]
     elif kind in ("zero1", "zero2"):
@@ -34,12 +44,14 @@ def env(**extra: str) -> dict:
     # DeepSpeed JIT-compiles a CPU comm op on first use (~40 s): cache it outside the clone so
     # later CI runs on the same machine reuse it.
     ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/lfbm_dist/torch_extensions"))
-    e.update({"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": ext_dir,
-              "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"})
+    e.update(
+        {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": ext_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    )
     e.update(extra)
     return e
 
 
 def run(kind: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(kind, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env(**extra_env))
+    return subprocess.run(
+        command(kind, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env)
+    )

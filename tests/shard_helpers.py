@@ -1,4 +1,5 @@
 """Write small real WebDataset shards for tests."""
+
 import io
 from pathlib import Path
 

@@ -4,6 +4,7 @@ Installs the packages with apt-get if needed and starts the daemons as root in a
 directory; everything is stopped by pid file afterwards. Skips (with the reason) where that is
 impossible: not root, no apt-get, or the daemons do not come up.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ class SlurmCluster:
         self.dir = workdir
         self.conf = workdir / "slurm.conf"
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         if os.geteuid() != 0:
             raise SlurmUnavailable("starting slurmctld/slurmd needs root")
         ensure_installed()
@@ -59,18 +60,41 @@ class SlurmCluster:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         node = _node_line()
         host = node.split()[0].split("=", 1)[1]
-        self.conf.write_text("\n".join([
-            "ClusterName=lfbmtest", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", "MpiDefault=none", "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none", "SchedulerType=sched/backfill",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "ReturnToService=2",
-            "JobRequeue=1", "KillWait=10", "MinJobAge=600",
-            f"StateSaveLocation={self.dir}/state", f"SlurmdSpoolDir={self.dir}/spool",
-            f"SlurmctldPidFile={self.dir}/slurmctld.pid", f"SlurmdPidFile={self.dir}/slurmd.pid",
-            f"SlurmctldLogFile={self.dir}/slurmctld.log", f"SlurmdLogFile={self.dir}/slurmd.log",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}", node,
-            f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=lfbmtest",
+                    f"SlurmctldHost={host}",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    "MpiDefault=none",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "SchedulerType=sched/backfill",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "ReturnToService=2",
+                    "JobRequeue=1",
+                    "KillWait=10",
+                    "MinJobAge=600",
+                    f"StateSaveLocation={self.dir}/state",
+                    f"SlurmdSpoolDir={self.dir}/spool",
+                    f"SlurmctldPidFile={self.dir}/slurmctld.pid",
+                    f"SlurmdPidFile={self.dir}/slurmd.pid",
+                    f"SlurmctldLogFile={self.dir}/slurmctld.log",
+                    f"SlurmdLogFile={self.dir}/slurmd.log",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    node,
+                    f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         os.environ["SLURM_CONF"] = str(self.conf)
         if _run(["pgrep", "-x", "munged"]).returncode != 0:
             Path("/run/munge").mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Read TensorBoard event files back with tensorboard's own reader."""
+
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,18 +1,33 @@
 """The benchmark scripts run and print the JSON that docs/PERFORMANCE.md is built from. No timing
 is asserted here (speed comes from benchmarks, not tests); what is checked is that every variant
 ran, that the derived figures are consistent with the raw ones, and the FLOP count."""
+
 import json
 import subprocess
 
 import pytest
-
 from conftest import PYTHON, ROOT
 
 
 @pytest.mark.slow
 def test_train_step_benchmark_prints_every_variant_of_the_ladder():
-    proc = subprocess.run([PYTHON, "benchmarks/bench_train_step.py", "--config", "test_tiny", "--batch-per-gpu", "4",
-                           "--steps", "2", "--ablate"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "benchmarks/bench_train_step.py",
+            "--config",
+            "test_tiny",
+            "--batch-per-gpu",
+            "4",
+            "--steps",
+            "2",
+            "--ablate",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     variants = out["variants"]
@@ -51,11 +66,26 @@ def test_flop_count_of_the_256_generator_matches_a_hand_count():
 
 @pytest.mark.slow
 def test_allreduce_benchmark_on_two_gloo_ranks():
-    proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "benchmarks/bench_allreduce.py",
-                           "--config", "test_tiny", "--repeats", "3"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "benchmarks/bench_allreduce.py",
+            "--config",
+            "test_tiny",
+            "--repeats",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    out = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert (out["world_size"], out["backend"], out["parameters"]) == (2, "gloo", 5787)  # test_tiny's gen + prior
     assert out["bytes"] == 4 * out["parameters"] and out["median_s"] > 0
     # ring all-reduce bus bandwidth: 2(N−1)/N · bytes / time

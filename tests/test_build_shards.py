@@ -1,4 +1,5 @@
 """data_tools.build_shards: deterministic builds, verify, every source layout."""
+
 import hashlib
 import json
 import subprocess
@@ -6,16 +7,27 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import PYTHON, ROOT
 from PIL import Image
 
-from conftest import PYTHON, ROOT
-from lfbm_dist.data.shards import expand_shard_specs, iter_tar_samples
+from lfbm_dist.data.index import expand_shard_specs
+from lfbm_dist.data.reader import iter_samples, sample_digest
+
+
+def iter_tar_samples(url):
+    return ((s.key, s.members) for s in iter_samples(url))
 
 
 def build(*args, timeout=300):
-    proc = subprocess.run([PYTHON, "-m", "data_tools.build_shards", *map(str, args), "--no-progress"]
-                          if args[0] != "verify" else [PYTHON, "-m", "data_tools.build_shards", *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [PYTHON, "-m", "data_tools.build_shards", *map(str, args), "--no-progress"]
+        if args[0] != "verify"
+        else [PYTHON, "-m", "data_tools.build_shards", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc
 
 
@@ -26,14 +38,49 @@ def digests(folder):
 @pytest.mark.slow
 def test_rebuild_is_byte_identical_with_any_worker_count(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert build("demo", "--name", "lfw", "--out", a, "--resolution", "16", "--samples-per-shard", "60",
-                 "--test-fraction", "0.1", "--workers", "1").returncode == 0
-    assert build("demo", "--name", "lfw", "--out", b, "--resolution", "16", "--samples-per-shard", "60",
-                 "--test-fraction", "0.1", "--workers", "2").returncode == 0
+    assert (
+        build(
+            "demo",
+            "--name",
+            "lfw",
+            "--out",
+            a,
+            "--resolution",
+            "16",
+            "--samples-per-shard",
+            "60",
+            "--test-fraction",
+            "0.1",
+            "--workers",
+            "1",
+        ).returncode
+        == 0
+    )
+    assert (
+        build(
+            "demo",
+            "--name",
+            "lfw",
+            "--out",
+            b,
+            "--resolution",
+            "16",
+            "--samples-per-shard",
+            "60",
+            "--test-fraction",
+            "0.1",
+            "--workers",
+            "2",
+        ).returncode
+        == 0
+    )
     assert digests(a) == digests(b)
     index = json.loads((a / "index.json").read_text())
     assert index["splits"]["train"]["samples"] == 180 and index["splits"]["test"]["samples"] == 20
     assert [s["samples"] for s in index["splits"]["train"]["shards"]] == [60, 60, 60]
+    first = index["splits"]["train"]["shards"][0]  # a checksum per sample, of exactly the bytes in the tar
+    assert len(first["checksums"]) == 60
+    assert all(first["checksums"][k] == sample_digest(m) for k, m in iter_tar_samples(str(a / first["url"])))
     ok = build("verify", a / "index.json")
     assert ok.returncode == 0 and "OK" in ok.stdout
     shard = a / "train-000001.tar"
@@ -54,8 +101,9 @@ def _fake_photos(folder, sizes):
 
 def test_folder_and_zip_sources_with_classes(tmp_path):
     photos = tmp_path / "photos"
-    _fake_photos(photos, {"cats/a.png": (40, 30), "cats/b.jpg": (20, 20), "dogs/deep/c.png": (33, 50),
-                          "dogs/d.png": (16, 16)})
+    _fake_photos(
+        photos, {"cats/a.png": (40, 30), "cats/b.jpg": (20, 20), "dogs/deep/c.png": (33, 50), "dogs/d.png": (16, 16)}
+    )
     (photos / "notes.txt").write_text("not an image")
     with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zf:
         for p in sorted(photos.rglob("*")):
@@ -78,7 +126,8 @@ def test_folder_and_zip_sources_with_classes(tmp_path):
 def test_celeba_and_celebahq_layouts(tmp_path):
     _fake_photos(tmp_path / "celeba/img_align_celeba", {f"{i:06d}.jpg": (178, 218) for i in range(1, 6)})
     (tmp_path / "celeba/list_eval_partition.txt").write_text(
-        "000001.jpg 0\n000002.jpg 0\n000003.jpg 0\n000004.jpg 1\n000005.jpg 2\n")
+        "000001.jpg 0\n000002.jpg 0\n000003.jpg 0\n000004.jpg 1\n000005.jpg 2\n"
+    )
     proc = build("celeba", "--root", tmp_path / "celeba", "--out", tmp_path / "c64", "--resolution", "64")
     assert proc.returncode == 0, proc.stderr
     index = json.loads((tmp_path / "c64/index.json").read_text())

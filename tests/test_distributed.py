@@ -1,5 +1,6 @@
 """Real multi-process training: DDP and DeepSpeed ZeRO-1/2 on 2 gloo ranks, equivalence of batch
 splits, exact resume after SIGKILL, non-finite guard, checkpoint refusal, export."""
+
 import json
 import random
 import signal
@@ -8,12 +9,12 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT
 from launch import command, env, run
-from lfbm_dist.checkpoint import latest, list_complete
+from safetensors.torch import load_file
+
 from lfbm_dist.export import checkpoint_state_dict, export, load_exported
+from lfbm_dist.training.checkpoint import latest, list_complete
 
 TINY = ["--config", "configs/test_tiny.yaml"]
 pytestmark = pytest.mark.slow
@@ -24,8 +25,9 @@ def _ok(proc):
     return proc
 
 
-@pytest.mark.parametrize("kind,layout", [("ddp2", "model.safetensors"), ("zero1", "pytorch_model"),
-                                         ("zero2", "pytorch_model")])
+@pytest.mark.parametrize(
+    "kind,layout", [("ddp2", "model.safetensors"), ("zero1", "pytorch_model"), ("zero2", "pytorch_model")]
+)
 def test_two_rank_backends_train_checkpoint_and_export(tmp_path, kind, layout):
     run_dir = tmp_path / kind
     proc = _ok(run(kind, *TINY, f"train.run_dir={run_dir}", "train.snapshot_every_kimg=0.032"))
@@ -33,7 +35,10 @@ def test_two_rank_backends_train_checkpoint_and_export(tmp_path, kind, layout):
     ckpts = list_complete(run_dir)
     assert [c.name for c in ckpts] == ["ckpt-000000000032", "ckpt-000000000064"]
     assert (ckpts[-1] / layout).exists()
-    assert {p.name for p in ckpts[-1].glob("data_state_rank*.json")} == {"data_state_rank0.json", "data_state_rank1.json"}
+    assert {p.name for p in ckpts[-1].glob("data_state_rank*.json")} == {
+        "data_state_rank0.json",
+        "data_state_rank1.json",
+    }
     model, cfg = load_exported(export(ckpts[-1], tmp_path / "export").parent)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -54,11 +59,13 @@ def test_global_batch_split_equivalence(tmp_path):
     """1 rank × 8, 2 ranks × 4, 2 ranks × 2 × accumulation 2 (and ZeRO-2 2 × 4, and DDP 2 × 4 with
     channels-last weights and images): same parameters."""
     steps = ["train.total_kimg=0.04", "train.log_every_kimg=0.04"]  # 5 steps of global batch 8
-    runs = {"1x8": ("single", ["train.batch_per_gpu=8"]),
-            "2x4": ("ddp2", ["train.batch_per_gpu=4"]),
-            "2x2x2": ("ddp2", ["train.batch_per_gpu=2", "train.accumulation_steps=2"]),
-            "zero2_2x4": ("zero2", ["train.batch_per_gpu=4"]),
-            "2x4_channels_last": ("ddp2", ["train.batch_per_gpu=4", "perf.channels_last=on"])}
+    runs = {
+        "1x8": ("single", ["train.batch_per_gpu=8"]),
+        "2x4": ("ddp2", ["train.batch_per_gpu=4"]),
+        "2x2x2": ("ddp2", ["train.batch_per_gpu=2", "train.accumulation_steps=2"]),
+        "zero2_2x4": ("zero2", ["train.batch_per_gpu=4"]),
+        "2x4_channels_last": ("ddp2", ["train.batch_per_gpu=4", "perf.channels_last=on"]),
+    }
     params = {}
     for name, (kind, extra) in runs.items():
         run_dir = tmp_path / name
@@ -71,8 +78,16 @@ def test_global_batch_split_equivalence(tmp_path):
             assert rel <= 1e-5, (name, key, float(rel))
     # and they did train: parameters moved away from the initialisation
     init = tmp_path / "init"
-    _ok(run("single", *TINY, f"train.run_dir={init}", "train.total_kimg=0.008", "optim.lr_generator=1e-12",
-            "optim.lr_prior=1e-12"))
+    _ok(
+        run(
+            "single",
+            *TINY,
+            f"train.run_dir={init}",
+            "train.total_kimg=0.008",
+            "optim.lr_generator=1e-12",
+            "optim.lr_prior=1e-12",
+        )
+    )
     moved = _final_params(init)
     assert any((moved[k] - ref[k]).abs().max() > 1e-4 for k in ref)
 
@@ -102,9 +117,14 @@ def test_exact_resume_after_sigkill_at_a_random_moment(tmp_path):
     """2N steps straight vs. killed (SIGKILL) at a random moment after step N, then resumed."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _ok(run("single", *RESUME_ARGS, f"train.run_dir={straight}"))
-    proc = subprocess.Popen(command("single", *RESUME_ARGS, f"train.run_dir={killed}"), cwd=ROOT,
-                            env=env(LFBM_FAULT_STEP_SLEEP="0.25"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command("single", *RESUME_ARGS, f"train.run_dir={killed}"),
+        cwd=ROOT,
+        env=env(LFBM_FAULT_STEP_SLEEP="0.25"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while latest(killed) is None and time.time() < deadline:
         time.sleep(0.05)
@@ -139,18 +159,25 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tmp_path):
     from tb_read import read_events, scalar_series
 
     assert scalar_series(read_events(run_dir / "tensorboard"), "skipped_steps")[-1][1] == 1.0
-    proc = run("single", *TINY, f"train.run_dir={tmp_path / 'stop'}", "train.max_consecutive_skips=3",
-               LFBM_FAULT_NAN_STEPS="1,2,3")
+    proc = run(
+        "single",
+        *TINY,
+        f"train.run_dir={tmp_path / 'stop'}",
+        "train.max_consecutive_skips=3",
+        LFBM_FAULT_NAN_STEPS="1,2,3",
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: 3 consecutive non-finite steps at step 3; stopping (lower the learning rates or the Langevin step size)")
+        "error: 3 consecutive non-finite steps at step 3; stopping (lower the learning rates or the Langevin step size)"
+    )
 
 
 def test_resume_refuses_other_config_and_truncated_checkpoint(tmp_path):
     run_dir = tmp_path / "r"
     _ok(run("single", *TINY, f"train.run_dir={run_dir}"))
-    proc = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "generator.nz=10",
-               "train.total_kimg=0.128")
+    proc = run(
+        "single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "generator.nz=10", "train.total_kimg=0.128"
+    )
     assert proc.returncode == 2
     assert "checkpoint is from another model config (generator.nz differs)" in proc.stderr.strip().splitlines()[-1]
     weights = latest(run_dir) / "model.safetensors"
@@ -162,9 +189,23 @@ def test_resume_refuses_other_config_and_truncated_checkpoint(tmp_path):
 def test_silent_single_process_cpu_launch_is_refused(tmp_path):
     from launch import ACCELERATE
 
-    proc = subprocess.run([ACCELERATE, "launch", "--cpu", "--num_processes", "2", "lfbm_dist/train.py", *TINY,
-                           f"train.run_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=env())
+    proc = subprocess.run(
+        [
+            ACCELERATE,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "lfbm_dist/train.py",
+            *TINY,
+            f"train.run_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(),
+    )
     assert proc.returncode != 0
     assert "launcher asked for 2 processes but the process group has 1" in proc.stderr
 
@@ -173,8 +214,9 @@ def test_silent_single_process_cpu_launch_is_refused(tmp_path):
 def test_posterior_inference_uses_no_collectives(tmp_path, kind):
     cmd = command(kind)
     cmd[cmd.index("lfbm_dist/train.py")] = "tests/dist_collectives.py"
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=env(LFBM_TEST_OUT=str(tmp_path)))
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env(LFBM_TEST_OUT=str(tmp_path))
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1]

@@ -1,19 +1,20 @@
 """The GPU fast path (lfbm_dist/fastpath.py) keeps the math: compiled and channels-last chains
 against the eager chain and against the analytic posterior, the trainer end to end, and the clean
 fallback when the compiler is missing. Real torch.compile (Inductor, C++ backend on CPU)."""
+
 import os
 import subprocess
 
 import pytest
 import torch
-
 from conftest import PYTHON, ROOT, randomize_
 from helpers_models import LinearGenerator
+from test_langevin import _analytic_posterior, _run_chains
+
 from lfbm_dist.config import ConfigError, PerfConfig, load_config
-from lfbm_dist.fastpath import FastPath
 from lfbm_dist.inference import langevin_posterior
 from lfbm_dist.models import FlowPrior, build_generator
-from test_langevin import _analytic_posterior, _run_chains
+from lfbm_dist.training.fastpath import FastPath
 
 
 def test_auto_means_on_for_cuda_and_off_on_cpu():
@@ -22,7 +23,10 @@ def test_auto_means_on_for_cuda_and_off_on_cpu():
     gpu = FastPath.resolve(PerfConfig(compile="auto", compile_mode="reduce-overhead"), torch.device("cuda", 0))
     assert (gpu.channels_last, gpu.cudnn_benchmark, gpu.compile_mode) == (True, True, "reduce-overhead")
     # CUDA graphs do not exist on CPU: asking for them there compiles plainly rather than pretending.
-    forced = FastPath.resolve(PerfConfig("on", "on", "on", "reduce-overhead"), torch.device("cpu"))
+    forced = FastPath.resolve(
+        PerfConfig(channels_last="on", cudnn_benchmark="on", compile="on", compile_mode="reduce-overhead"),
+        torch.device("cpu"),
+    )
     assert (forced.channels_last, forced.cudnn_benchmark, forced.compile_mode) == (True, False, "default")
     # DeepSpeed crashes on NHWC parameters: auto stays off (and says so), an explicit on is refused.
     deepspeed = FastPath.resolve(PerfConfig(), torch.device("cuda", 0), deepspeed=True)
@@ -79,8 +83,16 @@ def test_compiled_chain_matches_analytic_posterior():
 
 
 def _train(run_dir, *overrides, env=None):
-    cmd = [PYTHON, "-m", "lfbm_dist.train", "--config", "configs/test_tiny.yaml", f"train.run_dir={run_dir}",
-           "train.total_kimg=0.032", *overrides]
+    cmd = [
+        PYTHON,
+        "-m",
+        "lfbm_dist.train",
+        "--config",
+        "configs/test_tiny.yaml",
+        f"train.run_dir={run_dir}",
+        "train.total_kimg=0.032",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from safetensors.torch import load_file

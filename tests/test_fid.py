@@ -1,13 +1,14 @@
 """FID against torch-fidelity itself, across process counts, and the reference-statistics cache."""
+
 import json
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import PYTHON, ROOT
 from launch import ACCELERATE, env, free_port, run
+
 from lfbm_dist.metrics import fid as fidlib
 from lfbm_dist.metrics.inception import TorchScriptInception, load_inception
 
@@ -23,14 +24,39 @@ def trained_run(tmp_path_factory):
 
 
 def _evaluate(launcher, run_dir, cache, *extra):
-    args = ["--run", str(run_dir), "--metrics", "fid", "--out", str(cache / "metrics.json"),
-            "eval.fid_num_samples=48", "eval.fid_ref_samples=40", "eval.fid_batch=16", f"eval.cache_dir={cache}", *extra]
+    args = [
+        "--run",
+        str(run_dir),
+        "--metrics",
+        "fid",
+        "--out",
+        str(cache / "metrics.json"),
+        "eval.fid_num_samples=48",
+        "eval.fid_ref_samples=40",
+        "eval.fid_batch=16",
+        f"eval.cache_dir={cache}",
+        *extra,
+    ]
     if launcher == "single":
         cmd = [PYTHON, "-m", "lfbm_dist.evaluate", *args]
     else:
-        cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "lfbm_dist/evaluate.py", *args]
+        cmd = [
+            ACCELERATE,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "lfbm_dist/evaluate.py",
+            *args,
+        ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((cache / "metrics.json").read_text())
@@ -101,7 +127,9 @@ def test_our_fid_equals_torch_fidelity_on_the_same_features():
     faces = torch.from_numpy((lfw_subset() * 255).round().astype(np.uint8))[:, None].expand(-1, 3, -1, -1)
     set_a = faces[:100].contiguous()
     gen = torch.Generator().manual_seed(0)
-    set_b = (faces[100:200].float() * 0.7 + 60 * torch.rand(100, 3, 25, 25, generator=gen)).clamp(0, 255).to(torch.uint8)
+    set_b = (
+        (faces[100:200].float() * 0.7 + 60 * torch.rand(100, 3, 25, 25, generator=gen)).clamp(0, 255).to(torch.uint8)
+    )
     ours_a, ours_b = fidlib.FeatureStats(), fidlib.FeatureStats()
     for batch in set_a.split(32):
         ours_a.update(network(batch))
@@ -109,9 +137,17 @@ def test_our_fid_equals_torch_fidelity_on_the_same_features():
         ours_b.update(network(batch))
     ours = fidlib.frechet_distance(*ours_a.mu_sigma(), *ours_b.mu_sigma())
     theirs = torch_fidelity.calculate_metrics(
-        input1=_UInt8Set(set_a), input2=_UInt8Set(set_b), fid=True, feature_extractor="lfbm-test-inception",
-        feature_layer_fid="2048", cuda=False, batch_size=32, verbose=False, save_cpu_ram=True,
-        cache=False)["frechet_inception_distance"]
+        input1=_UInt8Set(set_a),
+        input2=_UInt8Set(set_b),
+        fid=True,
+        feature_extractor="lfbm-test-inception",
+        feature_layer_fid="2048",
+        cuda=False,
+        batch_size=32,
+        verbose=False,
+        save_cpu_ram=True,
+        cache=False,
+    )["frechet_inception_distance"]
     assert ours > 1.0  # the sets differ
     assert abs(ours - theirs) <= 1e-3 * abs(theirs), (ours, theirs)
 

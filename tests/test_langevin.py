@@ -1,8 +1,9 @@
 """Posterior Langevin against the analytic posterior of a linear-Gaussian model, and its
 promise not to touch (or even compute) weight gradients."""
-import torch
 
+import torch
 from helpers_models import LinearGenerator
+
 from lfbm_dist.inference import langevin_posterior
 from lfbm_dist.models import FlowPrior, GaussianPrior, build_generator
 
@@ -20,8 +21,17 @@ def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, l
     rng = torch.Generator().manual_seed(seed)
     x = x_one.expand(chains, *x_one.shape).float()
     m = None if mask is None else mask.expand(chains, *mask.shape).float()
-    return langevin_posterior(gen, GaussianPrior(gen.nz), x, num_steps=steps, step_size=0.1,
-                              sigma=sigma, mask=m, rng=rng, log_posterior_fn=log_posterior_fn).double()
+    return langevin_posterior(
+        gen,
+        GaussianPrior(gen.nz),
+        x,
+        num_steps=steps,
+        step_size=0.1,
+        sigma=sigma,
+        mask=m,
+        rng=rng,
+        log_posterior_fn=log_posterior_fn,
+    ).double()
 
 
 def test_long_run_matches_analytic_posterior():
@@ -62,7 +72,7 @@ def test_inference_leaves_weight_grads_untouched_and_uncomputed():
     computed = []
     for p, s in zip(params, sentinels):
         p.grad = s.clone()
-        p.register_hook(lambda g, name=len(computed): computed.append(name))  # fires if dL/dp is computed
+        p.register_hook(lambda g, name=len(computed): computed.append(name))  # noqa: B008 — fires if dL/dp is computed
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     z = langevin_posterior(gen, prior, x, num_steps=3, step_size=0.1, sigma=0.3)
     assert z.shape == (4, 8) and not z.requires_grad

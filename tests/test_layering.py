@@ -1,24 +1,119 @@
-"""The math packages stay framework-free: models/ and inference/ never import Accelerate,
-DeepSpeed or torch.distributed (all wrapping happens in engine.py)."""
+"""The architecture, checked: one distributed boundary, math and data free of the config and of
+training, no import cycle, small functions, ruff-clean code, and console scripts."""
+
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import PYTHON, ROOT
 
-from conftest import ROOT
+PACKAGE = ROOT / "lfbm_dist"
+FRAMEWORKS = ("accelerate", "deepspeed", "torch.distributed")
+ENGINE = {"lfbm_dist/training/engine.py"}
+MAX_FUNCTION_LINES = 80
 
-FORBIDDEN = ("accelerate", "deepspeed", "torch.distributed", "submitit")
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for package in ("models", "inference")
-                                        for p in (ROOT / "lfbm_dist" / package).glob("*.py")))
-def test_math_modules_import_no_distributed_frameworks(path):
-    tree = ast.parse((ROOT / path).read_text())
-    for node in ast.walk(tree):
-        names = []
+def _imports(module: str, path: Path) -> list[str]:
+    """Absolute names of everything `module` imports, at any depth (function-level imports too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            assert not name.startswith(FORBIDDEN), f"{path} imports {name}"
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            names += [prefix] + [f"{prefix}.{a.name}" for a in node.names]
+    return names
+
+
+MODULES = _modules()
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_engine_talks_to_distributed_frameworks(module):
+    rel = MODULES[module].relative_to(ROOT).as_posix()
+    for name in _imports(module, MODULES[module]):
+        if name.startswith(FRAMEWORKS):
+            assert rel in ENGINE, f"{rel} imports {name}"
+        if name.startswith("submitit"):
+            assert rel.startswith("lfbm_dist/slurm/"), f"{rel} imports {name}"
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m.split(".")[1:2] in (["data"], ["models"], ["inference"], ["metrics"]))
+)
+def test_math_data_and_metrics_import_no_config_and_no_training(module):
+    for name in _imports(module, MODULES[module]):
+        assert not name.startswith(("lfbm_dist.config", "lfbm_dist.training", "lfbm_dist.evaluate")), (
+            f"{module} imports {name}"
+        )
+
+
+def test_no_import_cycle():
+    graph = {m: {n for n in (_owner(i) for i in _imports(m, p)) if n and n != m} for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in graph[m]:
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(n) :], n]))
+            if n not in state:
+                visit(n, [*stack, n])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+
+
+def _owner(name: str) -> str | None:
+    """The package module an imported name belongs to (`lfbm_dist.data.plan.Layout` -> `lfbm_dist.data.plan`)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def test_functions_stay_small():
+    long = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "data_tools").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
+
+
+def test_ruff_lint_and_format():
+    ruff = shutil.which("ruff", path=str(Path(PYTHON).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is installed by scripts/setup.sh (test extra)"
+    for args in (["check", "."], ["format", "--check", "."]):
+        proc = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+@pytest.mark.parametrize(
+    "script", ["lfbm-train", "lfbm-evaluate", "lfbm-sample", "lfbm-export", "lfbm-shards", "lfbm-slurm", "lfbm-repro"]
+)
+def test_console_scripts_are_installed_and_answer_help(script):
+    exe = Path(PYTHON).parent / script
+    assert exe.is_file(), f"{exe} missing: pip install -e . gives the console scripts"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]

@@ -1,13 +1,14 @@
 """The learning step's gradients equal Eq. 6 and Eq. 7 computed independently."""
+
 import math
 
 import torch
-
 from conftest import randomize_
 from helpers_models import LinearGenerator
-from lfbm_dist.factory import build_optimizer
+
 from lfbm_dist.config import Config
 from lfbm_dist.models import LFBM, FlowPrior
+from lfbm_dist.training.build import build_optimizer
 
 
 def _bruteforce_log_prob(flow: FlowPrior, z: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Occlusion masks: the paper's sizes, scaled, deterministic per key and seed."""
+
 import pytest
 import torch
 

@@ -1,10 +1,11 @@
 """Architectures: Table 13 parameter counts, output shapes, all priors share one interface."""
+
 import pytest
 import torch
 
 from lfbm_dist.config import load_config
-from lfbm_dist.factory import build_model, count_parameters
 from lfbm_dist.models import GENERATOR_SPECS, EBMPrior, FlowPrior, GaussianPrior, build_generator
+from lfbm_dist.training.build import build_model, count_parameters
 
 
 def test_table13_parameter_counts_from_the_preset(root):
@@ -37,13 +38,13 @@ def test_ebm_prior_loss_gradient_is_contrastive():
     prior = EBMPrior(4, hidden=8, langevin_steps=5, langevin_step_size=0.3)
     z_pos = torch.randn(16, 4) + 2.0
     noise = torch.randn(16, 6, 4)
-    loss = prior.prior_loss(z_pos, chain_noise=noise)
+    loss = prior.prior_loss(z_pos, noise=noise)
     loss.backward()
-    z_neg = prior.sample(16, chain_noise=noise)
+    z_neg = prior.sample_from_noise(noise)
     prior.zero_grad()
     (prior.score(z_neg).mean() - prior.score(z_pos).mean()).backward()
     grads_ref = [p.grad.clone() for p in prior.parameters()]
     prior.zero_grad()
-    prior.prior_loss(z_pos, chain_noise=noise).backward()
+    prior.prior_loss(z_pos, noise=noise).backward()
     for p, ref in zip(prior.parameters(), grads_ref):
         assert torch.allclose(p.grad, ref)

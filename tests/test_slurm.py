@@ -1,10 +1,10 @@
 """The Slurm launcher against a real single-node Slurm cluster (slurmctld + slurmd + munge)."""
+
 import json
 import subprocess
 import time
 
 import pytest
-
 from conftest import PYTHON, ROOT
 from launch import env
 from slurm_cluster import SlurmCluster, SlurmUnavailable
@@ -38,8 +38,24 @@ def _ok(proc):
 
 
 def test_two_task_cpu_training_job(cluster, tmp_path):
-    _ok(launcher("train", "--config", "configs/test_tiny.yaml", "--tasks-per-node", "2", "--cpus-per-task", "1",
-                 "--time", "00:10:00", "--out", str(tmp_path), "--name", "job2", "--wait"))
+    _ok(
+        launcher(
+            "train",
+            "--config",
+            "configs/test_tiny.yaml",
+            "--tasks-per-node",
+            "2",
+            "--cpus-per-task",
+            "1",
+            "--time",
+            "00:10:00",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "job2",
+            "--wait",
+        )
+    )
     run_dir = tmp_path / "job2"
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["images_seen"] == 64  # 2 ranks × 8 per step
@@ -48,9 +64,28 @@ def test_two_task_cpu_training_job(cluster, tmp_path):
 
 
 def test_array_sweep_and_summary(cluster, tmp_path):
-    _ok(launcher("sweep", "--config", "configs/test_tiny.yaml", "--grid", "langevin.num_steps=1,2,3",
-                 "--tasks-per-node", "1", "--cpus-per-task", "1", "--max-parallel", "2", "--time", "10",
-                 "--out", str(tmp_path), "--name", "sw", "--wait"))
+    _ok(
+        launcher(
+            "sweep",
+            "--config",
+            "configs/test_tiny.yaml",
+            "--grid",
+            "langevin.num_steps=1,2,3",
+            "--tasks-per-node",
+            "1",
+            "--cpus-per-task",
+            "1",
+            "--max-parallel",
+            "2",
+            "--time",
+            "10",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "sw",
+            "--wait",
+        )
+    )
     summary = _ok(launcher("summary", "--root", str(tmp_path / "sw"), "--json"))
     rows = json.loads(summary.stdout)
     assert [r["point"] for r in rows] == ["num_steps-1", "num_steps-2", "num_steps-3"]
@@ -59,9 +94,25 @@ def test_array_sweep_and_summary(cluster, tmp_path):
 
 
 def test_preemption_signal_requeues_and_resumes_to_the_same_step_count(cluster, tmp_path):
-    args = ["train", "--config", "configs/test_tiny.yaml", "--tasks-per-node", "1", "--cpus-per-task", "1",
-            "--time", "10", "--out", str(tmp_path), "--name", "pre", "--max-requeues", "2",
-            "train.total_kimg=0.192", "train.snapshot_every_kimg=0.032"]
+    args = [
+        "train",
+        "--config",
+        "configs/test_tiny.yaml",
+        "--tasks-per-node",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "10",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "pre",
+        "--max-requeues",
+        "2",
+        "train.total_kimg=0.192",
+        "train.snapshot_every_kimg=0.032",
+    ]
     proc = _ok(launcher(*args, LFBM_FAULT_STEP_SLEEP="0.4"))
     job_id = proc.stdout.split("submitted training job ")[1].split()[0]
     run_dir = tmp_path / "pre"
@@ -85,22 +136,58 @@ def test_preemption_signal_requeues_and_resumes_to_the_same_step_count(cluster, 
 
 
 def test_bad_options_one_line(tmp_path):
-    for args, message in ((["--time", "25h"], "--time: not a Slurm time"),
-                          (["--sbatch", "comment=$(id)"], "--sbatch: expected key=value with a plain value"),
-                          (["--nodes", "0"], "--nodes, --tasks-per-node and --cpus-per-task must be >= 1"),
-                          (["langevin.sigma=0"], "langevin.sigma must be > 0")):
-        proc = subprocess.run([*LAUNCHER, "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path),
-                               "--dry-run", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    for args, message in (
+        (["--time", "25h"], "--time: not a Slurm time"),
+        (["--sbatch", "comment=$(id)"], "--sbatch: expected key=value with a plain value"),
+        (["--nodes", "0"], "--nodes, --tasks-per-node and --cpus-per-task must be >= 1"),
+        (["langevin.sigma=0"], "langevin.sigma must be > 0"),
+    ):
+        proc = subprocess.run(
+            [*LAUNCHER, "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path), "--dry-run", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
 
 
 def test_dry_run_prints_the_sbatch_script(tmp_path):
-    proc = subprocess.run([*LAUNCHER, "train", "--config", "configs/celebahq256.yaml", "--nodes", "4",
-                           "--gpus-per-node", "8", "--partition", "gpu", "--time", "24:00:00", "--account", "ml",
-                           "--out", str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            *LAUNCHER,
+            "train",
+            "--config",
+            "configs/celebahq256.yaml",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--partition",
+            "gpu",
+            "--time",
+            "24:00:00",
+            "--account",
+            "ml",
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
-    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=gpu", "#SBATCH --time=1440", "#SBATCH --signal=USR2@120", "#SBATCH --account=ml"):
+    for line in (
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=1440",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --account=ml",
+    ):
         assert line in proc.stdout
 
 
@@ -108,8 +195,10 @@ def test_summary_refuses_incomparable_fids(tmp_path):
     for name, network in (("a", "net-1"), ("b", "net-2")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text("{}\n")
-        (tmp_path / name / "metrics.json").write_text(json.dumps(
-            {"fid": 10.0, "fid_network": network, "fid_image_resolution": 64, "fid_num_samples": 100}))
-    proc = subprocess.run([*LAUNCHER, "summary", "--root", str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+        (tmp_path / name / "metrics.json").write_text(
+            json.dumps({"fid": 10.0, "fid_network": network, "fid_image_resolution": 64, "fid_num_samples": 100})
+        )
+    proc = subprocess.run(
+        [*LAUNCHER, "summary", "--root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "not comparable: fid_network" in proc.stderr

@@ -1,8 +1,8 @@
 """End-to-end training on one CPU process with real packaged images (LFW faces)."""
+
 import subprocess
 
 import pytest
-
 from conftest import PYTHON, ROOT
 from tb_read import read_events, scalar_series
 
@@ -10,12 +10,36 @@ from tb_read import read_events, scalar_series
 @pytest.mark.slow
 def test_few_hundred_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
     run_dir, shard_dir = tmp_path / "run", tmp_path / "lfw16"
-    build = [PYTHON, "-m", "data_tools.build_shards", "demo", "--name", "lfw", "--out", str(shard_dir),
-             "--resolution", "16", "--samples-per-shard", "64", "--no-progress"]
+    build = [
+        PYTHON,
+        "-m",
+        "data_tools.build_shards",
+        "demo",
+        "--name",
+        "lfw",
+        "--out",
+        str(shard_dir),
+        "--resolution",
+        "16",
+        "--samples-per-shard",
+        "64",
+        "--no-progress",
+    ]
     assert subprocess.run(build, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
-    cmd = [PYTHON, "-m", "lfbm_dist.train", "--config", "configs/quickstart.yaml",
-           f"data.shards=[{shard_dir}/index.json]", f"train.run_dir={run_dir}", "train.total_kimg=9.6", "train.batch_per_gpu=32",
-           "train.log_every_kimg=0.32", "train.image_every_kimg=4.8", "train.snapshot_every_kimg=0"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "lfbm_dist.train",
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.shards=[{shard_dir}/index.json]",
+        f"train.run_dir={run_dir}",
+        "train.total_kimg=9.6",
+        "train.batch_per_gpu=32",
+        "train.log_every_kimg=0.32",
+        "train.image_every_kimg=4.8",
+        "train.snapshot_every_kimg=0",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "config.yaml").is_file()
@@ -30,34 +54,75 @@ def test_few_hundred_iterations_improve_reconstruction_and_prior_likelihood(tmp_
     assert {"samples/prior", "reconstructions"} <= set(tags["images"])
     log_p = [v for _, v in scalar_series(acc, "log_p_z")]
     assert sum(log_p[-3:]) / 3 > sum(log_p[:3]) / 3  # log p_α(z) of the inferred latents rises
-    for tag in ("loss/generator", "langevin_grad_norm", "images_per_sec", "lr/generator", "lr/prior",
-                "skipped_steps"):
+    for tag in ("loss/generator", "langevin_grad_norm", "images_per_sec", "lr/generator", "lr/prior", "skipped_steps"):
         assert tag in tags["scalars"], tag
 
 
 @pytest.mark.slow
 def test_learning_from_occluded_data_logs_recovery_and_samples(tmp_path):
     run_dir = tmp_path / "occ"
-    proc = subprocess.run([PYTHON, "-m", "lfbm_dist.train", "--config", "configs/test_tiny.yaml",
-                           f"train.run_dir={run_dir}", "data.occlusion=saltpepper:50", "train.total_kimg=0.16",
-                           "train.log_every_kimg=0.04"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "lfbm_dist.train",
+            "--config",
+            "configs/test_tiny.yaml",
+            f"train.run_dir={run_dir}",
+            "data.occlusion=saltpepper:50",
+            "train.total_kimg=0.16",
+            "train.log_every_kimg=0.04",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     acc = read_events(run_dir / "tensorboard")
     recovery = [v for _, v in scalar_series(acc, "recovery_mse")]
     assert len(recovery) == 4 and all(0 < v < 1 for v in recovery)
     out = tmp_path / "samples"
-    proc = subprocess.run([PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "4",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "4", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("sample_*.png"))) == 6 and (out / "grid.png").is_file()
     again = tmp_path / "again"
-    subprocess.run([PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "6",
-                    "--out", str(again)], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "6", "--out", str(again)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert (out / "sample_000005.png").read_bytes() == (again / "sample_000005.png").read_bytes()  # index-seeded
     done = tmp_path / "done"
-    proc = subprocess.run([PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--complete",
-                           str(out / "sample_000000.png"), "--mask", "center", "--completions", "2",
-                           "--out", str(done), "langevin.test_num_steps=5"][:-1], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "lfbm_dist.sample",
+            "--run",
+            str(run_dir),
+            "--complete",
+            str(out / "sample_000000.png"),
+            "--mask",
+            "center",
+            "--completions",
+            "2",
+            "--out",
+            str(done),
+            "langevin.test_num_steps=5",
+        ][:-1],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(done.glob("sample_000000_completion*.png"))) == 2

@@ -1,11 +1,12 @@
 """LFBM-VAE baseline: the IAF posterior's log-density against a brute-force Jacobian, and training."""
+
 import math
 import subprocess
 
 import pytest
 import torch
-
 from conftest import PYTHON, ROOT, randomize_
+
 from lfbm_dist.models.encoder import IAFEncoder
 
 
@@ -24,9 +25,23 @@ def test_iaf_log_q_matches_bruteforce_jacobian():
 
 @pytest.mark.slow
 def test_vae_baseline_trains_through_the_same_loop(tmp_path):
-    proc = subprocess.run([PYTHON, "-m", "lfbm_dist.train", "--config", "configs/test_tiny.yaml", "inference=vae",
-                           f"train.run_dir={tmp_path}", "train.total_kimg=0.8", "train.log_every_kimg=0.2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "lfbm_dist.train",
+            "--config",
+            "configs/test_tiny.yaml",
+            "inference=vae",
+            f"train.run_dir={tmp_path}",
+            "train.total_kimg=0.8",
+            "train.log_every_kimg=0.2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import sys
 

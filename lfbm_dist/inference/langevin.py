@@ -17,10 +17,12 @@ and gradients are taken with torch.autograd.grad w.r.t. z only, so `.grad` is un
 This is also what keeps inference free of collective communication under DDP: call it
 with the plain (unwrapped) modules.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -44,12 +46,18 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def log_likelihood(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, sigma: float,
-                   mask: torch.Tensor | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def log_likelihood(
+    generator: nn.Module,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float,
+    mask: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """log p_β(x | z) up to its constant: −‖m ⊙ (x − g(z))‖² / (2σ²). Returns (B,) float32."""
-    with torch.autocast(device_type=z.device.type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(
+        device_type=z.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
         x_hat = generator(z)
     residual = x.float() - x_hat.float()  # (B, C, H, W); the sum is done in float32
     if mask is not None:
@@ -57,9 +65,15 @@ def log_likelihood(generator: nn.Module, z: torch.Tensor, x: torch.Tensor, sigma
     return -residual.pow(2).flatten(1).sum(1) / (2.0 * sigma**2)
 
 
-def log_posterior(generator: nn.Module, prior: Prior, z: torch.Tensor, x: torch.Tensor, sigma: float,
-                  mask: torch.Tensor | None = None,
-                  autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def log_posterior(
+    generator: nn.Module,
+    prior: Prior,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float,
+    mask: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """log p(z | x) up to its constant, (B,) float32. A plain function of tensors and modules, so it
     can be handed to torch.compile as it is (lfbm_dist/fastpath.py): forward and backward compile."""
     return prior.log_prob(z) + log_likelihood(generator, z, x, sigma, mask, autocast_dtype)
@@ -68,8 +82,9 @@ def log_posterior(generator: nn.Module, prior: Prior, z: torch.Tensor, x: torch.
 LogPosteriorFn = Callable[..., torch.Tensor]  # same signature as log_posterior
 
 
-def _langevin_update(z: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor | None, half_s2: float,
-                     step_size: float) -> torch.Tensor:
+def _langevin_update(
+    z: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor | None, half_s2: float, step_size: float
+) -> torch.Tensor:
     """z + ½s²∇ + sε as two fused multiply-adds (out-of-place first: z may be a caller's tensor)."""
     z = torch.add(z, grad, alpha=half_s2)
     return z.add_(eps, alpha=step_size) if eps is not None else z
@@ -80,13 +95,23 @@ def _check_noise(noise: torch.Tensor | None, batch: int, num_steps: int, dim: in
         raise ValueError(f"noise must have shape {(batch, num_steps, dim)}, got {tuple(noise.shape)}")
 
 
-def langevin_posterior(generator: nn.Module, prior: Prior, x: torch.Tensor, *, num_steps: int,
-                       step_size: float, sigma: float, mask: torch.Tensor | None = None,
-                       z_init: torch.Tensor | None = None, add_noise: bool = True,
-                       noise: torch.Tensor | None = None, rng: torch.Generator | None = None,
-                       autocast_dtype: torch.dtype | None = None,
-                       log_posterior_fn: LogPosteriorFn | None = None,
-                       return_stats: bool = False):
+def langevin_posterior(
+    generator: nn.Module,
+    prior: Prior,
+    x: torch.Tensor,
+    *,
+    num_steps: int,
+    step_size: float,
+    sigma: float,
+    mask: torch.Tensor | None = None,
+    z_init: torch.Tensor | None = None,
+    add_noise: bool = True,
+    noise: torch.Tensor | None = None,
+    rng: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    log_posterior_fn: LogPosteriorFn | None = None,
+    return_stats: bool = False,
+):
     """K steps of Eq. 8 on log p(z | x); chains start at z_init, else at N(0, I).
 
     x: (B, C, H, W) in the generator's range; mask: broadcastable to x, 1 = visible.
@@ -124,9 +149,16 @@ def langevin_posterior(generator: nn.Module, prior: Prior, x: torch.Tensor, *, n
     return z
 
 
-def langevin_prior(prior: Prior, z_init: torch.Tensor, *, num_steps: int, step_size: float,
-                   add_noise: bool = True, noise: torch.Tensor | None = None,
-                   rng: torch.Generator | None = None) -> torch.Tensor:
+def langevin_prior(
+    prior: Prior,
+    z_init: torch.Tensor,
+    *,
+    num_steps: int,
+    step_size: float,
+    add_noise: bool = True,
+    noise: torch.Tensor | None = None,
+    rng: torch.Generator | None = None,
+) -> torch.Tensor:
     """K steps of the same update on log p_α(z) alone (EBM prior sampling, LEBM baseline)."""
     batch, nz = z_init.shape
     _check_noise(noise if add_noise else None, batch, num_steps, nz)

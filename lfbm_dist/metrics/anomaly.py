@@ -19,12 +19,15 @@ Two named protocols (`eval.anomaly_protocol`):
 Beside the paper's score, the AUPRC of each term alone and the average precision of the full score
 are reported as diagnostics; they never replace `auprc`.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
+from ..progress import NO_PROGRESS, Progress
+from ..seeding import Tag
 from .sampling import infer
 
 PROTOCOLS = ("official", "noisy-ap")
@@ -45,14 +48,24 @@ def joint_log_prob(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -(recon + prior) - x[0].numel() * math.log(model.sigma * math.sqrt(2 * math.pi))
 
 
-def collect_terms(model, batches, heldout_class: int, seed: int, num_steps: int, step_size: float,
-                  add_noise: bool) -> torch.Tensor:
+def collect_terms(
+    model,
+    batches,
+    heldout_class: int,
+    seed: int,
+    num_steps: int,
+    step_size: float,
+    add_noise: bool,
+    progress: Progress = NO_PROGRESS,
+    world_size: int = 1,
+) -> torch.Tensor:
     """(3, N_local) float64: recon term, prior term, is-anomaly flag, for this rank's test images."""
     rows = []
     for x, indices, labels in batches:
-        z = infer(model, x, indices, seed, num_steps, step_size, tag="anomaly", add_noise=add_noise)
+        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.ANOMALY, add_noise=add_noise)
         recon, prior = score_terms(model, x, z)
         rows.append(torch.stack([recon, prior, (labels == heldout_class).double()]))
+        progress.update(len(x) * world_size)
     return torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.float64)
 
 

@@ -9,19 +9,21 @@
   cached under a key hashing every setting that changes them; rank 0 writes the cache atomically,
   every rank reads it after rank 0 decides.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 
-from .. import dist
+from ..collectives import SINGLE_PROCESS, Collectives
+from ..files import write_atomic
+from ..progress import NO_PROGRESS, Progress
 
 FEATURE_DIM = 2048
 STATS_VERSION = 1  # bump when preprocessing changes: invalidates every cached reference
@@ -41,15 +43,15 @@ class FeatureStats:
         self.sum += f.sum(0)
         self.outer += f.T @ f
 
-    def all_reduce(self) -> None:
+    def all_reduce(self, comm: Collectives = SINGLE_PROCESS) -> None:
         """Sum over ranks (collective; float64 tensors: exact-order-independent to ~1e-16)."""
-        if not dist.is_initialized():
+        if comm.world_size == 1:
             return
         packed = torch.cat([torch.tensor([float(self.n)], dtype=torch.float64), self.sum, self.outer.flatten()])
-        packed = dist.all_reduce_sum(packed)
+        packed = comm.all_reduce_sum(packed)
         d = self.sum.numel()
         self.n = int(round(packed[0].item()))
-        self.sum, self.outer = packed[1:1 + d].clone(), packed[1 + d:].reshape(d, d).clone()
+        self.sum, self.outer = packed[1 : 1 + d].clone(), packed[1 + d :].reshape(d, d).clone()
 
     def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
@@ -72,25 +74,36 @@ def to_uint8(images_pm1: torch.Tensor) -> torch.Tensor:
     return ((images_pm1.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def generated_stats(sample_fn: Callable[[list[int]], torch.Tensor], inception, num_samples: int,
-                    batch: int, device: torch.device) -> FeatureStats:
+def generated_stats(
+    sample_fn: Callable[[list[int]], torch.Tensor],
+    inception,
+    num_samples: int,
+    batch: int,
+    device: torch.device,
+    comm: Collectives = SINGLE_PROCESS,
+    progress: Progress = NO_PROGRESS,
+) -> FeatureStats:
     """sample_fn(indices) -> images in [−1, 1] for exactly those global sample indices."""
     stats = FeatureStats()
-    mine = list(range(dist.rank(), num_samples, dist.world_size()))
+    mine = list(range(comm.rank, num_samples, comm.world_size))
     for start in range(0, len(mine), batch):
-        indices = mine[start:start + batch]
+        indices = mine[start : start + batch]
         images = sample_fn(indices)
         stats.update(inception(to_uint8(images)))
-    stats.all_reduce()
+        progress.update(len(indices) * comm.world_size)
+    stats.all_reduce(comm)
     return stats
 
 
-def image_stats(batches: Iterable[torch.Tensor], inception) -> FeatureStats:
+def image_stats(
+    batches: Iterable[torch.Tensor], inception, comm: Collectives = SINGLE_PROCESS, progress: Progress = NO_PROGRESS
+) -> FeatureStats:
     """Statistics of uint8 image batches already split by rank (e.g. reference shards)."""
     stats = FeatureStats()
     for images in batches:
         stats.update(inception(images))
-    stats.all_reduce()
+        progress.update(len(images) * comm.world_size)
+    stats.all_reduce(comm)
     return stats
 
 
@@ -117,24 +130,22 @@ def save_cached(cache_dir: Path, key: str, mu, sigma, n: int, settings: dict) ->
     tmp = cache_dir / f".fid-ref-{key}.{os.getpid()}.npz"
     np.savez(tmp, mu=mu, sigma=sigma, n=np.array(n))
     os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-    (cache_dir / f"fid-ref-{key}.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+    write_atomic(cache_dir / f"fid-ref-{key}.json", json.dumps(settings, indent=2, sort_keys=True))
     return path
 
 
-def reference_stats(settings: dict, cache_dir: Path, compute: Callable[[], FeatureStats]):
+def reference_stats(
+    settings: dict, cache_dir: Path, compute: Callable[[], FeatureStats], comm: Collectives = SINGLE_PROCESS
+):
     """(μ, Σ, n, 'hit'|'miss'): rank 0 decides, computes if needed (all ranks help), writes; all read."""
     key = cache_key(settings)
-    hit = _cache_path(cache_dir, key).is_file() if dist.is_main() else False
-    if dist.is_initialized():
-        flag = [hit]
-        torch_dist.broadcast_object_list(flag, src=0)  # our own processes' booleans, not file content
-        hit = bool(flag[0])
+    hit = bool(comm.broadcast_object(_cache_path(cache_dir, key).is_file() if comm.is_main else False))
     if not hit:
         stats = compute()  # collective
-        if dist.is_main():
+        if comm.is_main:
             mu, sigma = stats.mu_sigma()
             save_cached(cache_dir, key, mu, sigma, stats.n, settings)
-    dist.barrier()
+    comm.barrier()
     mu, sigma, n = load_cached(cache_dir, key)
     return mu, sigma, n, "hit" if hit else "miss"
 

@@ -3,6 +3,7 @@
 Both map uint8 images (N, 3, H, W) to (N, 2048) pool features. Which network produced a number is
 part of every FID result (`name`), and numbers from different networks are never compared.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ class TorchScriptInception(nn.Module):
         sha1 = file_digest(path, "sha1")
         if sha1 not in KNOWN_SHA1 and os.environ.get("LFBM_ALLOW_UNKNOWN_INCEPTION") != "1":
             # A TorchScript file runs code when loaded: only the pinned network, unless explicitly allowed.
-            raise InceptionError(f"{path}: unknown FID network (sha1 {sha1}); set LFBM_ALLOW_UNKNOWN_INCEPTION=1 "
-                                 "to trust it")
+            raise InceptionError(
+                f"{path}: unknown FID network (sha1 {sha1}); set LFBM_ALLOW_UNKNOWN_INCEPTION=1 to trust it"
+            )
         self.name = KNOWN_SHA1.get(sha1, f"torchscript-{sha1[:12]}")
         self.net = torch.jit.load(str(path), map_location="cpu").eval()
 
@@ -63,8 +65,9 @@ class FidelityInception(nn.Module):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         self.name = "torch-fidelity-inception-v3-compat"
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                               feature_extractor_weights_path=str(weights_path)).eval()
+        self.net = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights_path)
+        ).eval()
 
     @torch.no_grad()
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:

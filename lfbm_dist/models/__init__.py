@@ -1,9 +1,28 @@
 """Model math only: no Accelerate, DeepSpeed or torch.distributed imports in this package."""
+
 from .ebm_prior import EBMPrior
 from .flow_prior import FlowPrior, standard_normal_log_prob
 from .gaussian_prior import GaussianPrior
-from .generator import GENERATOR_SPECS, ConvGenerator, GeneratorSpec, MLPGenerator, build_generator, uses_batch_statistics
+from .generator import (
+    GENERATOR_SPECS,
+    ConvGenerator,
+    GeneratorSpec,
+    MLPGenerator,
+    build_generator,
+    uses_batch_statistics,
+)
 from .lfbm import LFBM
 
-__all__ = ["LFBM", "FlowPrior", "GaussianPrior", "EBMPrior", "ConvGenerator", "GeneratorSpec",
-           "MLPGenerator", "GENERATOR_SPECS", "build_generator", "uses_batch_statistics", "standard_normal_log_prob"]
+__all__ = [
+    "LFBM",
+    "FlowPrior",
+    "GaussianPrior",
+    "EBMPrior",
+    "ConvGenerator",
+    "GeneratorSpec",
+    "MLPGenerator",
+    "GENERATOR_SPECS",
+    "build_generator",
+    "uses_batch_statistics",
+    "standard_normal_log_prob",
+]

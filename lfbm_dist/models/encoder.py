@@ -8,6 +8,7 @@ autoregressive flow (IAF, Kingma et al. 2016) as the amortised posterior q_φ(z 
 Each IAF step's Jacobian is triangular (output i depends on inputs < i), so its log-determinant is
 Σ log gᵗ; the order is reversed between steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,16 @@ class AutoregressiveNet(nn.Module):
 class IAFEncoder(nn.Module):
     """x (B, C, R, R) -> (z (B, nz), log q(z|x) (B,)), reparameterised with the given ε."""
 
-    def __init__(self, resolution: int, image_channels: int, nz: int, ndf: int = 64, iaf_steps: int = 2,
-                 iaf_hidden: int = 256, context: int = 128):
+    def __init__(
+        self,
+        resolution: int,
+        image_channels: int,
+        nz: int,
+        ndf: int = 64,
+        iaf_steps: int = 2,
+        iaf_hidden: int = 256,
+        context: int = 128,
+    ):
         super().__init__()
         layers, ch, size = [], image_channels, resolution
         width = ndf
@@ -67,7 +76,7 @@ class IAFEncoder(nn.Module):
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.conv(x).flatten(1))
         out = out if out.dtype == torch.float64 else out.float()  # float32 posterior math (float64 in tests)
-        mu, log_sigma, h = out[:, :self.nz], out[:, self.nz:2 * self.nz], out[:, 2 * self.nz:]
+        mu, log_sigma, h = out[:, : self.nz], out[:, self.nz : 2 * self.nz], out[:, 2 * self.nz :]
         log_sigma = log_sigma.clamp(-8, 4)
         z = mu + torch.exp(log_sigma) * eps
         log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(1) - log_sigma.sum(1)

@@ -16,6 +16,7 @@ the coupling network is linear (+bias) followed by an actnorm, as in the officia
 Everything here runs in float32 even under autocast: log-determinants are sums of many
 small terms and the Langevin update needs them exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -139,8 +140,10 @@ class AffineCoupling(nn.Module):
             raise ValueError(f"flow dim must be even for a half-split coupling, got {dim}")
         self.half = dim // 2
         self.net = nn.Sequential(
-            _HiddenLinear(self.half, hidden), nn.ReLU(),
-            _HiddenLinear(hidden, hidden), nn.ReLU(),
+            _HiddenLinear(self.half, hidden),
+            nn.ReLU(),
+            _HiddenLinear(hidden, hidden),
+            nn.ReLU(),
             _ZeroLinear(hidden, dim),
         )
 
@@ -212,15 +215,28 @@ class FlowPrior(nn.Module):
             z0, log_det = self.to_base(z.to(dtype).reshape(z.shape[0], -1))
             return standard_normal_log_prob(z0) + log_det
 
-    def prior_loss(self, z_posterior: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    # -- the prior interface shared with GaussianPrior and EBMPrior (see models/__init__.py) ----
+    normalized = True  # log_prob is an exact, normalised log-density
+    loss_noise_shape = None  # prior_loss needs no randomness of its own
+
+    def prior_loss(self, z_posterior: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """−mean log p_α(z) over inferred latents; its gradient is −Eq. 6."""
         return -self.log_prob(z_posterior.detach()).mean()
 
+    @property
+    def sample_noise_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
     @torch.no_grad()
+    def sample_from_noise(self, z0: torch.Tensor) -> torch.Tensor:
+        """Ancestral sampling z = f_α(z0) from given base noise z0 (n, dim)."""
+        anchor = self.steps[0].actnorm.bias
+        with torch.autocast(device_type=anchor.device.type, enabled=False):
+            return self.from_base(z0.to(device=anchor.device, dtype=anchor.dtype))
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Ancestral sampling z = f_α(z0), z0 ~ N(0, I). Returns (n, dim)."""
         anchor = self.steps[0].actnorm.bias
-        z0 = torch.randn(n, self.dim, generator=generator, device=anchor.device, dtype=anchor.dtype)
-        device = anchor.device
-        with torch.autocast(device_type=device.type, enabled=False):
-            return self.from_base(z0)
+        return self.sample_from_noise(
+            torch.randn(n, self.dim, generator=generator, device=anchor.device, dtype=anchor.dtype)
+        )

@@ -9,6 +9,7 @@ anomaly-detection experiment (Table 4): two fully-connected layers and two ×2 t
 convolutions, each followed by BatchNorm and ReLU. The `tiny*` ones are for tests and the
 CPU quickstart.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from torch import nn
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    first_kernel: int          # 1×1 latent -> first_kernel² feature map
+    first_kernel: int  # 1×1 latent -> first_kernel² feature map
     channel_mults: tuple[int, ...]  # feature channels per stage, in units of ngf
-    final_upsample: bool       # last layer: ×2 transposed conv (True) or 3×3 'same' conv (False)
+    final_upsample: bool  # last layer: ×2 transposed conv (True) or 3×3 'same' conv (False)
     default_ngf: int
+    batch_norm = False  # no layer depends on the other images of the batch
 
     def resolution(self) -> int:
         return self.first_kernel * 2 ** (len(self.channel_mults) - 1) * (2 if self.final_upsample else 1)
@@ -34,8 +36,10 @@ class GeneratorSpec:
 @dataclass(frozen=True)
 class MLPGeneratorSpec:
     """The official MNIST generator: z -> FC 16·ngf -> FC 2·ngf × (R/4)² -> ×2 deconv ngf -> ×2 deconv C."""
+
     image_size: int
     default_ngf: int
+    batch_norm = True  # BatchNorm: training output depends on the micro-batch
 
     def resolution(self) -> int:
         return self.image_size
@@ -91,11 +95,20 @@ class MLPGenerator(nn.Module):
         self.start = (2 * ngf, image_size // 4, image_size // 4)  # (C, H, W) of the first feature map
         hidden, start_numel = 16 * ngf, 2 * ngf * (image_size // 4) ** 2
         self.fc = nn.Sequential(
-            nn.Linear(nz, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, start_numel), nn.BatchNorm1d(start_numel), nn.ReLU())
+            nn.Linear(nz, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, start_numel),
+            nn.BatchNorm1d(start_numel),
+            nn.ReLU(),
+        )
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(2 * ngf, ngf, 2, stride=2), nn.BatchNorm2d(ngf), nn.ReLU(),
-            nn.ConvTranspose2d(ngf, image_channels, 2, stride=2), nn.Tanh())
+            nn.ConvTranspose2d(2 * ngf, ngf, 2, stride=2),
+            nn.BatchNorm2d(ngf),
+            nn.ReLU(),
+            nn.ConvTranspose2d(ngf, image_channels, 2, stride=2),
+            nn.Tanh(),
+        )
         for m in self.modules():  # the official weights_init_xavier: convolutions and BatchNorm only
             if isinstance(m, nn.ConvTranspose2d):
                 nn.init.xavier_normal_(m.weight)

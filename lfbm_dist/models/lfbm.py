@@ -8,6 +8,7 @@ each network its own gradient:
     loss = mean_i ‖m_i ⊙ (x_i − g_β(z_i))‖² / (2σ²)      -> ∇β = −Eq. 7 (batch mean)
          + prior_loss(z)                                -> flow: ∇α = −Eq. 6 (batch mean)
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,10 +18,11 @@ from .ebm_prior import EBMPrior
 from .flow_prior import FlowPrior, standard_normal_log_prob
 from .gaussian_prior import GaussianPrior
 
+Prior = FlowPrior | GaussianPrior | EBMPrior  # one interface: log_prob, prior_loss, sample_from_noise, …
+
 
 class LFBM(nn.Module):
-    def __init__(self, generator: nn.Module, prior: FlowPrior | GaussianPrior | EBMPrior, sigma: float,
-                 encoder: nn.Module | None = None):
+    def __init__(self, generator: nn.Module, prior: Prior, sigma: float, encoder: nn.Module | None = None):
         super().__init__()
         self.generator = generator
         self.prior = prior
@@ -31,9 +33,14 @@ class LFBM(nn.Module):
     def nz(self) -> int:
         return self.generator.nz
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
-                autocast_dtype: torch.dtype | None = None,
-                prior_chain_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        prior_noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The learning step's loss on inferred latents z (detached). Returns (loss, stats).
 
         LFBM-VAE baseline (self.encoder set): `z` is the reparameterisation noise ε instead, and the
@@ -42,18 +49,16 @@ class LFBM(nn.Module):
         if self.encoder is not None:
             return self._negative_elbo(x, z, autocast_dtype)
         z = z.detach()
-        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device_type=x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             x_hat = self.generator(z)
         residual = x.float() - x_hat.float()  # (B, C, H, W)
         if mask is not None:
             residual = residual * mask
         sq_err = residual.pow(2).flatten(1).sum(1)  # (B,)
         loss_generator = sq_err.mean() / (2.0 * self.sigma**2)
-        if isinstance(self.prior, EBMPrior):
-            loss_prior = self.prior.prior_loss(z, chain_noise=prior_chain_noise)
-        else:
-            loss_prior = self.prior.prior_loss(z)
+        loss_prior = self.prior.prior_loss(z, noise=prior_noise)  # prior_noise: the EBM's negative chains
         with torch.no_grad():
             visible = mask.expand_as(x).flatten(1).sum(1).clamp_min(1) if mask is not None else x[0].numel()
             stats = {
@@ -61,7 +66,7 @@ class LFBM(nn.Module):
                 "loss/prior": loss_prior.detach(),
                 "recon_mse": (sq_err / visible).mean(),  # per visible pixel, on the [−1, 1] scale
                 # mean log p_α(z) of the inferred latents (unnormalised for the EBM prior)
-                "log_p_z": (-loss_prior if isinstance(self.prior, FlowPrior) else self.prior.log_prob(z).mean()).detach(),
+                "log_p_z": self.prior.log_prob(z).mean(),
                 # the same latents under N(0, I): the aggregated-posterior diagnostic's other half
                 "log_p_z_standard_normal": standard_normal_log_prob(z.float()).mean(),
             }
@@ -71,11 +76,13 @@ class LFBM(nn.Module):
                 stats["recovery_mse"] = hidden_err.sum() / hidden.sum().clamp_min(1)
         return loss_generator + loss_prior, stats
 
-    def _negative_elbo(self, x: torch.Tensor, eps: torch.Tensor,
-                       autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _negative_elbo(
+        self, x: torch.Tensor, eps: torch.Tensor, autocast_dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, log_q = self.encoder(x, eps)
-        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device_type=x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             x_hat = self.generator(z)
         sq_err = (x.float() - x_hat.float()).pow(2).flatten(1).sum(1)  # (B,)
         log_p_z = self.prior.log_prob(z)
@@ -83,6 +90,10 @@ class LFBM(nn.Module):
         loss_prior = -log_p_z.mean()
         kl_term = log_q.mean() + loss_prior  # E_q[log q − log p_α]
         with torch.no_grad():
-            stats = {"loss/generator": loss_generator.detach(), "loss/prior": loss_prior.detach(),
-                     "loss/kl": kl_term.detach(), "recon_mse": (sq_err / x[0].numel()).mean()}
+            stats = {
+                "loss/generator": loss_generator.detach(),
+                "loss/prior": loss_prior.detach(),
+                "loss/kl": kl_term.detach(),
+                "recon_mse": (sq_err / x[0].numel()).mean(),
+            }
         return loss_generator + loss_prior + log_q.mean(), stats

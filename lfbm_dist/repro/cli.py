@@ -9,6 +9,7 @@ summarize it with the paper's values beside ours.
 Runs go to RUN_ROOT/<grid>/<scale>/<point>/ (default RUN_ROOT: runs/repro); the summary to
 RUN_ROOT/<grid>/<scale>/summary.{md,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,20 +21,27 @@ from .spec import GridError, load_grid
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lfbm-repro", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lfbm-repro", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("list", "print the points of a scale and which are finished"),
-                       ("run", "run every unfinished point (locally, or as a Slurm array with --slurm)"),
-                       ("summary", "write summary.md / summary.json of the finished points")):
+    for name, text in (
+        ("list", "print the points of a scale and which are finished"),
+        ("run", "run every unfinished point (locally, or as a Slurm array with --slurm)"),
+        ("summary", "write summary.md / summary.json of the finished points"),
+    ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("grid", help="a grid file, e.g. experiments/table4_anomaly.yaml")
         p.add_argument("--scale", default="cpu", help="a scale named in the grid file (cpu | paper)")
         p.add_argument("--root", type=Path, default=Path("runs/repro"), help="parent of the grids' run directories")
         if name == "run":
             p.add_argument("--point", action="append", help="run only this point (repeatable)")
-            p.add_argument("--where", action="append", metavar="AXIS=V1,V2",
-                           help="run only the points with these axis values (repeatable)")
+            p.add_argument(
+                "--where",
+                action="append",
+                metavar="AXIS=V1,V2",
+                help="run only the points with these axis values (repeatable)",
+            )
             p.add_argument("--slurm", action="store_true", help="submit a Slurm array instead of running here")
             p.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch scripts only")
             p.add_argument("--partition", help="with --slurm")
@@ -58,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.slurm:
                 from .slurm import submit_grid
 
-                return submit_grid(grid, args.scale, args.root, args.partition, args.account, args.dry_run)
+                return submit_grid(grid, args.scale, args.root, args.partition, args.account, args.dry_run, args.where)
             from .run import run_grid
 
             ran = run_grid(grid, args.scale, args.root, args.point, args.where)
-            print(f"{grid.name} ({args.scale}): {ran} point(s) run; "
-                  f"summary: lfbm-repro summary {args.grid} --scale {args.scale}", flush=True)
+            print(
+                f"{grid.name} ({args.scale}): {ran} point(s) run; "
+                f"summary: lfbm-repro summary {args.grid} --scale {args.scale}",
+                flush=True,
+            )
             return 0
         from .report import summarize
 

@@ -8,6 +8,7 @@ Verdicts compare our per-cell means:
                       same direction, but not separated by that margin
   not reproduced      the opposite direction (or equal)
 """
+
 from __future__ import annotations
 
 import json
@@ -83,9 +84,15 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
     rows = list(dict.fromkeys(r for r, _ in cells))
     cols = list(dict.fromkeys(c for _, c in cells))
     heading = f"{table.label or table.metric} ({'higher' if table.higher_is_better else 'lower'} is better)"
-    head = [table.rows.split(".")[-1]] + [f"{table.columns.split('.')[-1]} {c}" if table.columns else "ours" for c in cols]
-    lines = [f"**{heading}** — ours: mean ± sd over seeds" + (f"; [{table.paper_label}]" if table.paper else ""), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [table.rows.split(".")[-1]] + [
+        f"{table.columns.split('.')[-1]} {c}" if table.columns else "ours" for c in cols
+    ]
+    lines = [
+        f"**{heading}** — ours: mean ± sd over seeds" + (f"; [{table.paper_label}]" if table.paper else ""),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for row in rows:
         name = f"{row} ({table.paper_names[row]})" if row in table.paper_names else row
         parts = []
@@ -98,12 +105,23 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
         for col in cols:
             a, b = cells.get((_text(better), col)), cells.get((_text(worse), col))
             if a and b:
-                found.append({"metric": table.metric, "better": better, "worse": worse, "column": col,
-                              "verdict": verdict(a, b, table.higher_is_better)})
+                found.append(
+                    {
+                        "metric": table.metric,
+                        "better": better,
+                        "worse": worse,
+                        "column": col,
+                        "verdict": verdict(a, b, table.higher_is_better),
+                    }
+                )
     if found:
         lines += ["", "Orderings the paper claims:", ""]
-        lines += [f"- {o['better']} better than {o['worse']}" + (f" ({table.columns.split('.')[-1]} {o['column']})"
-                  if o["column"] else "") + f": **{o['verdict']}**" for o in found]
+        lines += [
+            f"- {o['better']} better than {o['worse']}"
+            + (f" ({table.columns.split('.')[-1]} {o['column']})" if o["column"] else "")
+            + f": **{o['verdict']}**"
+            for o in found
+        ]
     return lines, found
 
 
@@ -112,9 +130,13 @@ def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, di
     records = collect(grid, scale, root)
     s = grid.scale(scale)
     total = len(grid.points(scale))
-    lines = [f"### {grid.title} — `{scale}` scale", "",
-             f"Config `{grid.config_for(scale)}`; overrides `{' '.join(s.overrides) or '(none)'}`; seeds {list(s.seeds)}; "
-             f"{len(records)} of {total} points finished.", ""]
+    lines = [
+        f"### {grid.title} — `{scale}` scale",
+        "",
+        f"Config `{grid.config_for(scale)}`; overrides `{' '.join(s.overrides) or '(none)'}`; seeds {list(s.seeds)}; "
+        f"{len(records)} of {total} points finished.",
+        "",
+    ]
     if s.note:
         lines += [s.note, ""]
     lines += [f"Command: `{command}`", ""]
@@ -124,7 +146,13 @@ def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, di
         lines += body + [""]
         orderings += found
     walls = [r.get("wall_s_last_attempt", 0.0) for r in records]
-    summary = {"grid": grid.name, "scale": scale, "finished": len(records), "points": total,
-               "orderings": orderings, "wall_s_sum": round(sum(walls), 1),
-               "records": [{k: r[k] for k in ("point", "values", "seed", "results")} for r in records]}
+    summary = {
+        "grid": grid.name,
+        "scale": scale,
+        "finished": len(records),
+        "points": total,
+        "orderings": orderings,
+        "wall_s_sum": round(sum(walls), 1),
+        "records": [{k: r[k] for k in ("point", "values", "seed", "results")} for r in records],
+    }
     return "\n".join(lines).rstrip() + "\n", summary

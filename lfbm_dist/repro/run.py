@@ -7,15 +7,16 @@ newest checkpoint, and because resume is exact and evaluation index-seeded, its 
 bitwise the same as an uninterrupted run's. A point whose directory was made with other settings
 is refused rather than silently mixed.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..files import write_atomic
 from .spec import Grid, GridError, Point, _text
 
 POINT_FILE = "point.json"
@@ -35,8 +36,10 @@ def finished(run_dir: Path, point: Point) -> bool:
     except ValueError:
         raise GridError(f"{marker}: unreadable; delete it to re-run the point") from None
     if saved.get("key") != point.key():
-        raise GridError(f"{run_dir}: was run with other settings ({' '.join(saved.get('overrides', []))}); "
-                        "move it away or restore the grid file")
+        raise GridError(
+            f"{run_dir}: was run with other settings ({' '.join(saved.get('overrides', []))}); "
+            "move it away or restore the grid file"
+        )
     return True
 
 
@@ -60,17 +63,52 @@ def run_point(grid: Grid, scale: str, point: Point, run_dir: Path) -> dict:
     overrides = list(point.overrides)
     log = run_dir / "repro.log"
     started = time.time()
-    _child([python, "-m", "lfbm_dist.train", "--config", point.config, *overrides,
-            f"train.run_dir={run_dir}", "train.resume=auto"], log)
-    metrics_path = run_dir / "metrics.json"
-    _child([python, "-m", "lfbm_dist.evaluate", "--run", str(run_dir), "--metrics", ",".join(grid.metrics),
-            "--out", str(metrics_path), *overrides], log)
-    record = {"grid": grid.name, "scale": scale, "point": point.name, "key": point.key(),
-              "values": point.values, "seed": point.seed, "overrides": overrides, "config": point.config,
-              "results": json.loads(metrics_path.read_text()), "wall_s_last_attempt": round(time.time() - started, 1)}
-    tmp = run_dir / f".{POINT_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, run_dir / POINT_FILE)  # written last: its presence means "finished"
+    _child(
+        [
+            python,
+            "-m",
+            "lfbm_dist.train",
+            "--config",
+            point.config,
+            *overrides,
+            f"train.run_dir={run_dir}",
+            "train.resume=auto",
+        ],
+        log,
+    )
+    _child(
+        [
+            python,
+            "-m",
+            "lfbm_dist.evaluate",
+            "--run",
+            str(run_dir),
+            "--metrics",
+            ",".join(grid.metrics),
+            "--out",
+            str(run_dir / "metrics.json"),
+            *overrides,
+        ],
+        log,
+    )
+    return record_point(grid, scale, point, run_dir, time.time() - started)
+
+
+def record_point(grid: Grid, scale: str, point: Point, run_dir: Path, wall_s: float) -> dict:
+    """Write RUN_DIR/point.json from its metrics.json: written last, its presence means "finished"."""
+    record = {
+        "grid": grid.name,
+        "scale": scale,
+        "point": point.name,
+        "key": point.key(),
+        "values": point.values,
+        "seed": point.seed,
+        "overrides": list(point.overrides),
+        "config": point.config,
+        "results": json.loads((run_dir / "metrics.json").read_text()),
+        "wall_s_last_attempt": round(wall_s, 1),
+    }
+    write_atomic(run_dir / POINT_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 
@@ -91,8 +129,7 @@ def select(grid: Grid, scale: str, only: list[str] | None = None, where: list[st
     return points
 
 
-def run_grid(grid: Grid, scale: str, root: Path, only: list[str] | None = None,
-             where: list[str] | None = None) -> int:
+def run_grid(grid: Grid, scale: str, root: Path, only: list[str] | None = None, where: list[str] | None = None) -> int:
     """Run every unfinished point in order. Returns how many were run."""
     points = select(grid, scale, only, where)
     ran = 0

@@ -23,6 +23,7 @@ claims), and a `cpu` and a `paper` scale: the overrides (budget), seeds and axis
 Points are ordered seed-major (every axis combination for the first seed, then the next seed), so
 a grid interrupted half-way already holds one complete seed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,34 +44,34 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Table:
-    metric: str                       # a key of metrics.json
-    rows: str                         # the axis whose values are the table's rows
-    columns: str | None = None        # the axis whose values are its columns (None: one column)
+    metric: str  # a key of metrics.json
+    rows: str  # the axis whose values are the table's rows
+    columns: str | None = None  # the axis whose values are its columns (None: one column)
     higher_is_better: bool = True
-    label: str = ""                   # what the metric is, for the heading
-    paper: dict = field(default_factory=dict)        # row -> value, or row -> column -> value
-    paper_label: str = "paper"        # what the bracketed paper values are (e.g. "paper, SVHN")
+    label: str = ""  # what the metric is, for the heading
+    paper: dict = field(default_factory=dict)  # row -> value, or row -> column -> value
+    paper_label: str = "paper"  # what the bracketed paper values are (e.g. "paper, SVHN")
     paper_names: dict = field(default_factory=dict)  # row -> the paper's name for it (LFBM, ABP …)
-    orderings: tuple = ()             # ((better, worse), …) as the paper claims them
+    orderings: tuple = ()  # ((better, worse), …) as the paper claims them
 
 
 @dataclass(frozen=True)
 class Scale:
     seeds: tuple[int, ...]
     overrides: tuple[str, ...] = ()
-    axes: dict = field(default_factory=dict)   # replaces some axes' values at this scale
+    axes: dict = field(default_factory=dict)  # replaces some axes' values at this scale
     note: str = ""
     slurm: dict = field(default_factory=dict)  # launcher options for `--slurm` (gpus_per_node, time …)
-    config: str = ""                            # this scale's base config, if not the grid's
+    config: str = ""  # this scale's base config, if not the grid's
 
 
 @dataclass(frozen=True)
 class Point:
-    name: str                         # run-directory name, e.g. prior-flow_heldout_class-4_seed-0
-    values: dict                      # axis -> value
+    name: str  # run-directory name, e.g. prior-flow_heldout_class-4_seed-0
+    values: dict  # axis -> value
     seed: int
-    config: str                       # the base config file
-    overrides: tuple[str, ...]        # everything given to lfbm-train / lfbm-evaluate
+    config: str  # the base config file
+    overrides: tuple[str, ...]  # everything given to lfbm-train / lfbm-evaluate
 
     def key(self) -> str:
         """Hash of what defines the point's result (changing any of it means another experiment)."""
@@ -114,11 +115,21 @@ class Grid:
         for seed in scale.seeds:
             for combo in itertools.product(*(axes[n] for n in names)):
                 values = dict(zip(names, combo))
-                overrides = (*scale.overrides, *(o for k, v in values.items() for o in self._axis_overrides(k, v)),
-                             *(f"{k}={seed}" for k in SEED_KEYS))
+                overrides = (
+                    *scale.overrides,
+                    *(o for k, v in values.items() for o in self._axis_overrides(k, v)),
+                    *(f"{k}={seed}" for k in SEED_KEYS),
+                )
                 label = "_".join(f"{k.split('.')[-1]}-{_text(v)}" for k, v in values.items())
-                points.append(Point(f"{label}_seed-{seed}" if label else f"seed-{seed}", values, seed,
-                                    self.config_for(scale_name), overrides))
+                points.append(
+                    Point(
+                        f"{label}_seed-{seed}" if label else f"seed-{seed}",
+                        values,
+                        seed,
+                        self.config_for(scale_name),
+                        overrides,
+                    )
+                )
         return points
 
 
@@ -133,11 +144,16 @@ def _need(cond: bool, path: Path, what: str) -> None:
 
 def _table(raw: dict, axes: dict, path: Path) -> Table:
     known = set(Table.__dataclass_fields__)
-    _need(isinstance(raw, dict) and not set(raw) - known, path,
-          f"each table is a mapping of {sorted(known)}, got {raw!r}")
+    _need(
+        isinstance(raw, dict) and not set(raw) - known, path, f"each table is a mapping of {sorted(known)}, got {raw!r}"
+    )
     _need("metric" in raw and "rows" in raw, path, "each table needs 'metric' and 'rows'")
     for key in ("rows", "columns"):
-        _need(raw.get(key) is None or raw[key] in axes, path, f"table {raw['metric']}: {key} {raw.get(key)!r} is not an axis")
+        _need(
+            raw.get(key) is None or raw[key] in axes,
+            path,
+            f"table {raw['metric']}: {key} {raw.get(key)!r} is not an axis",
+        )
     orderings = tuple(tuple(o) for o in raw.get("orderings", ()))
     _need(all(len(o) == 2 for o in orderings), path, f"table {raw['metric']}: orderings are [better, worse] pairs")
     return Table(**{**raw, "orderings": orderings})
@@ -156,23 +172,45 @@ def load_grid(path: str | Path) -> Grid:
     for key in ("name", "config", "metrics", "scales"):
         _need(key in raw, path, f"missing '{key}'")
     axes = raw.get("axes") or {}
-    _need(isinstance(axes, dict) and all(isinstance(v, (list, dict)) and v for v in axes.values()), path,
-          "axes maps an override key to a list of values, or an axis name to {value: [overrides]}")
+    _need(
+        isinstance(axes, dict) and all(isinstance(v, (list, dict)) and v for v in axes.values()),
+        path,
+        "axes maps an override key to a list of values, or an axis name to {value: [overrides]}",
+    )
     for name, values in axes.items():
         if isinstance(values, dict):
-            _need(all(isinstance(o, list) and all(isinstance(x, str) and "=" in x for x in o) for o in values.values()),
-                  path, f"axis {name!r}: each named value maps to a list of key=value overrides")
+            _need(
+                all(isinstance(o, list) and all(isinstance(x, str) and "=" in x for x in o) for o in values.values()),
+                path,
+                f"axis {name!r}: each named value maps to a list of key=value overrides",
+            )
     scales = {}
     for name, s in raw["scales"].items():
         _need(isinstance(s, dict) and s.get("seeds"), path, f"scale {name!r} needs a non-empty 'seeds' list")
         extra = s.get("axes") or {}
         _need(set(extra) <= set(axes), path, f"scale {name!r}: axes {sorted(set(extra) - set(axes))} are not grid axes")
         for axis, kept in extra.items():
-            _need(isinstance(kept, list) and kept and all(v in axes[axis] for v in kept), path,
-                  f"scale {name!r}: axis {axis!r} keeps values that the grid does not define: {kept!r}")
-        scales[name] = Scale(seeds=tuple(int(v) for v in s["seeds"]), overrides=tuple(s.get("overrides") or ()),
-                             axes=extra, note=s.get("note", ""), slurm=s.get("slurm") or {},
-                             config=s.get("config", ""))
-    return Grid(path=path, name=raw["name"], title=raw.get("title", raw["name"]), config=raw["config"],
-                metrics=tuple(raw["metrics"]), axes=axes, scales=scales, description=raw.get("description", ""),
-                tables=tuple(_table(t, axes, path) for t in raw.get("tables") or ()))
+            _need(
+                isinstance(kept, list) and kept and all(v in axes[axis] for v in kept),
+                path,
+                f"scale {name!r}: axis {axis!r} keeps values that the grid does not define: {kept!r}",
+            )
+        scales[name] = Scale(
+            seeds=tuple(int(v) for v in s["seeds"]),
+            overrides=tuple(s.get("overrides") or ()),
+            axes=extra,
+            note=s.get("note", ""),
+            slurm=s.get("slurm") or {},
+            config=s.get("config", ""),
+        )
+    return Grid(
+        path=path,
+        name=raw["name"],
+        title=raw.get("title", raw["name"]),
+        config=raw["config"],
+        metrics=tuple(raw["metrics"]),
+        axes=axes,
+        scales=scales,
+        description=raw.get("description", ""),
+        tables=tuple(_table(t, axes, path) for t in raw.get("tables") or ()),
+    )

@@ -5,6 +5,7 @@ LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SI
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
                                  images seen, after the shards are written and before the rename
 """
+
 from __future__ import annotations
 
 import os

@@ -19,16 +19,17 @@ unsupported torch version), the run says so once and continues eagerly with the 
 bf16 autocast (train.precision) and the no-weight-gradient chain are not switches: they are
 always on (the former per config) in lfbm_dist.inference.
 """
+
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .config import ConfigError, PerfConfig
-from .inference import LogPosteriorFn, log_posterior
+from ..config import ConfigError, PerfConfig
+from ..inference import LogPosteriorFn, log_posterior
 
 
 def _on(setting: str, device: torch.device) -> bool:
@@ -40,13 +41,13 @@ class FastPath:
     device: torch.device
     channels_last: bool = False
     cudnn_benchmark: bool = False
-    compile_mode: str | None = None           # None = eager
-    fallback_reason: str | None = None        # set when compilation failed and we went eager
-    note: str | None = None                   # why an `auto` switch stayed off
+    compile_mode: str | None = None  # None = eager
+    fallback_reason: str | None = None  # set when compilation failed and we went eager
+    note: str | None = None  # why an `auto` switch stayed off
     _compiled: LogPosteriorFn | None = field(default=None, repr=False)
 
     @classmethod
-    def resolve(cls, perf: PerfConfig, device: torch.device, deepspeed: bool = False) -> "FastPath":
+    def resolve(cls, perf: PerfConfig, device: torch.device, deepspeed: bool = False) -> FastPath:
         """deepspeed: the model will be handed to a DeepSpeed engine, which views every parameter
         as contiguous bytes (broadcast at start-up, flat ZeRO buffers): NHWC weights crash it."""
         compile_on = _on(perf.compile, device)
@@ -55,17 +56,25 @@ class FastPath:
         channels_last, note = _on(perf.channels_last, device), None
         if deepspeed and channels_last:
             if perf.channels_last == "on":
-                raise ConfigError("perf.channels_last=on cannot run under DeepSpeed (it views every parameter as "
-                                  "contiguous bytes); use perf.channels_last=auto or off")
+                raise ConfigError(
+                    "perf.channels_last=on cannot run under DeepSpeed (it views every parameter as "
+                    "contiguous bytes); use perf.channels_last=auto or off"
+                )
             channels_last, note = False, "channels-last stays off under DeepSpeed"
-        return cls(device=device, channels_last=channels_last,
-                   cudnn_benchmark=_on(perf.cudnn_benchmark, device) and device.type == "cuda",
-                   compile_mode=mode if compile_on else None, note=note)
+        return cls(
+            device=device,
+            channels_last=channels_last,
+            cudnn_benchmark=_on(perf.cudnn_benchmark, device) and device.type == "cuda",
+            compile_mode=mode if compile_on else None,
+            note=note,
+        )
 
     def describe(self) -> str:
-        parts = [f"channels_last={'on' if self.channels_last else 'off'}",
-                 f"cudnn_benchmark={'on' if self.cudnn_benchmark else 'off'}",
-                 f"compile={self.compile_mode or 'off'}"]
+        parts = [
+            f"channels_last={'on' if self.channels_last else 'off'}",
+            f"cudnn_benchmark={'on' if self.cudnn_benchmark else 'off'}",
+            f"compile={self.compile_mode or 'off'}",
+        ]
         if self.note:
             parts.append(f"({self.note})")
         if self.fallback_reason:
@@ -108,10 +117,14 @@ class FastPath:
             try:  # the first call compiles; later shapes recompile quietly under the same guard
                 out = state["fn"](*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 — any compiler failure: same math, eagerly
-                self.fallback_reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}" \
-                    if str(exc).strip() else type(exc).__name__
-                print(f"lfbm_dist: torch.compile failed ({self.fallback_reason}); Langevin runs eagerly",
-                      file=sys.stderr, flush=True)
+                self.fallback_reason = (
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+                    if str(exc).strip()
+                    else type(exc).__name__
+                )
+                logging.getLogger("lfbm_dist").warning(
+                    "torch.compile failed (%s); Langevin runs eagerly", self.fallback_reason
+                )
                 state["fn"] = log_posterior
                 self.compile_mode = None
                 out = log_posterior(*args, **kwargs)

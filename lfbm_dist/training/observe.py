@@ -1,11 +1,14 @@
-"""Rank-0 observability: TensorBoard scalars and image grids, a status line per tick, a progress bar."""
+"""Rank-0 observability: TensorBoard scalars and image grids, a progress bar with ETA on a terminal
+and a status line every logging tick."""
+
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from ..progress import Progress
 
 
 class Observer:
@@ -14,17 +17,23 @@ class Observer:
         self.total_images = total_images
         self.writer = None
         self.tick_time, self.tick_images = time.perf_counter(), start_images
-        self.start_time, self.start_images = self.tick_time, start_images
+        self.progress = Progress(
+            total_images, "training", unit="img", enabled=enabled, initial=start_images, interval_s=float("inf")
+        )  # in logs the status lines below are the progress
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            # purge_step: a resumed run drops the events the interrupted run wrote after its checkpoint
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=start_images or None)
 
     def images_per_sec(self, images_seen: int) -> float:
         now = time.perf_counter()
         rate = (images_seen - self.tick_images) / max(now - self.tick_time, 1e-9)
         self.tick_time, self.tick_images = now, images_seen
         return rate
+
+    def advance(self, images: int) -> None:
+        self.progress.update(images)
 
     def scalars(self, values: dict[str, float], images_seen: int) -> None:
         if self.writer is not None:
@@ -37,24 +46,21 @@ class Observer:
             return
         import torchvision
 
-        grid = torchvision.utils.make_grid(images.float().clamp(-1, 1).cpu(), nrow=8, normalize=True,
-                                           value_range=(-1, 1))
+        grid = torchvision.utils.make_grid(
+            images.float().clamp(-1, 1).cpu(), nrow=8, normalize=True, value_range=(-1, 1)
+        )
         self.writer.add_image(tag, grid, global_step=images_seen)
 
     def status(self, step: int, images_seen: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start_time
-        done = images_seen - self.start_images
-        rate = done / max(elapsed, 1e-9)
-        eta = max(self.total_images - images_seen, 0) / max(rate, 1e-9)
-        pct = 100.0 * images_seen / max(self.total_images, 1)
-        bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
-        parts = " ".join(f"{k.replace('/', '_')}={v:.4g}" for k, v in values.items())
-        print(f"[{bar}] {pct:5.1f}% step {step} kimg {images_seen / 1000:.3f} "
-              f"{rate:.1f} img/s eta {eta:.0f}s | {parts}", file=sys.stdout, flush=True)
+        shown = ("loss/generator", "loss/prior", "recon_mse", "log_p_z", "images_per_sec", "skipped_steps")
+        parts = " ".join(f"{k.split('/')[-1]}={values[k]:.4g}" for k in shown if k in values)
+        meter = self.progress.text().replace("training: ", "")
+        self.progress.write(f"step {step} kimg {images_seen / 1000:.3f} | {parts} | {meter}")
 
     def close(self) -> None:
+        self.progress.close()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

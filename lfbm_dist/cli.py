@@ -1,0 +1,91 @@
+"""What every command line shares: key=value overrides with the same help, and one line per failure.
+
+A known failure (bad config, data, checkpoint, launch, a stopped peer, a graceful stop) is printed as
+one line naming the problem and the fix, with exit status 2 (130/143 after a signal). Anything else
+is a bug: one line says so and where its full traceback was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from . import logs
+
+OVERRIDES_HELP = (
+    "config overrides as key=value, e.g. langevin.num_steps=40 eval.fid_num_samples=2000 "
+    "(every key: configs/*.yaml, lfbm_dist/config.py)"
+)
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+
+def _known() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data.errors import DataError
+    from .data.masks import MaskSpecError
+    from .metrics.inception import InceptionError
+    from .repro.spec import GridError
+    from .training.checkpoint import CheckpointError
+    from .training.engine import LaunchError, PeerFailure
+    from .training.trainer import NonFiniteError
+
+    return (
+        ConfigError,
+        DataError,
+        MaskSpecError,
+        InceptionError,
+        GridError,
+        CheckpointError,
+        LaunchError,
+        PeerFailure,
+        NonFiniteError,
+    )
+
+
+def run(main: Callable[[], int | None]) -> int:
+    """Call a command's body; turn failures into one line and an exit status."""
+    from .training.signals import GracefulStop
+
+    try:
+        return int(main() or 0)
+    except GracefulStop as stop:
+        logging.getLogger(logs.LOGGER).warning("%s", stop)
+        return stop.code
+    except _known() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _to_log_file()
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line here, the traceback where it can be read
+        where = _to_log_file()
+        if where is None:
+            traceback.print_exc()
+        print(
+            f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            + (f" (full traceback in {where})" if where else ""),
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _to_log_file() -> Path | None:
+    """Append the current exception's traceback to this process's log file, if there is one."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(traceback.format_exc())
+            handler.flush()
+            return Path(handler.baseFilename)
+    return None

@@ -1,0 +1,311 @@
+"""THE distributed boundary: the only module that talks to Accelerate, DeepSpeed or torch.distributed.
+
+Everything else sees two names for the model — `plain` (the nn.Module: Langevin inference,
+sampling, export) and `wrapped` (DDP / DeepSpeed engine: the learning step only) — and the
+collectives below, each of which returns the single-process answer when there is no process group,
+so every module runs on a laptop. Launch commands: see lfbm_dist/train.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from ..config import Config, ConfigError
+from .fastpath import FastPath
+
+# Nothing executes code from a checkpoint: every torch.load in this process — DeepSpeed's own
+# (it passes weights_only=False) and zero_to_fp32's included — uses the weights-only unpickler.
+# This is torch's documented switch for it; the DeepSpeed data classes its checkpoints hold are
+# allowlisted in `_allow_deepspeed_classes`.
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+_DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+
+class LaunchError(RuntimeError):
+    """The launcher and the process group disagree (e.g. a silent one-process run)."""
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed because another rank is gone; that rank reports the cause."""
+
+
+def _allow_deepspeed_classes() -> None:
+    import importlib
+
+    found = []
+    for dotted in _DEEPSPEED_SAFE_GLOBALS:
+        module, _, name = dotted.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass  # DeepSpeed absent or reorganised: the weights-only unpickler then refuses those files
+    torch.serialization.add_safe_globals(found)
+
+
+def _requested_processes() -> int | None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process and says nothing; the only
+    trace of N is the launcher's own command line (our parent process), read with psutil because
+    no launcher variable carries it."""
+    if os.environ.get("LFBM_EXPECTED_WORLD_SIZE", "").isdigit():
+        return int(os.environ["LFBM_EXPECTED_WORLD_SIZE"])
+    if "ACCELERATE_USE_CPU" not in os.environ or "WORLD_SIZE" in os.environ:
+        return None
+    try:
+        import psutil
+
+        argv = psutil.Process(os.getppid()).cmdline()
+    except Exception:  # no psutil, or no permission: nothing to check against
+        return None
+    for i, arg in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            value = (
+                argv[i + 1]
+                if arg == flag and i + 1 < len(argv)
+                else arg.partition("=")[2]
+                if arg.startswith(flag + "=")
+                else ""
+            )
+            if value.isdigit():
+                return int(value)
+    return None
+
+
+def _parent_cmdline() -> list[str]:
+    try:
+        import psutil
+
+        return psutil.Process(os.getppid()).cmdline()
+    except Exception:  # no psutil, or no permission
+        return []
+
+
+def launcher_command(argv: list[str]) -> list[str]:
+    """The command line that started this run: the launcher's (accelerate launch, torchrun) when one
+    started us, else this process's own, as a user would type it."""
+    script = os.path.basename(argv[0]) if argv else ""
+    parent = _parent_cmdline()
+    if (
+        "WORLD_SIZE" in os.environ
+        and any(a.endswith(script) for a in parent[1:])
+        and any(x in " ".join(parent[:3]) for x in ("accelerate", "torchrun", "torch.distributed.run"))
+    ):
+        return parent[1:] if os.path.basename(parent[0]).startswith("python") else parent
+    if script in ("train.py", "__main__.py"):
+        return [sys.executable, "-m", "lfbm_dist.train", *argv[1:]]
+    return list(argv)
+
+
+class Engine:
+    """Process group, model wrapping, the guarded optimizer step, collectives, checkpoint I/O."""
+
+    def __init__(self, cfg: Config):
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
+
+        cuda = torch.cuda.is_available()
+        # gloo on CPU (NCCL needs GPUs); the timeout covers long evaluations between collectives.
+        init = InitProcessGroupKwargs(
+            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=cfg.train.collective_timeout_min)
+        )
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # Accelerate treats an explicit backend as distributed
+        self.uses_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        # cpu=True would silently turn DeepSpeed off; DeepSpeed finds its CPU accelerator itself.
+        # mixed_precision="no": bf16 autocast is ours (train.precision, generator passes only).
+        self.accelerator = Accelerator(
+            cpu=not cuda and not self.uses_deepspeed,
+            mixed_precision="no",
+            kwargs_handlers=[init] if launched else [],
+            gradient_accumulation_steps=cfg.train.accumulation_steps,
+        )
+        self.device = self.accelerator.device
+        self.world_size = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        expected = _requested_processes()
+        if expected is not None and expected != self.world_size:
+            raise LaunchError(
+                f"launcher asked for {expected} processes but the process group has "
+                f"{self.world_size}; on CPU use `accelerate launch --multi_gpu --num_processes N` "
+                "(`--cpu` silently runs one process) or torchrun"
+            )
+        self.grad_clip = cfg.optim.grad_clip
+        self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        # channels-last, cuDNN autotuning, compile (channels-last never under DeepSpeed: it crashes there)
+        self.fast = FastPath.resolve(cfg.perf, self.device, deepspeed=self.uses_deepspeed)
+        self.backend_name = str(self.accelerator.distributed_type).split(".")[-1]
+        if self.uses_deepspeed:
+            _allow_deepspeed_classes()
+            self._configure_deepspeed(cfg)
+            self.backend_name += f" ZeRO-{self.zero_stage}"
+        self._wrapped: Any = None
+        self._optimizer: Any = None
+
+    # ------------------------------------------------------------------ DeepSpeed from its JSON
+    def _configure_deepspeed(self, cfg: Config) -> None:
+        """Accelerate built the plugin from the launcher (`--config_file` with a DeepSpeed JSON, or
+        `--zero_stage`); fill what only we know, as Accelerate's docs do when there is no
+        dataloader, and refuse settings that would silently change the training."""
+        ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        ours = {
+            "train_micro_batch_size_per_gpu": cfg.train.batch_per_gpu,
+            "gradient_accumulation_steps": cfg.train.accumulation_steps,
+            "gradient_clipping": cfg.optim.grad_clip,
+        }
+        for key, value in ours.items():
+            if ds.get(key, "auto") not in ("auto", value):
+                raise ConfigError(
+                    f"DeepSpeed config sets {key}={ds[key]} but lfbm_dist's config gives {value}; "
+                    'set it to "auto" in the JSON'
+                )
+            ds[key] = value
+        for half in ("bf16", "fp16"):  # they would cast the whole module, the prior's log-determinants included
+            if ds.get(half, {}).get("enabled") is True:
+                raise ConfigError(
+                    f"DeepSpeed {half} casts the flow prior too; remove it from the JSON and use "
+                    "train.precision=bf16 (autocast of the generator passes)"
+                )
+            ds[half] = {"enabled": False}
+        ds.pop("train_batch_size", None)  # derived: micro × accumulation × world
+        ds.setdefault("zero_allow_untested_optimizer", True)  # our torch Adam with two parameter groups
+        ds.setdefault("steps_per_print", 2**31 - 1)
+        self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+
+    # ------------------------------------------------------------------ model and optimizer
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        """Fast-path layout first (DDP registers its buckets on the parameters as they are then);
+        DDP's bucketed all-reduce overlaps the learning step's backward (DeepSpeed: overlap_comm)."""
+        self.fast.apply(model)
+        self._wrapped, self._optimizer = self.accelerator.prepare(model, optimizer)
+        return self._wrapped, self._optimizer
+
+    def unwrap(self, wrapped: Any) -> nn.Module:
+        return self.accelerator.unwrap_model(wrapped)
+
+    def accumulate(self, wrapped: Any):
+        """One micro-step: DDP skips its all-reduce until the last one; DeepSpeed counts micro-steps.
+        Loss scaling by 1/accumulation_steps happens inside `backward` (Accelerate or DeepSpeed)."""
+        return self.accelerator.accumulate(wrapped)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def guarded_step(self, plain: nn.Module) -> tuple[bool, torch.Tensor | None]:
+        """check → clip → step → zero, the same on every backend: a step whose gradients are not
+        all finite is not applied (and its gradients are dropped); clipping is by the global norm
+        of all networks together. Returns (applied, global gradient norm).
+
+        DeepSpeed runs exactly this inside its engine.step() (called by Accelerate at the end of
+        the last micro-step's backward): the global norm is all-reduced over the ZeRO partitions and
+        a non-finite one skips the step. We read its decision instead of re-deriving it."""
+        if self.uses_deepspeed:
+            ds_engine = self._wrapped
+            norm = ds_engine.get_global_grad_norm()
+            return bool(ds_engine.was_step_applied()), None if norm is None else torch.as_tensor(float(norm))
+        grads = [p.grad for p in plain.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        # DDP: gradients are already all-reduced, so every rank reaches the same decision.
+        applied = norm is None or bool(torch.isfinite(norm))  # host–device sync: once per step
+        if applied:
+            if self.grad_clip > 0 and grads:
+                torch.nn.utils.clip_grads_with_norm_(list(plain.parameters()), self.grad_clip, norm)
+            self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        return applied, norm
+
+    # ------------------------------------------------------------------ collectives
+    @property
+    def distributed(self) -> bool:
+        return torch_dist.is_available() and torch_dist.is_initialized()
+
+    def _collective(self, fn, *args):
+        try:
+            return fn(*args)
+        except (RuntimeError, ConnectionError) as exc:  # gloo/NCCL: a peer exited or stopped answering
+            raise PeerFailure(f"another rank stopped ({type(exc).__name__}); its error is above") from None
+
+    def all_true(self, flag: bool) -> bool:
+        """Logical AND over ranks (one tiny collective)."""
+        return bool(self.all_reduce_sum(torch.tensor([0.0 if flag else 1.0], dtype=torch.float64))[0] == 0)
+
+    def reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks of a device tensor (call on every rank, once per logging tick)."""
+        if self.world_size == 1:
+            return values
+        return self._collective(self.accelerator.reduce, values, "mean")
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks; returns a CPU tensor (NCCL reduces CUDA tensors, gloo CPU ones)."""
+        if not self.distributed:
+            return tensor
+        on_device = tensor.to(self.device) if torch_dist.get_backend() == "nccl" else tensor.cpu().clone()
+        self._collective(torch_dist.all_reduce, on_device)
+        return on_device.cpu()
+
+    def all_gather_cat(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Each rank's CPU tensor (sizes may differ) concatenated in rank order; small tensors only."""
+        if not self.distributed:
+            return tensor
+        gathered: list = [None] * self.world_size
+        self._collective(torch_dist.all_gather_object, gathered, tensor.cpu())  # our own processes' tensors
+        return torch.cat(gathered, dim=dim)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank src's picklable value on every rank (our own processes' small values, never file content)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        self._collective(torch_dist.broadcast_object_list, box, src)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            self._collective(torch_dist.barrier)
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the body first (e.g. builds a cache), then the others."""
+        if not self.is_main:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.is_main:
+                self.barrier()
+
+    # ------------------------------------------------------------------ checkpoint I/O
+    def save_state(self, directory: Path) -> None:
+        """Model, optimizer and every rank's RNG the backend's way (DeepSpeed: its ZeRO shards)."""
+        self.accelerator.save_state(str(directory), safe_serialization=True)
+
+    def load_state(self, directory: Path) -> None:
+        self.accelerator.load_state(str(directory))
+
+    def end(self) -> None:
+        with contextlib.suppress(PeerFailure):
+            self.barrier()
+        self.accelerator.end_training()
+        if self.distributed:
+            torch_dist.destroy_process_group()
+
+
+def consolidate_zero_checkpoint(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Full float32 weights from DeepSpeed ZeRO shards (no process group needed)."""
+    _allow_deepspeed_classes()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag="pytorch_model")
+    return {k: v.float().contiguous() for k, v in state.items()}

@@ -1,0 +1,221 @@
+"""The evaluation suite behind `lfbm-evaluate` and FID during training: FID, reconstruction MSE,
+supervised inpainting, anomaly detection (AUPRC) and the aggregated-posterior diagnostic, on any
+number of ranks (every call is collective through the engine's collectives)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..collectives import SINGLE_PROCESS, Collectives
+from ..config import Config, ConfigError
+from ..data import eval_reader
+from ..data.memory import to_model_range
+from ..metrics import fid as fidlib
+from ..progress import Progress
+from .build import eval_data
+
+METRICS = ("fid", "recon", "inpaint", "anomaly", "aggpost")
+
+
+def tensorboard_tags(cfg: Config, metrics: list[str]) -> dict[str, str]:
+    """TensorBoard tag prefix per metric: the settings that produced the number."""
+    e, lv = cfg.eval, cfg.langevin
+    return {
+        "fid": f"eval/fid_n{e.fid_num_samples}_seed{e.seed}",
+        "recon": f"eval/recon_steps{lv.test_num_steps}_n{e.recon_samples}_seed{e.seed}",
+        "inpaint": f"eval/inpaint_{e.inpaint_mask}_steps{lv.test_num_steps}_c{e.inpaint_completions}_seed{e.seed}",
+        "anomaly": f"eval/anomaly_{e.anomaly_protocol}_steps{lv.test_num_steps}_seed{e.seed}",
+        "aggpost": f"eval/aggpost_steps{lv.num_steps}_seed{e.seed}",
+    }
+
+
+@dataclass
+class Suite:
+    model: torch.nn.Module
+    cfg: Config
+    device: torch.device
+    comm: Collectives = SINGLE_PROCESS
+    show_progress: bool = False
+    images: dict = field(default_factory=dict)  # eval image grids for TensorBoard
+    results: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data = eval_data(self.cfg)
+        self.inception = None
+        self.reference = None
+
+    def bar(self, total: int, desc: str) -> Progress:
+        return Progress(total, desc, enabled=self.show_progress and self.comm.is_main)
+
+    def count(self, split: str, limit: int) -> int:
+        return eval_reader.count(self.data, split, limit)
+
+    def batches(self, split: str, limit: int, with_labels: bool = False):
+        """(x in [−1, 1] on the device, global indices[, labels]) of this rank's share of a split."""
+        c = self.comm
+        for uint8, idx, labels in eval_reader.iter_uint8(
+            self.data, split, limit, c.rank, c.world_size, self.cfg.eval.fid_batch
+        ):
+            x = to_model_range(uint8).to(self.device)
+            yield (x, idx, labels) if with_labels else (x, idx)
+
+    # ------------------------------------------------------------------ FID
+    def fid_reference(self) -> None:
+        """The FID network and the training images' statistics (cached under their settings)."""
+        from ..metrics.inception import load_inception
+
+        e, c = self.cfg.eval, self.comm
+        self.inception = load_inception(e.inception).to(self.device)
+        settings = {
+            "data": eval_reader.identity(self.data, "train"),
+            "resolution": self.cfg.data.resolution,
+            "channels": self.cfg.generator.image_channels,
+            "ref_samples": e.fid_ref_samples,
+            "network": self.inception.name,
+        }
+
+        def compute():
+            with self.bar(self.count("train", e.fid_ref_samples), "FID reference statistics") as p:
+                batches = (
+                    imgs
+                    for imgs, _, _ in eval_reader.iter_uint8(
+                        self.data, "train", e.fid_ref_samples, c.rank, c.world_size, e.fid_batch
+                    )
+                )
+                return fidlib.image_stats(batches, self.inception, c, p)
+
+        mu, sigma, n_ref, cache = fidlib.reference_stats(settings, Path(e.cache_dir), compute, c)
+        self.reference = (mu, sigma)
+        self.results.update(
+            {
+                "fid_network": self.inception.name,
+                "fid_image_resolution": self.cfg.data.resolution,
+                "fid_ref_images": n_ref,
+                "fid_ref_cache": cache,
+            }
+        )
+
+    def fid(self) -> None:
+        from ..metrics.sampling import sample_images
+
+        e = self.cfg.eval
+        with self.bar(e.fid_num_samples, "FID samples + Inception features") as p:
+            stats = fidlib.generated_stats(
+                lambda idx: sample_images(self.model, idx, e.seed, self.device),
+                self.inception,
+                e.fid_num_samples,
+                e.fid_batch,
+                self.device,
+                self.comm,
+                p,
+            )
+        self.results["fid"] = fidlib.frechet_distance(*stats.mu_sigma(), *self.reference)
+        self.results["fid_num_samples"] = e.fid_num_samples
+        self.images["samples"] = sample_images(self.model, list(range(64)), e.seed, self.device)
+
+    # ------------------------------------------------------------------ inference-based metrics
+    def recon(self) -> None:
+        from ..metrics.reconstruction import reconstruction_mse
+
+        e, lv = self.cfg.eval, self.cfg.langevin
+        with self.bar(self.count(e.split, e.recon_samples), f"reconstruction ({lv.test_num_steps} steps)") as p:
+            self.results.update(
+                reconstruction_mse(
+                    self.model,
+                    self.batches(e.split, e.recon_samples),
+                    e.seed,
+                    lv.test_num_steps,
+                    lv.step_size,
+                    self.comm,
+                    p,
+                )
+            )
+
+    def inpaint(self) -> None:
+        from ..metrics.inpainting import inpainting_metrics
+
+        e, lv = self.cfg.eval, self.cfg.langevin
+        completed, grid = fidlib.FeatureStats(), []
+
+        def on_completed(c, x, mask, done):
+            if c == 0:
+                completed.update(self.inception(fidlib.to_uint8(done)))
+            if len(grid) < 3 * 8 and c < 2:
+                grid.extend([x[:4] * mask[:4], done[:4]] if c == 0 else [done[:4]])
+
+        desc = f"inpainting ({e.inpaint_completions} × {lv.test_num_steps} steps)"
+        with self.bar(self.count(e.split, e.inpaint_samples), desc) as p:
+            self.results.update(
+                inpainting_metrics(
+                    self.model,
+                    self.batches(e.split, e.inpaint_samples),
+                    e.seed,
+                    lv.test_num_steps,
+                    lv.step_size,
+                    e.inpaint_completions,
+                    e.inpaint_mask,
+                    on_completed,
+                    self.comm,
+                    p,
+                )
+            )
+        completed.all_reduce(self.comm)
+        self.results["inpaint_fid"] = fidlib.frechet_distance(*completed.mu_sigma(), *self.reference)
+        if grid:
+            self.images["inpainting"] = torch.cat(grid)
+
+    def anomaly(self) -> None:
+        from ..metrics import anomaly
+
+        e, lv, heldout = self.cfg.eval, self.cfg.langevin, self.cfg.data.heldout_class
+        if heldout < 0:
+            raise ConfigError("anomaly: set data.heldout_class (the class left out of training)")
+        with self.bar(self.count("test", 0), f"anomaly scores ({lv.test_num_steps} steps)") as p:
+            terms = anomaly.collect_terms(
+                self.model,
+                self.batches("test", 0, with_labels=True),
+                heldout,
+                e.seed,
+                lv.test_num_steps,
+                lv.step_size,
+                add_noise=e.anomaly_protocol == "noisy-ap",
+                progress=p,
+                world_size=self.comm.world_size,
+            )
+        self.results.update(anomaly.summarize(self.comm.all_gather_cat(terms, dim=1), e.anomaly_protocol))
+        self.results.update({"anomaly_heldout_class": heldout, "anomaly_langevin_steps": lv.test_num_steps})
+
+    def aggpost(self) -> None:
+        from ..metrics.aggregated_posterior import aggregated_posterior
+
+        e, lv = self.cfg.eval, self.cfg.langevin
+        with self.bar(self.count("train", e.recon_samples), "aggregated posterior") as p:
+            self.results.update(
+                aggregated_posterior(
+                    self.model, self.batches("train", e.recon_samples), e.seed, lv.num_steps, lv.step_size, self.comm, p
+                )
+            )
+
+
+def run_metrics(
+    model,
+    cfg: Config,
+    metrics: list[str],
+    device: torch.device,
+    comm: Collectives = SINGLE_PROCESS,
+    images: dict | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Compute `metrics` (collective: every rank calls it). `images`, if given, receives eval image grids."""
+    suite = Suite(model, cfg, device, comm, show_progress)
+    if "fid" in metrics or "inpaint" in metrics:
+        suite.fid_reference()
+    for name in METRICS:
+        if name in metrics:
+            getattr(suite, name)()
+    if images is not None:
+        images.update(suite.images)
+    return suite.results

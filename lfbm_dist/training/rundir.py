@@ -1,0 +1,73 @@
+"""Run-directory rules: a new run never mixes with an old one.
+
+* Into a directory that holds checkpoints, a run starts only with `train.resume=auto` (continue
+  it), or `train.overwrite=true` (its artefacts are moved aside to RUN_DIR/old-<time>/ first);
+  otherwise it refuses in one line that offers those and a new `train.run_dir`.
+* A run whose newest checkpoint already reached `train.total_kimg` says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from .checkpoint import CheckpointError, latest, list_complete, resolve_resume
+
+_ARTEFACTS = ("checkpoints", "tensorboard", "logs", "trainer_state.json", "metrics.json", "config.yaml")
+
+
+@dataclass(frozen=True)
+class RunState:
+    kind: str  # new | resuming | complete
+    checkpoint: Path | None
+    images_seen: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "new":
+            return "new run"
+        if self.kind == "complete":
+            return f"already complete at kimg {self.images_seen / 1000:g} ({self.checkpoint.name})"
+        return f"resumed from {self.checkpoint.name} at kimg {self.images_seen / 1000:g}"
+
+
+def _images_seen(ckpt: Path) -> int:
+    try:
+        return int(json.loads((ckpt / "trainer_state.json").read_text())["images_seen"])
+    except (OSError, ValueError, KeyError):
+        return int(ckpt.name.split("-")[1])
+
+
+def inspect(cfg: Config) -> RunState:
+    """What starting this config would do; CheckpointError (one line) if it must not start."""
+    t = cfg.train
+    run_dir = Path(t.run_dir)
+    newest = latest(run_dir)
+    if t.resume == "none":
+        if newest is not None and not t.overwrite:
+            raise CheckpointError(
+                f"{run_dir} holds checkpoints of an earlier run (newest {newest.name}, kimg "
+                f"{_images_seen(newest) / 1000:g}): continue it with train.resume=auto, start elsewhere with "
+                f"train.run_dir=NEW_DIR, or set train.overwrite=true to move its artefacts aside"
+            )
+        return RunState("new", None)
+    ckpt = resolve_resume(cfg)
+    if ckpt is None:  # resume=auto in a fresh directory
+        return RunState("new", None)
+    seen = _images_seen(ckpt)
+    total = int(round(t.total_kimg * 1000))
+    return RunState("complete" if seen >= total else "resuming", ckpt, seen)
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """train.overwrite: the earlier run's artefacts go to RUN_DIR/old-<time>/ (nothing is deleted)."""
+    present = [run_dir / name for name in _ARTEFACTS if (run_dir / name).exists()]
+    if not present or not list_complete(run_dir) and not (run_dir / "checkpoints").exists():
+        return None
+    dest = run_dir / time.strftime("old-%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=False)
+    for path in present:
+        path.rename(dest / path.name)
+    return dest

@@ -1,0 +1,127 @@
+"""One training run from a config: resolve the batch layout for this world size, apply the run-directory
+rules, build engine, data and trainer, resume, train, and report. Entry point: lfbm_dist/train.py."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import logs
+from ..config import Config
+from ..data.plan import Layout
+from ..files import write_atomic
+from . import checkpoint, rundir
+from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
+from .engine import Engine, launcher_command
+from .signals import GracefulStop
+from .trainer import Trainer, batch_statistics_warning
+
+log = logging.getLogger("lfbm_dist")
+
+
+def _saved(ckpt: Path | None) -> dict:
+    return checkpoint.read_json(ckpt / "trainer_state.json", "trainer state") if ckpt else {}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run: the same launcher and arguments, with train.resume=auto."""
+    args = [a for a in launcher_command(argv) if not a.startswith(("train.resume=", "train.overwrite="))]
+    return shlex.join([*args, "train.resume=auto"])
+
+
+def train(cfg: Config, argv: list[str] | None = None) -> dict:
+    """Train per cfg; returns the final trainer state (GracefulStop after a signal's checkpoint)."""
+    t = cfg.train
+    state = rundir.inspect(cfg)  # one-line CheckpointError if a new run would mix with an old one
+    if state.kind == "complete":
+        log.info(
+            "lfbm_dist: %s is %s; nothing to train (raise train.total_kimg to continue it)", t.run_dir, state.describe()
+        )
+        return _saved(state.checkpoint)
+    saved = _saved(state.checkpoint)
+    world = launched_world_size()
+    batch = resolve_batch_layout(cfg, world, saved.get("global_batch"))
+    cfg = cfg.model_copy(
+        update={
+            "train": t.model_copy(
+                update={
+                    "batch_per_gpu": batch.batch_per_gpu,
+                    "accumulation_steps": batch.accumulation_steps,
+                    "global_batch": batch.global_batch,
+                }
+            )
+        }
+    )
+    engine = Engine(cfg)
+    moved = None
+    if engine.is_main:
+        if t.overwrite and state.kind == "new":
+            moved = rundir.move_aside(Path(t.run_dir))
+        Path(t.run_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(t.run_dir) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    engine.barrier()
+    logs.setup(engine.rank, engine.world_size, t.run_dir)
+    if moved:
+        log.info("lfbm_dist: the earlier run's artefacts were moved to %s", moved)
+    layout = Layout(engine.world_size, batch.accumulation_steps, cfg.data.num_workers)
+    streams = saved.get("virtual_streams") or default_streams(cfg, layout)
+    feed = build_feed(cfg, engine.rank, layout, batch, engine.device, streams)
+    trainer = Trainer(cfg, engine, batch, feed, streams)
+    if state.checkpoint is not None:
+        trainer.resume(state.checkpoint)
+    _start_line(cfg, engine, batch, trainer, feed, state, layout)
+    started = time.time()
+    try:
+        result = trainer.run()
+    except GracefulStop as stop:
+        newest = checkpoint.latest(t.run_dir)
+        raise GracefulStop(
+            f"{stop}: checkpoint {newest}; resume with: {resume_command(argv or sys.argv)}", stop.code
+        ) from None
+    _summary(cfg, engine, result, time.time() - started)
+    engine.end()
+    return result
+
+
+def _start_line(cfg: Config, engine: Engine, batch, trainer: Trainer, feed, state, layout: Layout) -> None:
+    if not engine.is_main:
+        return
+    d, t = cfg.data, cfg.train
+    data = f"{', '.join(d.shards)}" if d.source == "shards" else f"packaged '{d.dataset}'"
+    log.info(
+        "lfbm_dist: %d rank(s) on %s (%s), global batch %d = %d × %d accumulation × %d rank(s), precision %s",
+        engine.world_size,
+        engine.device,
+        engine.backend_name,
+        batch.global_batch,
+        batch.batch_per_gpu,
+        batch.accumulation_steps,
+        engine.world_size,
+        t.precision,
+    )
+    log.info("  data: %s (%s); run dir %s: %s", data, feed.describe(), t.run_dir, state.describe())
+    log.info("  %s", trainer.describe())
+    for note in (batch.note, batch_statistics_warning(cfg, layout.world_size, layout.accumulation_steps)):
+        if note:
+            log.warning("note: %s", note)
+
+
+def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float) -> None:
+    if not engine.is_main:
+        return
+    run_dir = Path(cfg.train.run_dir)
+    log.info(
+        "done: %d steps, kimg %g, %d skipped, %.0f s; newest checkpoint %s",
+        result["step"],
+        result["images_seen"] / 1000,
+        result["skipped_steps"],
+        wall_s,
+        checkpoint.latest(run_dir),
+    )
+    log.info("  TensorBoard: tensorboard --logdir %s", run_dir / "tensorboard")
+    log.info("  evaluate:    lfbm-evaluate --run %s --metrics fid,recon", run_dir)

@@ -1,0 +1,314 @@
+"""Algorithm 1 as a small trainer: for each global batch, infer z by posterior Langevin, then one Adam
+step on the prior α and the generator β (one optimizer, two parameter groups).
+
+One step is four named phases, in order:
+    infer latents  every micro-batch, with the plain module (no collectives, no weight gradients)
+    guard          one tiny all-reduce: all ranks agree on finite latents and on a requested stop
+    learn          the wrapped module's loss and backward, then the engine's guarded optimizer step
+    maintain       logging tick, FID, checkpoint, image grids
+Progress is counted in images (kimg), so schedules do not change with world size:
+    global_batch == batch_per_gpu × accumulation_steps × world_size   (resolved once, at start)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..models import GENERATOR_SPECS
+from ..seeding import Stream, Tag, per_sample_normal
+from . import checkpoint, faults
+from .build import BatchLayout, build_model, build_optimizer, count_parameters, lr_scale
+from .engine import Engine
+from .observe import Observer
+from .signals import GracefulStop, StopRequest
+from .variants import latent_inference
+
+log = logging.getLogger("lfbm_dist")
+SAMPLE_SEED = 12345  # fixed latents for the prior-sample grids
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def kimg_due(prev_images: int, images: int, every_kimg: float) -> bool:
+    if every_kimg <= 0:
+        return False
+    every = every_kimg * 1000.0
+    return math.floor(images / every) > math.floor(prev_images / every)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Evaluation passes (samples, FID) use BatchNorm running statistics and must not update them."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    images_seen: int = 0
+    skipped_steps: int = 0
+    global_batch: int = 0
+    virtual_streams: int = 0
+    best: dict = field(default_factory=dict)
+
+
+@dataclass
+class MicroBatch:
+    batch: object
+    latents: torch.Tensor
+    stats: dict
+
+
+class Trainer:
+    def __init__(self, cfg: Config, engine: Engine, batch: BatchLayout, feed, streams: int):
+        self.cfg, self.engine, self.feed = cfg, engine, feed
+        self.state = TrainerState(global_batch=batch.global_batch, virtual_streams=streams)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model)
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.wrapped, self.optimizer = engine.prepare(model, optimizer)
+        self.plain = engine.unwrap(self.wrapped)  # Langevin, sampling, export; `wrapped` only for learning
+        self.inference = latent_inference(cfg, engine.fast, engine.autocast_dtype)
+        self.total_images = int(round(cfg.train.total_kimg * 1000))
+        self.stop = StopRequest()
+        self.fixed_x: torch.Tensor | None = None
+        self.consecutive_skips = 0
+        self.tick_sums: dict[str, torch.Tensor] = {}
+        self.tick_count = 0
+        self.observer: Observer | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return dict(vars(self.state))
+
+    def load_state_dict(self, saved: dict) -> None:
+        known = set(vars(self.state))
+        self.state = TrainerState(**{k: v for k, v in saved.items() if k in known})
+
+    def resume(self, ckpt: Path) -> None:
+        saved, positions = checkpoint.load(self.engine, ckpt, self.cfg)
+        saved.setdefault("global_batch", self.state.global_batch)
+        saved.setdefault("virtual_streams", self.state.virtual_streams)
+        self.load_state_dict(saved)
+        self.feed.load_state_dicts(positions)
+
+    def describe(self) -> str:
+        p = self.plain
+        return (
+            f"generator {count_parameters(p.generator):,} + prior {count_parameters(p.prior):,} parameters; "
+            f"fast path: {self.engine.fast.describe()}"
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        t = self.cfg.train
+        self.observer = Observer(t.run_dir, self.engine.is_main, self.total_images, self.state.images_seen)
+        self.stop.install()
+        try:
+            while self.state.images_seen < self.total_images:
+                prev = self.state.images_seen
+                micro_batches = self.infer_latents()
+                finite, stop = self.guard(micro_batches)
+                self.learn(micro_batches, finite)
+                faults.after_step()
+                self.maintain(prev, stop)
+                if stop:
+                    raise GracefulStop(
+                        f"stopped by {self.stop.signal or 'a signal on another rank'} at step "
+                        f"{self.state.step} (kimg {self.state.images_seen / 1000:g})",
+                        self.stop.exit_code() or 143,
+                    )
+        finally:
+            self.stop.restore()
+            self.observer.close()
+        return self.state_dict()
+
+    # ------------------------------------------------------------------ phase 1: infer latents
+    def infer_latents(self) -> list[MicroBatch]:
+        t, nz = self.cfg.train, self.cfg.generator.nz
+        out = []
+        for micro in range(t.accumulation_steps):
+            batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
+            batch.x = self.engine.fast.images(batch.x)  # the generator's memory format (channels-last on GPU)
+            if self.fixed_x is None:
+                self.fixed_x = batch.x[:8].clone()
+            noise = per_sample_normal(
+                t.seed, self.state.step, batch.positions, self.inference.noise_shape(nz), Stream.LANGEVIN
+            ).to(self.engine.device, non_blocking=True)
+            latents, stats = self.inference.infer(self.plain, batch, noise)
+            if self.state.step in faults.NAN_STEPS:  # test hook: inject a non-finite latent
+                latents[0, 0] = float("nan")
+            out.append(MicroBatch(batch, latents, stats))
+        return out
+
+    # ------------------------------------------------------------------ phase 2: guard
+    def guard(self, micro_batches: list[MicroBatch]) -> tuple[bool, bool]:
+        """(latents finite on every rank, some rank asked to stop): one decision for all ranks."""
+        # Host–device sync + one tiny all-reduce per step: a step is skipped on every rank or none.
+        finite = all(bool(torch.isfinite(m.latents).all()) for m in micro_batches)
+        votes = self.engine.all_reduce_sum(
+            torch.tensor([0.0 if finite else 1.0, float(self.stop.requested)], dtype=torch.float64)
+        )
+        return bool(votes[0] == 0), bool(votes[1] > 0)
+
+    # ------------------------------------------------------------------ phase 3: learn
+    def learn(self, micro_batches: list[MicroBatch], finite: bool) -> None:
+        scale = lr_scale(self.state.images_seen, self.cfg.optim.lr_decay, self.cfg.optim.lr_decay_every_kimg)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * scale
+        applied = False
+        if finite:
+            for m in micro_batches:
+                prior_noise = self._prior_noise(m.batch.positions)
+                with self.engine.accumulate(self.wrapped):
+                    loss, stats = self.wrapped(
+                        m.batch.x,
+                        m.latents,
+                        mask=m.batch.mask,
+                        autocast_dtype=self.engine.autocast_dtype,
+                        prior_noise=prior_noise,
+                    )
+                    self.engine.backward(loss)  # scaled by 1/accumulation_steps inside
+                stats.update(m.stats)
+                for key, value in stats.items():
+                    self.tick_sums[key] = self.tick_sums.get(key, 0.0) + value.detach().float()
+                self.tick_count += 1
+            applied, grad_norm = self.engine.guarded_step(self.plain)
+            if grad_norm is not None and applied:
+                self.tick_sums["grad_norm"] = self.tick_sums.get("grad_norm", 0.0) + grad_norm.float() * len(
+                    micro_batches
+                )
+        self._count_skip(applied)
+        self.state.step += 1
+        self.state.images_seen += self.state.global_batch
+        if self.observer is not None:
+            self.observer.advance(self.state.global_batch)
+
+    def _prior_noise(self, positions: list[int]) -> torch.Tensor | None:
+        """The prior's own randomness in the learning step (the EBM prior's negative chains)."""
+        shape = self.plain.prior.loss_noise_shape
+        if shape is None:
+            return None
+        return per_sample_normal(self.cfg.train.seed, self.state.step, positions, tuple(shape), Stream.PRIOR_CHAIN).to(
+            self.engine.device, non_blocking=True
+        )
+
+    def _count_skip(self, applied: bool) -> None:
+        if applied:
+            self.consecutive_skips = 0
+            return
+        self.state.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.engine.is_main:
+            log.warning(
+                "non-finite latents or gradients at step %d: step skipped (%d in a row)",
+                self.state.step,
+                self.consecutive_skips,
+            )
+        if self.consecutive_skips >= self.cfg.train.max_consecutive_skips:
+            raise NonFiniteError(
+                f"{self.consecutive_skips} consecutive non-finite steps at step {self.state.step}; "
+                "stopping (lower the learning rates or the Langevin step size)"
+            )
+
+    # ------------------------------------------------------------------ phase 4: maintain
+    def maintain(self, prev: int, stop: bool) -> None:
+        t, now = self.cfg.train, self.state.images_seen
+        done = now >= self.total_images
+        if kimg_due(prev, now, t.log_every_kimg) or done or stop:
+            self._log_tick(now)
+        if kimg_due(prev, now, self.cfg.eval.fid_every_kimg) and not done:
+            self._fid(now)
+        if kimg_due(prev, now, t.snapshot_every_kimg) or done or stop:
+            checkpoint.save(
+                self.engine,
+                self.plain,
+                self.cfg,
+                self.state_dict(),
+                keep=t.keep_snapshots,
+                data_state=self.feed.state_dict(),
+            )
+        if done or stop:  # optional work only after the final checkpoint is safe
+            self._images(now)
+            if done and kimg_due(prev, now, self.cfg.eval.fid_every_kimg):
+                self._fid(now)
+        elif kimg_due(prev, now, t.image_every_kimg):
+            self._images(now)
+
+    def _log_tick(self, now: int) -> None:
+        keys = sorted(self.tick_sums)
+        values: dict[str, float] = {}
+        if keys:  # empty only if every step of the tick was skipped
+            means = self.engine.reduce_mean(torch.stack([self.tick_sums[k] / self.tick_count for k in keys]))
+            values = dict(zip(keys, means.tolist()))  # host sync: once per logging tick
+            if self.plain.prior.normalized and "log_p_z" in values:
+                values["aggpost/gap_nats"] = values["log_p_z"] - values["log_p_z_standard_normal"]
+        values["images_per_sec"] = self.observer.images_per_sec(now)  # all ranks together (images_seen is global)
+        for group in self.optimizer.param_groups:
+            values[f"lr/{group.get('name', 'group')}"] = group["lr"]
+        values["skipped_steps"] = float(self.state.skipped_steps)
+        corrupt = self.engine.all_reduce_sum(torch.tensor([float(self.feed.corrupt_skipped)], dtype=torch.float64))
+        values["data/corrupt_skipped"] = float(corrupt[0])
+        self.observer.scalars(values, now)
+        self.observer.status(self.state.step, now, values)
+        self.tick_sums, self.tick_count = {}, 0
+
+    def _fid(self, now: int) -> None:
+        from .evaluation import run_metrics  # collective: every rank generates its share of samples
+
+        with eval_mode(self.plain):
+            fid = run_metrics(self.plain, self.cfg, ["fid"], self.engine.device, self.engine)["fid"]
+        best = self.state.best
+        if best.get("fid") is None or fid < best["fid"]:
+            best["fid"], best["fid_kimg"] = fid, now / 1000
+        self.observer.scalars({"eval/fid": fid, "eval/fid_best": best["fid"]}, now)
+        log.info("FID %.3f at kimg %.3f (best %.3f)", fid, now / 1000, best["fid"])
+
+    def _images(self, now: int) -> None:
+        """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
+        if not self.engine.is_main or self.fixed_x is None:
+            return
+        from ..metrics.sampling import infer, sample_images
+
+        lv = self.cfg.langevin
+        with eval_mode(self.plain):
+            self.observer.image_grid(
+                "samples/prior", sample_images(self.plain, list(range(32)), SAMPLE_SEED, self.engine.device), now
+            )
+            z = infer(
+                self.plain,
+                self.fixed_x,
+                list(range(len(self.fixed_x))),
+                SAMPLE_SEED,
+                lv.num_steps,
+                lv.step_size,
+                tag=Tag.TB_RECON,
+            )
+            with torch.no_grad():
+                recon = self.plain.generator(z)
+        self.observer.image_grid("reconstructions", torch.cat([self.fixed_x, recon]), now)
+
+
+def batch_statistics_warning(cfg: Config, world_size: int, accumulation_steps: int) -> str | None:
+    """BatchNorm generators (mnist28) see per-micro-batch statistics: splitting changes the training."""
+    if GENERATOR_SPECS[cfg.generator.arch].batch_norm and world_size * accumulation_steps > 1:
+        return (
+            f"generator '{cfg.generator.arch}' uses BatchNorm: its batch statistics are per micro-batch, so "
+            f"{world_size} rank(s) × {accumulation_steps} accumulation does not train like one batch"
+        )
+    return None
