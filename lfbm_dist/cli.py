@@ -30,6 +30,13 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
 
+def _rank_prefix() -> str:
+    """'[rank R] ' when several processes share the console."""
+    import os
+
+    return f"[rank {os.environ.get('RANK', '0')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
 def _known() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data.errors import DataError
@@ -60,10 +67,11 @@ def run(main: Callable[[], int | None]) -> int:
     try:
         return int(main() or 0)
     except GracefulStop as stop:
-        logging.getLogger(logs.LOGGER).warning("%s", stop)
+        if str(stop):
+            logging.getLogger(logs.LOGGER).warning("%s", stop)
         return stop.code
     except _known() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
         _to_log_file()
         return 2
     except KeyboardInterrupt:
@@ -73,11 +81,9 @@ def run(main: Callable[[], int | None]) -> int:
         where = _to_log_file()
         if where is None:
             traceback.print_exc()
-        print(
-            f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            + (f" (full traceback in {where})" if where else ""),
-            file=sys.stderr,
-        )
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        where_text = f" (full traceback in {where})" if where else ""
+        print(f"{_rank_prefix()}error: unexpected {type(exc).__name__}: {first}{where_text}", file=sys.stderr)
         return 1
 
 

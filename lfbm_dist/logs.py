@@ -67,6 +67,7 @@ def setup(
 ) -> logging.Logger:
     """(Re)configure the lfbm_dist logger for this process; safe to call again once the rank is known."""
     quiet_third_party()
+    logging.raiseExceptions = False  # a log write that fails (disk full) must not print its own traceback
     log = logging.getLogger(LOGGER)
     log.setLevel(logging.DEBUG)
     root = logging.getLogger()

@@ -152,10 +152,14 @@ class ShardFeed:
     def _next_chunk(self) -> Chunk:
         try:
             item = next(self._iter)
+        except DataError:
+            raise
         except RuntimeError as exc:  # DataLoader's own timeout: a worker produced nothing for too long
-            if "timed out" in str(exc):
-                raise DataError(f"no data for {self.batch_timeout_s:.0f} s from the DataLoader workers "
-                                "(data.read_timeout_s and data.retries bound each read)") from None
+            if str(exc).startswith("DataLoader timed out"):
+                raise DataError(
+                    f"no data for {self.batch_timeout_s:.0f} s from the DataLoader workers "
+                    "(data.read_timeout_s and data.retries bound each read)"
+                ) from None
             raise
         if isinstance(item, WorkerFailure):
             raise DataError(item.message)

@@ -32,7 +32,9 @@ def decode_image(members: dict[str, bytes], channels: int, resolution: int, on_m
     try:
         img = Image.open(io.BytesIO(members[ext]))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise SampleError(f"cannot decode .{ext} (not an image format PIL reads)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise SampleError(f"cannot decode .{ext} ({exc})") from None
     want_mode = "RGB" if channels == 3 else "L"
     if img.mode != want_mode:

@@ -85,13 +85,25 @@ def _open_remote(url: str, opts: IOOptions) -> BinaryIO:
     return fsspec.open(url, "rb", **options, **kwargs).open()
 
 
+def _really_missing(exc: FileNotFoundError) -> bool:
+    """fsspec's HTTP backend reports a timed-out or refused request as FileNotFoundError too."""
+    return not isinstance(exc.__cause__ or exc.__context__, _transient())
+
+
 def _with_retries(what: Callable[[], Any], url: str, opts: IOOptions, doing: str) -> Any:
     delay = opts.backoff_s
     for attempt in range(opts.retries + 1):
         try:
             return what()
-        except FileNotFoundError:
-            raise DataError(f"shard not found: {url}") from None
+        except FileNotFoundError as exc:
+            if _really_missing(exc):
+                raise DataError(f"shard not found: {url}") from None
+            cause = exc.__cause__ or exc.__context__
+            if attempt == opts.retries:
+                raise ShardSkip(f"{url}: {doing} failed after {opts.retries + 1} attempts "
+                                f"({type(cause).__name__}: {str(cause)[:120] or 'timed out'})") from None
+            time.sleep(delay)
+            delay *= 2
         except (ValueError, ImportError) as exc:  # bad URL, missing backend: retrying will not help
             raise DataError(f"cannot open {url}: {exc}") from None
         except _transient() as exc:

@@ -74,12 +74,22 @@ def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
     return {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files}
 
 
-def _disk_full(exc: OSError, path: Path, root: Path) -> CheckpointError:
+def _is_disk_full(exc: BaseException, root: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left" in text or "os error 28" in text or "Disk quota exceeded" in text:
+        return True
+    try:  # torch.save only says "file write failed": look at the disk itself
+        return shutil.disk_usage(root).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _disk_full(path: Path, root: Path) -> CheckpointError:
     previous = latest(root.parent)
     kept = f"previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-    return CheckpointError(
-        f"disk full writing {path} ({exc.strerror}); {kept}; free space and resume with train.resume=auto"
-    )
+    return CheckpointError(f"disk full writing {path}; {kept}; free space, then resume with train.resume=auto")
 
 
 def save(
@@ -119,10 +129,10 @@ def save(
                 _remove(old)
             for stale in [*root.glob("*.tmp"), *root.glob("*.deleting")]:
                 shutil.rmtree(stale, ignore_errors=True)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:  # writers report a full disk as OSError, RuntimeError or their own types
+        if _is_disk_full(exc, root):
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the newest complete one stays
-            raise _disk_full(exc, Path(exc.filename or tmp), root) from None
+            raise _disk_full(Path(getattr(exc, "filename", None) or tmp), root) from None
         raise
     engine.barrier()
     return final
@@ -132,6 +142,8 @@ def _remove(directory: Path) -> None:
     """Rename first (atomic), then delete: no state in between looks like a complete checkpoint."""
     doomed = directory.with_name(directory.name + ".deleting")
     directory.rename(doomed)
+    (doomed / COMPLETE_MARKER).unlink(missing_ok=True)
+    faults.in_prune()
     shutil.rmtree(doomed, ignore_errors=True)
 
 

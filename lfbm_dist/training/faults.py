@@ -1,6 +1,9 @@
 """Fault injection for the test suite, driven by environment variables (all unset in normal runs).
 
 LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non-finite guard tests)
+LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)
+LFBM_FAULT_KILL_IN_PRUNE=1       SIGKILL this process while it removes an old checkpoint
+LFBM_FAULT_FAIL_IMAGES=1         raise while logging the end-of-run image grids (after the final checkpoint)
 LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
                                  images seen, after the shards are written and before the rename
@@ -18,6 +21,9 @@ def _ints(name: str) -> set[int]:
 
 
 NAN_STEPS = _ints("LFBM_FAULT_NAN_STEPS")
+NAN_GRAD_STEPS = _ints("LFBM_FAULT_NAN_GRAD_STEPS")
+KILL_IN_PRUNE = os.environ.get("LFBM_FAULT_KILL_IN_PRUNE") == "1"
+FAIL_IMAGES = os.environ.get("LFBM_FAULT_FAIL_IMAGES") == "1"
 STEP_SLEEP = float(os.environ.get("LFBM_FAULT_STEP_SLEEP", "0") or 0)
 KILL_IN_SAVE = _ints("LFBM_FAULT_KILL_IN_SAVE")
 
@@ -30,3 +36,13 @@ def after_step() -> None:
 def in_save(images_seen: int) -> None:
     if images_seen in KILL_IN_SAVE:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def in_prune() -> None:
+    if KILL_IN_PRUNE:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def images() -> None:
+    if FAIL_IMAGES:
+        raise RuntimeError("injected failure while logging images")

@@ -117,8 +117,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         t = self.cfg.train
-        self.observer = Observer(t.run_dir, self.engine.is_main, self.total_images, self.state.images_seen)
         self.stop.install()
+        self.observer = Observer(t.run_dir, self.engine.is_main, self.total_images, self.state.images_seen)
         try:
             while self.state.images_seen < self.total_images:
                 prev = self.state.images_seen
@@ -183,6 +183,8 @@ class Trainer:
                         autocast_dtype=self.engine.autocast_dtype,
                         prior_noise=prior_noise,
                     )
+                    if self.state.step in faults.NAN_GRAD_STEPS:  # test hook: every gradient becomes NaN
+                        loss = loss * float("nan")
                     self.engine.backward(loss)  # scaled by 1/accumulation_steps inside
                 stats.update(m.stats)
                 for key, value in stats.items():
@@ -283,6 +285,7 @@ class Trainer:
         """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
         if not self.engine.is_main or self.fixed_x is None:
             return
+        faults.images()
         from ..metrics.sampling import infer, sample_images
 
         lv = self.cfg.langevin

@@ -1,0 +1,473 @@
+"""The fault suite: what an operator meets on a real cluster ends in a line or two naming the problem and
+the fix (or a counted, logged skip), within the configured bound, with nothing lost. Real parts:
+loopback HTTP servers, tar shards with altered bytes, worker and rank processes, a small tmpfs,
+signals, DeepSpeed ZeRO-2."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+from conftest import PYTHON, ROOT
+from launch import command, env, run
+from safetensors.torch import load_file
+from shard_helpers import write_shards
+
+from lfbm_dist.training.checkpoint import latest, list_complete
+
+TINY = ["--config", "configs/test_tiny.yaml"]
+pytestmark = pytest.mark.slow
+
+
+def _errors(proc) -> list[str]:
+    """stderr lines that are not counted, logged skips."""
+    return [ln for ln in proc.stderr.strip().splitlines() if ln and "skipped " not in ln]
+
+
+# ------------------------------------------------------------------------------ bounded I/O
+
+
+class _Server:
+    """A loopback HTTP server that accepts connections and then never answers (mode "silent"), or
+    serves `payload` but stalls for ever after `stall_after` bytes (mode "stall")."""
+
+    def __init__(self, mode: str, payload: bytes = b"", stall_after: int = 0):
+        self.mode, self.payload, self.stall_after = mode, payload, stall_after
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            if self.mode == "stall":
+                conn.recv(65536)
+                head = (
+                    f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.payload)}\r\nContent-Type: application/x-tar\r\n\r\n"
+                ).encode()
+                conn.sendall(head + self.payload[: self.stall_after])  # then nothing, connection kept open
+
+    def close(self):
+        self.stop.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+FAST_IO = ["data.connect_timeout_s=1", "data.read_timeout_s=1", "data.retries=1"]
+
+
+def test_a_server_that_never_answers_is_one_line_within_the_bound(tmp_path):
+    server = _Server("silent")
+    try:
+        url = f"http://127.0.0.1:{server.port}/index.json"
+        start = time.time()
+        proc = run(
+            "single",
+            *TINY,
+            f"train.run_dir={tmp_path / 'r'}",
+            "data.source=shards",
+            f"data.shards=[{url}]",
+            *FAST_IO,
+            timeout=120,
+        )
+        elapsed = time.time() - start
+    finally:
+        server.close()
+    assert proc.returncode == 2
+    (line,) = _errors(proc)
+    assert line.startswith("error: ") and url in line and "failed after 2 attempts" in line, line
+    assert elapsed < 30, elapsed  # 2 attempts × (1 s + 1 s) + 1 s backoff + start-up
+
+
+def test_a_shard_that_stalls_halfway_is_a_counted_skip_then_one_line(tmp_path):
+    (good,) = write_shards(tmp_path / "good", [32], size=16)
+    (bad,) = write_shards(tmp_path / "bad", [32], size=16, prefix="stall")
+    server = _Server("stall", bad.read_bytes(), stall_after=len(bad.read_bytes()) // 2)
+    try:
+        url = f"http://127.0.0.1:{server.port}/stall-000000.tar"
+        index = {"splits": {"train": {"shards": [{"url": str(good), "samples": 32}, {"url": url, "samples": 32}]}}}
+        (tmp_path / "index.json").write_text(json.dumps(index))
+        common = [
+            *TINY,
+            "data.source=shards",
+            f"data.shards=[{tmp_path}/index.json]",
+            *FAST_IO,
+            "train.batch_per_gpu=8",
+            "train.total_kimg=0.064",
+        ]
+        start = time.time()
+        skipped = run("single", *common, f"train.run_dir={tmp_path / 'a'}", "data.max_corrupt_samples=100", timeout=300)
+        assert time.time() - start < 120
+        stopped = run("single", *common, f"train.run_dir={tmp_path / 'b'}", "data.max_corrupt_samples=5", timeout=300)
+    finally:
+        server.close()
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert f"skipped shard {url}: reading at byte" in skipped.stderr  # the unread rest of the shard, counted
+    assert stopped.returncode == 2
+    (line,) = _errors(stopped)
+    assert "more than data.max_corrupt_samples=5" in line and url in line, line
+
+
+# ------------------------------------------------------------------------------ content integrity
+
+
+def _altered_jpeg_shards(tmp_path):
+    """Real JPEG shards built by lfbm-shards, then the entropy-coded bytes of one image altered (it
+    still decodes, to different pixels)."""
+    out = tmp_path / "lfw"
+    subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "data_tools.build_shards",
+            "demo",
+            "--name",
+            "lfw",
+            "--out",
+            str(out),
+            "--resolution",
+            "16",
+            "--format",
+            "jpg",
+            "--samples-per-shard",
+            "50",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    shard = out / "train-000000.tar"
+    data = bytearray(shard.read_bytes())
+    start = data.index(b"\xff\xda") + 20  # inside the scan data of the first image (after the SOS marker)
+    data[start] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    return out
+
+
+def test_altered_jpeg_pixel_data_is_a_counted_skip_naming_shard_and_key(tmp_path):
+    shards = _altered_jpeg_shards(tmp_path)
+    from lfbm_dist.data.reader import iter_samples
+    from lfbm_dist.data.transforms import decode_image
+
+    first = next(iter_samples(str(shards / "train-000000.tar")))
+    decode_image(first.members, 1, 16, "convert")  # the altered image still decodes: only the checksum knows
+    common = [
+        *TINY,
+        "data.source=shards",
+        f"data.shards=[{shards}/index.json]",
+        "generator.image_channels=1",
+        "train.total_kimg=0.2",
+        "train.batch_per_gpu=20",
+        "train.log_every_kimg=0.2",
+    ]
+    proc = run("single", *common, f"train.run_dir={tmp_path / 'r'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipped shard {shards}/train-000000.tar key {first.key}: checksum mismatch" in proc.stderr
+    from tb_read import read_events, scalar_series
+
+    assert scalar_series(read_events(tmp_path / "r/tensorboard"), "data/corrupt_skipped")[-1][1] == 1.0
+    unverified = run("single", *common, f"train.run_dir={tmp_path / 'u'}", "data.verify_checksums=false")
+    assert unverified.returncode == 0 and "checksum" not in unverified.stderr  # what other loaders do: train on it
+
+
+def test_shards_without_checksums_load_with_one_note(tmp_path):
+    write_shards(tmp_path / "s", [16, 16])
+    proc = run(
+        "single",
+        *TINY,
+        f"train.run_dir={tmp_path / 'r'}",
+        "data.source=shards",
+        f"data.shards={tmp_path}/s/train-{{000000..000001}}.tar",
+        "train.total_kimg=0.032",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("cannot be verified") == 1
+
+
+# ------------------------------------------------------------------------------ one line per failure
+
+
+def test_dataloader_worker_error_is_one_line(tmp_path):
+    from shard_helpers import write_raw_tar
+
+    members = {f"k{i}.png": b"garbage" for i in range(12)}
+    write_raw_tar(tmp_path / "bad-000000.tar", members)
+    proc = run(
+        "single",
+        *TINY,
+        f"train.run_dir={tmp_path / 'r'}",
+        "data.source=shards",
+        f"data.shards=[{tmp_path}/bad-000000.tar]",
+        "data.num_workers=2",
+        "data.max_corrupt_samples=2",
+        "train.batch_per_gpu=4",
+    )
+    assert proc.returncode == 2
+    (line,) = _errors(proc)
+    assert line.startswith("error: more than data.max_corrupt_samples=2") and "bad-000000.tar key k" in line
+    assert "DataError" in (tmp_path / "r/logs/rank0.log").read_text()  # the full story, in the log file
+
+
+def test_one_rank_failing_stops_every_rank_promptly_with_its_line(tmp_path):
+    from shard_helpers import png_bytes, write_raw_tar
+
+    good = write_shards(tmp_path / "g", [16])[0]
+    write_raw_tar(tmp_path / "g/bad.tar", {f"b{i}.png": b"garbage" for i in range(16)} | {"ok.png": png_bytes(1)})
+    index = {
+        "splits": {
+            "train": {
+                "shards": [{"url": str(good), "samples": 16}, {"url": str(tmp_path / "g/bad.tar"), "samples": 16}]
+            }
+        }
+    }
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    start = time.time()
+    proc = run(
+        "ddp2",
+        *TINY,
+        f"train.run_dir={tmp_path / 'r'}",
+        "data.source=shards",
+        "data.resolution=16",
+        f"data.shards=[{tmp_path}/index.json]",
+        "data.max_corrupt_samples=3",
+        "data.hflip=false",
+        "train.batch_per_gpu=4",
+        "train.collective_timeout_min=5",
+        timeout=300,
+    )
+    assert proc.returncode != 0 and time.time() - start < 120  # not the 5-minute collective timeout
+    ours = [ln for ln in _errors(proc) if "error:" in ln]
+    assert any("more than data.max_corrupt_samples=3" in ln and "bad.tar" in ln for ln in ours), proc.stderr[-3000:]
+    assert not any("Traceback" in ln for ln in proc.stderr.splitlines()[:5]), proc.stderr[:2000]
+
+
+def _mount_tmpfs(path, size):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path):
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "600k")
+    try:
+        proc = run(
+            "single",
+            *TINY,
+            f"train.run_dir={disk / 'r'}",
+            "train.total_kimg=0.64",
+            "train.snapshot_every_kimg=0.064",
+            "train.keep_snapshots=50",
+            "train.log_every_kimg=0.64",
+        )
+        assert proc.returncode == 2
+        (line,) = _errors(proc)
+        previous = latest(disk / "r")
+        assert previous is not None
+        assert line.startswith("error: disk full writing ") and f"previous checkpoint {previous.name} is intact" in line
+        assert all((c / "model.safetensors").is_file() for c in list_complete(disk / "r"))
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path):
+    run_dir = tmp_path / "r"
+    assert run("single", *TINY, f"train.run_dir={run_dir}").returncode == 0
+    ckpt = latest(run_dir)
+    for part in ("data_state_rank0.json", "random_states_0.pkl", "optimizer.bin", "trainer_state.json"):
+        original = (ckpt / part).read_bytes()
+        (ckpt / part).write_bytes(original[: len(original) // 2])
+        proc = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "train.total_kimg=0.128")
+        assert proc.returncode == 2, part
+        (line,) = _errors(proc)
+        assert f"{part} is truncated or altered" in line or "truncated or malformed" in line, (part, line)
+        (ckpt / part).write_bytes(original)
+    (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:50])
+    for cmd in (
+        [PYTHON, "-m", "lfbm_dist.export", "--run", str(run_dir), "--out", str(tmp_path / "e")],
+        [
+            PYTHON,
+            "-m",
+            "lfbm_dist.evaluate",
+            "--run",
+            str(run_dir),
+            "--metrics",
+            "recon",
+            "eval.recon_samples=8",
+            "langevin.test_num_steps=2",
+        ],
+    ):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+        assert proc.returncode == 2
+        (line,) = _errors(proc)
+        assert "model.safetensors is truncated or altered" in line, line
+
+
+# ------------------------------------------------------------------------------ checkpoint lifecycle
+
+
+def test_kill_while_pruning_never_leaves_a_complete_looking_directory_without_files(tmp_path):
+    run_dir = tmp_path / "r"
+    proc = run(
+        "single",
+        *TINY,
+        f"train.run_dir={run_dir}",
+        "train.snapshot_every_kimg=0.016",
+        "train.keep_snapshots=1",
+        LFBM_FAULT_KILL_IN_PRUNE="1",
+    )
+    assert proc.returncode == -signal.SIGKILL
+    for ckpt in list_complete(run_dir):
+        assert (ckpt / "model.safetensors").is_file() and (ckpt / "optimizer.bin").is_file()
+    assert latest(run_dir).name == "ckpt-000000000032"
+    assert (
+        run(
+            "single",
+            *TINY,
+            f"train.run_dir={run_dir}",
+            "train.snapshot_every_kimg=0.016",
+            "train.keep_snapshots=1",
+            "train.resume=auto",
+        ).returncode
+        == 0
+    )
+    assert [c.name for c in list_complete(run_dir)] == ["ckpt-000000000064"]
+    assert not list((run_dir / "checkpoints").glob("*.deleting"))
+
+
+def test_final_checkpoint_comes_before_image_grids_and_files_follow_the_umask(tmp_path):
+    run_dir = tmp_path / "r"
+    proc = run("single", *TINY, f"train.run_dir={run_dir}", LFBM_FAULT_FAIL_IMAGES="1")
+    assert proc.returncode == 1 and "injected failure while logging images" in proc.stderr
+    assert latest(run_dir).name == "ckpt-000000000064"  # the end of the run is safe
+    modes = {p.stat().st_mode & 0o777 for p in latest(run_dir).iterdir()}
+    assert modes == {0o644}, modes  # the umask (022 here): group- and world-readable, like any file the user makes
+
+
+# ------------------------------------------------------------------------------ graceful stop
+
+
+@pytest.mark.parametrize("kind", ["single", "ddp2"])
+def test_sigterm_finishes_the_step_checkpoints_and_resumes_bitwise(tmp_path, kind):
+    args = [
+        *TINY,
+        "train.total_kimg=0.128",
+        "langevin.num_steps=3",
+        "train.batch_per_gpu=4" if kind == "ddp2" else "train.batch_per_gpu=8",
+    ]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(kind, *args, f"train.run_dir={straight}").returncode == 0
+    proc = subprocess.Popen(
+        command(kind, *args, f"train.run_dir={stopped}"),
+        cwd=ROOT,
+        env=env(LFBM_FAULT_STEP_SLEEP="0.3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not (stopped / "tensorboard").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 if kind == "single" else proc.returncode != 0
+    lines = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln]
+    assert lines, err[-3000:]
+    assert "resume with: " in lines[0] and "train.resume=auto" in lines[0]
+    ckpt = latest(stopped)
+    assert ckpt is not None and int(ckpt.name.split("-")[1]) < 128
+    assert run(kind, *args, f"train.run_dir={stopped}", "train.resume=auto").returncode == 0
+    a, b = load_file(str(latest(straight) / "model.safetensors")), load_file(str(latest(stopped) / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    proc = subprocess.Popen(
+        command("single", *TINY, f"train.run_dir={tmp_path}/r", "train.total_kimg=10"),
+        cwd=ROOT,
+        env=env(LFBM_FAULT_STEP_SLEEP="2"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not (tmp_path / "r/tensorboard").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)  # inside the first step
+    proc.send_signal(signal.SIGINT)
+    time.sleep(2.5)  # a second Ctrl-C, not the launcher forwarding the first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "exiting at once" in err
+
+
+# ------------------------------------------------------------------------------ run directories
+
+
+def test_run_directory_rules(tmp_path):
+    run_dir = tmp_path / "r"
+    assert run("single", *TINY, f"train.run_dir={run_dir}").returncode == 0
+    again = run("single", *TINY, f"train.run_dir={run_dir}")
+    assert again.returncode == 2
+    (line,) = _errors(again)
+    assert (
+        "holds checkpoints of an earlier run" in line and "train.resume=auto" in line and "train.overwrite=true" in line
+    )
+    done = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto")
+    assert done.returncode == 0 and "already complete" in done.stdout
+    fresh = run("single", *TINY, f"train.run_dir={run_dir}", "train.overwrite=true")
+    assert fresh.returncode == 0
+    (old,) = run_dir.glob("old-*")
+    assert (old / "checkpoints").is_dir() and len(list((run_dir / "tensorboard").iterdir())) == 1
+    dry = subprocess.run(
+        [PYTHON, "-m", "lfbm_dist.train", *TINY, "--dry-run", f"train.run_dir={run_dir}", "train.resume=auto"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0 and "already complete" in dry.stdout and "# data: 256 images" in dry.stdout
+
+
+# ------------------------------------------------------------------------------ one non-finite guard
+
+
+def test_nan_gradients_are_skipped_identically_under_ddp_zero1_and_zero2(tmp_path):
+    args = [*TINY, "train.total_kimg=0.04", "train.batch_per_gpu=4", "train.log_every_kimg=0.04"]
+    params, states = {}, {}
+    for kind in ("ddp2", "zero1", "zero2"):
+        proc = run(kind, *args, f"train.run_dir={tmp_path / kind}", LFBM_FAULT_NAN_GRAD_STEPS="2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        from lfbm_dist.export import checkpoint_state_dict
+
+        params[kind] = checkpoint_state_dict(latest(tmp_path / kind))
+        states[kind] = json.loads((tmp_path / kind / "trainer_state.json").read_text())
+    for kind in params:
+        assert states[kind]["skipped_steps"] == 1 and states[kind]["step"] == 5, (kind, states[kind])
+        for key, ref in params["ddp2"].items():
+            assert torch.isfinite(params[kind][key]).all()
+            rel = (params[kind][key] - ref).norm() / ref.norm().clamp_min(1e-12)
+            assert rel <= 1e-5, (kind, key, float(rel))
+
+
+def test_non_finite_config_numbers_are_refused(tmp_path):
+    proc = run("single", *TINY, f"train.run_dir={tmp_path}", "optim.lr_generator=.inf")
+    assert proc.returncode == 2
+    assert _errors(proc) == ["error: command line: optim.lr_generator must be a finite number, got inf"]
