@@ -30,10 +30,11 @@ def command(kind: str, *args: str) -> list[str]:
         "--main_process_port",
         str(free_port()),
     ]
-    if kind == "ddp2":
-        backend = ["--multi_gpu", "--num_processes", "2"]
-    elif kind in ("zero1", "zero2"):
-        backend = ["--use_deepspeed", "--num_processes", "2", "--zero_stage", kind[-1]]
+    if kind.startswith("ddp"):  # ddp2, ddp4: DDP on that many gloo ranks
+        backend = ["--multi_gpu", "--num_processes", kind[3:]]
+    elif kind.startswith("zero"):  # zero1, zero2 (2 ranks), zero2_1, zero2_4: stage _ ranks
+        stage, _, procs = kind[4:].partition("_")
+        backend = ["--use_deepspeed", "--num_processes", procs or "2", "--zero_stage", stage]
     else:
         raise ValueError(kind)
     return [ACCELERATE, *common, *backend, "lfbm_dist/train.py", *args]

@@ -34,6 +34,8 @@ from . import faults
 
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
+LAYOUT = "layout.json"  # backend, ZeRO stage and world size the native files were written with
+FULL_STATE = "full_state.safetensors"  # DeepSpeed only: weights + Adam state, unpartitioned
 _ARCH_KEYS = ("generator", "prior", "inference")  # config sections that change the saved tensors
 
 
@@ -111,6 +113,12 @@ def save(
             tmp.mkdir(parents=True)
         engine.barrier()
         engine.save_state(tmp)
+        if engine.uses_deepspeed:  # ZeRO files are partitioned: keep a full copy that any layout can load
+            full = engine.full_state(plain)  # collective
+            if engine.is_main:
+                from safetensors.torch import save_file
+
+                save_file(full, str(tmp / FULL_STATE))
         write_atomic(tmp / f"data_state_rank{engine.rank}.json", json.dumps(data_state or {}, sort_keys=True))
         faults.in_save(int(trainer_state["images_seen"]))
         engine.barrier()
@@ -118,6 +126,7 @@ def save(
             state_text = json.dumps(trainer_state, indent=2, sort_keys=True)
             write_atomic(tmp / "trainer_state.json", state_text)
             write_atomic(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_atomic(tmp / LAYOUT, json.dumps(engine.layout(), sort_keys=True))
             write_atomic(tmp / MANIFEST, json.dumps(_manifest(tmp), indent=1, sort_keys=True))
             write_atomic(tmp / COMPLETE_MARKER, "ok\n")
             apply_umask(tmp)
@@ -205,18 +214,56 @@ def data_states(ckpt_dir: Path) -> list[dict[str, Any]]:
     return [read_json(f, "data position") for f in files]
 
 
-def load(engine, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Collective: restore model/optimizer/RNG into the prepared objects.
-    Returns (trainer state, every rank's saved data position)."""
+def saved_layout(ckpt_dir: Path) -> dict[str, Any]:
+    if (ckpt_dir / LAYOUT).is_file():
+        return read_json(ckpt_dir / LAYOUT, "checkpoint layout")
+    # written before layouts were recorded: DeepSpeed's own folder tells the backend, not the world size
+    return {"backend": "deepspeed" if (ckpt_dir / "pytorch_model").is_dir() else "ddp"}
+
+
+def _full_state_of(ckpt_dir: Path, saved: dict[str, Any], group_names: list[list[str]]) -> dict[str, torch.Tensor]:
+    """Weights and Adam state of a checkpoint, unpartitioned, by parameter name."""
+    from safetensors.torch import load_file
+
+    if saved["backend"] == "deepspeed":
+        if not (ckpt_dir / FULL_STATE).is_file():
+            raise CheckpointError(
+                f"{ckpt_dir}: a ZeRO checkpoint without {FULL_STATE} resumes only under "
+                f"ZeRO on its own world size ({saved.get('world_size', 'unknown')} ranks)"
+            )
+        return load_file(str(ckpt_dir / FULL_STATE))
+    weights = load_file(str(ckpt_dir / "model.safetensors"))
+    optim = torch.load(ckpt_dir / "optimizer.bin", weights_only=True, map_location="cpu")
+    names = [n for group in group_names for n in group]  # torch numbers parameters group by group
+    out = {f"param/{n}": weights[n].float() for n in names}
+    for index, name in enumerate(names):
+        st = optim["state"].get(index, {})
+        out[f"step/{name}"] = torch.as_tensor(st.get("step", 0.0)).float()
+        for key in ("exp_avg", "exp_avg_sq"):
+            out[f"{key}/{name}"] = st[key].float() if key in st else torch.zeros_like(out[f"param/{name}"])
+    return out
+
+
+def load(engine, plain, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Collective: restore model and optimizer (and RNG, when the layout is the same) into the prepared
+    objects — natively where the layout allows, else through the full state (another world size or
+    backend). Returns (trainer state, every rank's saved data position)."""
     state = check_compatible(ckpt_dir, cfg)
     positions = data_states(ckpt_dir)
+    saved = saved_layout(ckpt_dir)
     try:
-        engine.load_state(ckpt_dir)
+        if engine.loads_natively(saved):
+            engine.load_state(ckpt_dir)
+        else:
+            engine.load_full_state(plain, _full_state_of(ckpt_dir, saved, engine.group_names))
+    except CheckpointError:
+        raise
     except Exception as exc:  # truncated or foreign files: name the checkpoint, not a stack trace
         raise CheckpointError(
             f"{ckpt_dir}: cannot load checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
+    faults.after_load(engine, plain)
     return state, positions
 
 

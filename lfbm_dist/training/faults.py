@@ -4,6 +4,8 @@ LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non
 LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)
 LFBM_FAULT_KILL_IN_PRUNE=1       SIGKILL this process while it removes an old checkpoint
 LFBM_FAULT_FAIL_IMAGES=1         raise while logging the end-of-run image grids (after the final checkpoint)
+LFBM_TEST_DUMP_LOADED=PATH       after a resume, write the loaded weights and Adam state (full) to PATH
+LFBM_TEST_KEYS_DIR=DIR           append each micro-batch's sample keys to DIR/keys_rank{R}.jsonl
 LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
                                  images seen, after the shards are written and before the rename
@@ -46,3 +48,22 @@ def in_prune() -> None:
 def images() -> None:
     if FAIL_IMAGES:
         raise RuntimeError("injected failure while logging images")
+
+
+def after_load(engine, plain) -> None:
+    path = os.environ.get("LFBM_TEST_DUMP_LOADED")
+    if path:
+        state = engine.full_state(plain)  # collective
+        if engine.is_main:
+            from safetensors.torch import save_file
+
+            save_file(state, path)
+
+
+def record_keys(step: int, rank: int, micro: int, positions: list[int], keys: list[str] | None) -> None:
+    folder = os.environ.get("LFBM_TEST_KEYS_DIR")
+    if folder and keys is not None:
+        import json
+
+        with open(os.path.join(folder, f"keys_rank{rank}.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "micro": micro, "positions": positions, "keys": keys}) + "\n")

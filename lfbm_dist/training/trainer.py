@@ -101,7 +101,7 @@ class Trainer:
         self.state = TrainerState(**{k: v for k, v in saved.items() if k in known})
 
     def resume(self, ckpt: Path) -> None:
-        saved, positions = checkpoint.load(self.engine, ckpt, self.cfg)
+        saved, positions = checkpoint.load(self.engine, self.plain, ckpt, self.cfg)
         saved.setdefault("global_batch", self.state.global_batch)
         saved.setdefault("virtual_streams", self.state.virtual_streams)
         self.load_state_dict(saved)
@@ -144,6 +144,7 @@ class Trainer:
         out = []
         for micro in range(t.accumulation_steps):
             batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
+            faults.record_keys(self.state.step, self.engine.rank, micro, batch.positions, batch.keys)
             batch.x = self.engine.fast.images(batch.x)  # the generator's memory format (channels-last on GPU)
             if self.fixed_x is None:
                 self.fixed_x = batch.x[:8].clone()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,93 +19,23 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from ..config import Config, ConfigError
-from .fastpath import FastPath
+from ...config import Config
+from ..fastpath import FastPath
+from . import zero
+from .launch import LaunchError, check_world_size, launcher_command
+from .zero import consolidate_zero_checkpoint
+
+__all__ = ["Engine", "LaunchError", "PeerFailure", "consolidate_zero_checkpoint", "launcher_command"]
 
 # Nothing executes code from a checkpoint: every torch.load in this process — DeepSpeed's own
 # (it passes weights_only=False) and zero_to_fp32's included — uses the weights-only unpickler.
 # This is torch's documented switch for it; the DeepSpeed data classes its checkpoints hold are
-# allowlisted in `_allow_deepspeed_classes`.
+# allowlisted in zero.allow_deepspeed_classes.
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-_DEEPSPEED_SAFE_GLOBALS = (
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.utils.tensor_fragment.fragment_address",
-)
-
-
-class LaunchError(RuntimeError):
-    """The launcher and the process group disagree (e.g. a silent one-process run)."""
 
 
 class PeerFailure(RuntimeError):
     """A collective failed because another rank is gone; that rank reports the cause."""
-
-
-def _allow_deepspeed_classes() -> None:
-    import importlib
-
-    found = []
-    for dotted in _DEEPSPEED_SAFE_GLOBALS:
-        module, _, name = dotted.rpartition(".")
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass  # DeepSpeed absent or reorganised: the weights-only unpickler then refuses those files
-    torch.serialization.add_safe_globals(found)
-
-
-def _requested_processes() -> int | None:
-    """`accelerate launch --cpu --num_processes N` starts ONE process and says nothing; the only
-    trace of N is the launcher's own command line (our parent process), read with psutil because
-    no launcher variable carries it."""
-    if os.environ.get("LFBM_EXPECTED_WORLD_SIZE", "").isdigit():
-        return int(os.environ["LFBM_EXPECTED_WORLD_SIZE"])
-    if "ACCELERATE_USE_CPU" not in os.environ or "WORLD_SIZE" in os.environ:
-        return None
-    try:
-        import psutil
-
-        argv = psutil.Process(os.getppid()).cmdline()
-    except Exception:  # no psutil, or no permission: nothing to check against
-        return None
-    for i, arg in enumerate(argv):
-        for flag in ("--num_processes", "--num-processes"):
-            value = (
-                argv[i + 1]
-                if arg == flag and i + 1 < len(argv)
-                else arg.partition("=")[2]
-                if arg.startswith(flag + "=")
-                else ""
-            )
-            if value.isdigit():
-                return int(value)
-    return None
-
-
-def _parent_cmdline() -> list[str]:
-    try:
-        import psutil
-
-        return psutil.Process(os.getppid()).cmdline()
-    except Exception:  # no psutil, or no permission
-        return []
-
-
-def launcher_command(argv: list[str]) -> list[str]:
-    """The command line that started this run: the launcher's (accelerate launch, torchrun) when one
-    started us, else this process's own, as a user would type it."""
-    script = os.path.basename(argv[0]) if argv else ""
-    parent = _parent_cmdline()
-    if (
-        "WORLD_SIZE" in os.environ
-        and any(a.endswith(script) for a in parent[1:])
-        and any(x in " ".join(parent[:3]) for x in ("accelerate", "torchrun", "torch.distributed.run"))
-    ):
-        return parent[1:] if os.path.basename(parent[0]).startswith("python") else parent
-    if script in ("train.py", "__main__.py"):
-        return [sys.executable, "-m", "lfbm_dist.train", *argv[1:]]
-    return list(argv)
 
 
 class Engine:
@@ -135,60 +64,28 @@ class Engine:
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
-        expected = _requested_processes()
-        if expected is not None and expected != self.world_size:
-            raise LaunchError(
-                f"launcher asked for {expected} processes but the process group has "
-                f"{self.world_size}; on CPU use `accelerate launch --multi_gpu --num_processes N` "
-                "(`--cpu` silently runs one process) or torchrun"
-            )
+        check_world_size(self.world_size)
         self.grad_clip = cfg.optim.grad_clip
         self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
         # channels-last, cuDNN autotuning, compile (channels-last never under DeepSpeed: it crashes there)
         self.fast = FastPath.resolve(cfg.perf, self.device, deepspeed=self.uses_deepspeed)
         self.backend_name = str(self.accelerator.distributed_type).split(".")[-1]
+        self.zero_stage = 0
         if self.uses_deepspeed:
-            _allow_deepspeed_classes()
-            self._configure_deepspeed(cfg)
+            zero.allow_deepspeed_classes()
+            self.zero_stage = zero.configure(self.accelerator.state.deepspeed_plugin.deepspeed_config, cfg)
             self.backend_name += f" ZeRO-{self.zero_stage}"
         self._wrapped: Any = None
         self._optimizer: Any = None
-
-    # ------------------------------------------------------------------ DeepSpeed from its JSON
-    def _configure_deepspeed(self, cfg: Config) -> None:
-        """Accelerate built the plugin from the launcher (`--config_file` with a DeepSpeed JSON, or
-        `--zero_stage`); fill what only we know, as Accelerate's docs do when there is no
-        dataloader, and refuse settings that would silently change the training."""
-        ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
-        ours = {
-            "train_micro_batch_size_per_gpu": cfg.train.batch_per_gpu,
-            "gradient_accumulation_steps": cfg.train.accumulation_steps,
-            "gradient_clipping": cfg.optim.grad_clip,
-        }
-        for key, value in ours.items():
-            if ds.get(key, "auto") not in ("auto", value):
-                raise ConfigError(
-                    f"DeepSpeed config sets {key}={ds[key]} but lfbm_dist's config gives {value}; "
-                    'set it to "auto" in the JSON'
-                )
-            ds[key] = value
-        for half in ("bf16", "fp16"):  # they would cast the whole module, the prior's log-determinants included
-            if ds.get(half, {}).get("enabled") is True:
-                raise ConfigError(
-                    f"DeepSpeed {half} casts the flow prior too; remove it from the JSON and use "
-                    "train.precision=bf16 (autocast of the generator passes)"
-                )
-            ds[half] = {"enabled": False}
-        ds.pop("train_batch_size", None)  # derived: micro × accumulation × world
-        ds.setdefault("zero_allow_untested_optimizer", True)  # our torch Adam with two parameter groups
-        ds.setdefault("steps_per_print", 2**31 - 1)
-        self.zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        self.group_names: list[list[str]] = []  # parameter names of each optimizer group
 
     # ------------------------------------------------------------------ model and optimizer
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
         """Fast-path layout first (DDP registers its buckets on the parameters as they are then);
         DDP's bucketed all-reduce overlaps the learning step's backward (DeepSpeed: overlap_comm)."""
         self.fast.apply(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
         self._wrapped, self._optimizer = self.accelerator.prepare(model, optimizer)
         return self._wrapped, self._optimizer
 
@@ -294,18 +191,50 @@ class Engine:
     def load_state(self, directory: Path) -> None:
         self.accelerator.load_state(str(directory))
 
+    # ------------------------------------------------------------------ state of any layout
+    def layout(self) -> dict[str, Any]:
+        """What a checkpoint's native files depend on."""
+        backend = "deepspeed" if self.uses_deepspeed else "ddp"
+        return {"backend": backend, "zero_stage": self.zero_stage, "world_size": self.world_size}
+
+    def loads_natively(self, saved: dict[str, Any]) -> bool:
+        """DDP checkpoints hold full model and optimizer state (any world size, DDP or one process);
+        ZeRO ones are partitioned: native only on the same stage and world size."""
+        if self.uses_deepspeed or saved.get("backend") == "deepspeed":
+            return saved == self.layout()
+        return True
+
+    def full_state(self, plain: nn.Module) -> dict[str, torch.Tensor]:
+        """Collective: every parameter's fp32 value, Adam moments and step, whatever the backend."""
+        if self.uses_deepspeed:
+            return zero.full_state(plain, self._optimizer, self.group_names)
+        adam = self._optimizer.optimizer  # Accelerate's wrapper around our torch Adam
+        out = {}
+        for name, p in plain.named_parameters():
+            st = adam.state.get(p, {})
+            out[f"param/{name}"] = p.detach().float().cpu()
+            for key in zero.ADAM_KEYS:
+                out[f"{key}/{name}"] = st[key].float().cpu() if key in st else torch.zeros_like(p).float().cpu()
+            out[f"step/{name}"] = torch.tensor(float(st.get("step", 0.0)))
+        return out
+
+    def load_full_state(self, plain: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load what full_state gave (or a DDP checkpoint's equivalent) into this run's layout."""
+        if self.uses_deepspeed:
+            zero.load_full_state(plain, self._optimizer, self.group_names, state)
+            return
+        adam = self._optimizer.optimizer
+        with torch.no_grad():
+            for name, p in plain.named_parameters():
+                p.copy_(state[f"param/{name}"].to(p.device, p.dtype))
+                adam.state[p] = {
+                    "step": state[f"step/{name}"].clone().float(),
+                    **{k: state[f"{k}/{name}"].to(p.device, p.dtype).clone() for k in zero.ADAM_KEYS},
+                }
+
     def end(self) -> None:
         with contextlib.suppress(PeerFailure):
             self.barrier()
         self.accelerator.end_training()
         if self.distributed:
             torch_dist.destroy_process_group()
-
-
-def consolidate_zero_checkpoint(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """Full float32 weights from DeepSpeed ZeRO shards (no process group needed)."""
-    _allow_deepspeed_classes()
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag="pytorch_model")
-    return {k: v.float().contiguous() for k, v in state.items()}

@@ -1,0 +1,62 @@
+"""What the launcher did: how many processes it asked for, and the command line that started the run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+class LaunchError(RuntimeError):
+    """The launcher and the process group disagree (e.g. a silent one-process run)."""
+
+
+def _parent_cmdline() -> list[str]:
+    try:
+        import psutil
+
+        return psutil.Process(os.getppid()).cmdline()
+    except Exception:  # no psutil, or no permission
+        return []
+
+
+def requested_processes() -> int | None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process and says nothing; the only
+    trace of N is the launcher's own command line (our parent process), read with psutil because
+    no launcher variable carries it."""
+    if os.environ.get("LFBM_EXPECTED_WORLD_SIZE", "").isdigit():
+        return int(os.environ["LFBM_EXPECTED_WORLD_SIZE"])
+    if "ACCELERATE_USE_CPU" not in os.environ or "WORLD_SIZE" in os.environ:
+        return None
+    argv = _parent_cmdline()
+    for i, arg in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            value = ""
+            if arg == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg.partition("=")[2]
+            if value.isdigit():
+                return int(value)
+    return None
+
+
+def check_world_size(world_size: int) -> None:
+    expected = requested_processes()
+    if expected is not None and expected != world_size:
+        raise LaunchError(
+            f"launcher asked for {expected} processes but the process group has {world_size}; on CPU use "
+            "`accelerate launch --multi_gpu --num_processes N` (`--cpu` silently runs one process) or torchrun"
+        )
+
+
+def launcher_command(argv: list[str]) -> list[str]:
+    """The command line that started this run: the launcher's (accelerate launch, torchrun) when one
+    started us, else this process's own, as a user would type it."""
+    script = os.path.basename(argv[0]) if argv else ""
+    parent = _parent_cmdline()
+    launched = any(x in " ".join(parent[:3]) for x in ("accelerate", "torchrun", "torch.distributed.run"))
+    if "WORLD_SIZE" in os.environ and launched and any(a.endswith(script) for a in parent[1:]):
+        return parent[1:] if os.path.basename(parent[0]).startswith("python") else parent
+    if script in ("train.py", "__main__.py"):
+        return [sys.executable, "-m", "lfbm_dist.train", *argv[1:]]
+    return list(argv)

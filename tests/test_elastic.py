@@ -1,0 +1,180 @@
+"""Elastic resume, with real processes: a run stopped on one layout continues on another (ranks,
+DataLoader workers, DDP or ZeRO) with the same global batches, sample by sample, and the same model
+and Adam state — so its trajectory does not depend on the change."""
+
+import json
+
+import pytest
+import torch
+from launch import run
+from safetensors.torch import load_file
+from shard_helpers import write_shards
+
+from lfbm_dist.export import checkpoint_state_dict
+from lfbm_dist.training.checkpoint import latest
+
+pytestmark = pytest.mark.slow
+TINY = ["--config", "configs/test_tiny.yaml"]
+KIND = {1: "single", 2: "ddp2", 4: "ddp4"}
+
+
+def _ok(proc):
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    return proc
+
+
+def _global_batches(keys_dir) -> dict[int, list[str]]:
+    """step -> the global batch's keys in global sample order (whatever ranks and micro-batches read them)."""
+    rows = [json.loads(line) for f in sorted(keys_dir.glob("keys_rank*.jsonl")) for line in f.read_text().splitlines()]
+    steps: dict[int, list[tuple[int, str]]] = {}
+    for r in rows:
+        steps.setdefault(r["step"], []).extend(zip(r["positions"], r["keys"]))
+    return {s: [k for _, k in sorted(pairs)] for s, pairs in steps.items()}
+
+
+def _per_rank_counts(keys_dir) -> list[int]:
+    return [len(f.read_text().splitlines()) for f in sorted(keys_dir.glob("keys_rank*.jsonl"))]
+
+
+def _model():
+    from lfbm_dist.config import load_config
+    from lfbm_dist.training.build import build_model
+
+    return build_model(load_config("configs/test_tiny.yaml"))
+
+
+def _assert_close(a: dict, b: dict, tol: float = 1e-5):
+    for key, ref in a.items():
+        rel = (b[key] - ref).norm() / ref.norm().clamp_min(1e-12)
+        assert rel <= tol, (key, float(rel))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("elastic")
+    write_shards(folder / "s", [13, 11, 17, 9, 14], size=16)  # 64 samples: 8 global batches of 8 per epoch
+    return f"{folder}/s/train-{{000000..000004}}.tar"
+
+
+def _common(shards, total_kimg):
+    return [
+        *TINY,
+        "data.source=shards",
+        f"data.shards={shards}",
+        "data.resolution=16",
+        "data.shuffle_buffer=4",
+        f"train.total_kimg={total_kimg}",
+        "train.log_every_kimg=0.2",
+        "langevin.num_steps=2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "before,after",
+    [((1, 2), (2, 1)), ((2, 1), (1, 1)), ((2, 1), (4, 1))],
+    ids=["1x2-to-2x1", "2x1-to-1x1", "2x1-to-4x1"],
+)
+def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_path, shards, before, after):
+    (w0, k0), (w1, k1) = before, after
+    streams = ["data.virtual_streams=4"] if w1 == 4 else []
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for d in (straight / "keys", resumed / "keys"):
+        d.mkdir(parents=True)
+    full = _common(shards, 0.12)  # 15 steps: epoch 0 and most of epoch 1
+    _ok(
+        run(
+            KIND[w0],
+            *full,
+            *streams,
+            f"train.run_dir={straight}",
+            "train.batch_per_gpu=" + str(8 // w0),
+            f"data.num_workers={k0}",
+            LFBM_TEST_KEYS_DIR=str(straight / "keys"),
+        )
+    )
+    _ok(
+        run(
+            KIND[w0],
+            *_common(shards, 0.032),
+            *streams,
+            f"train.run_dir={resumed}",
+            f"train.batch_per_gpu={8 // w0}",
+            f"data.num_workers={k0}",
+            LFBM_TEST_KEYS_DIR=str(resumed / "keys"),
+        )
+    )  # stops mid-epoch 0, at step 4
+    (resumed / "keys").rename(tmp_path / "keys_before")
+    (resumed / "keys").mkdir()
+    proc = _ok(
+        run(
+            KIND[w1],
+            *full,
+            f"train.run_dir={resumed}",
+            f"train.batch_per_gpu={8 // w0}",
+            "train.resume=auto",
+            f"data.num_workers={k1}",
+            LFBM_TEST_KEYS_DIR=str(resumed / "keys"),
+        )
+    )
+    assert f"note: global batch 8 on {w1} rank(s)" in proc.stderr  # batch_per_gpu × accumulation adapted
+    a = _global_batches(straight / "keys")
+    b = {**_global_batches(tmp_path / "keys_before"), **_global_batches(resumed / "keys")}
+    assert sorted(b) == sorted(a) == list(range(15))
+    assert all(b[s] == a[s] for s in a)  # the same samples, in the same global order, step by step
+    epoch0 = [k for s in range(8) for k in b[s]]
+    assert len(epoch0) == len(set(epoch0)) == 64  # every sample of the epoch once
+    counts = _per_rank_counts(resumed / "keys")
+    assert len(counts) == w1 and len(set(counts)) == 1  # equal batch counts per rank
+    _assert_close(checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(resumed)))
+
+
+def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_path, shards):
+    _ok(run("ddp2", *_common(shards, 0.032), f"train.run_dir={tmp_path}", "train.batch_per_gpu=4"))  # 2 streams
+    proc = run(
+        "ddp4", *_common(shards, 0.12), f"train.run_dir={tmp_path}", "train.batch_per_gpu=4", "train.resume=auto"
+    )
+    assert proc.returncode != 0
+    line = next(ln for ln in proc.stderr.splitlines() if "error: data plan" in ln)
+    assert "2 virtual streams cannot be split evenly over 4 rank(s)" in line and "1×{1,2} 2×{1}" in line, line
+
+
+# ------------------------------------------------------------------------------ model and Adam state
+
+
+@pytest.mark.parametrize(
+    "source,target", [("zero2", "zero2_1"), ("zero2", "zero2_4"), ("ddp2", "zero2"), ("zero2", "ddp2")]
+)
+def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source, target):
+    world = {"zero2_1": 1, "zero2_4": 4}.get(target, 2)
+    per_rank = 8 // world
+    straight, moved = tmp_path / "straight", tmp_path / "moved"
+    args = [*TINY, "train.log_every_kimg=0.08", "langevin.num_steps=2"]
+    _ok(run(source, *args, "train.total_kimg=0.08", f"train.run_dir={straight}", "train.batch_per_gpu=4"))
+    _ok(run(source, *args, "train.total_kimg=0.04", f"train.run_dir={moved}", "train.batch_per_gpu=4"))
+    dump = tmp_path / "loaded.safetensors"
+    _ok(
+        run(
+            target,
+            *args,
+            "train.total_kimg=0.08",
+            f"train.run_dir={moved}",
+            f"train.batch_per_gpu={per_rank}",
+            "train.resume=auto",
+            LFBM_TEST_DUMP_LOADED=str(dump),
+        )
+    )
+    ckpt = moved / "checkpoints/ckpt-000000000040"
+    loaded = load_file(str(dump))
+    if source.startswith("zero"):  # the consolidated state it saved
+        saved = load_file(str(ckpt / "full_state.safetensors"))
+        assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    else:  # DDP's own files: weights by name, Adam state by parameter index (generator's, then the prior's)
+        weights = load_file(str(ckpt / "model.safetensors"))
+        optim = torch.load(ckpt / "optimizer.bin", weights_only=True)
+        params = [n for n, _ in _model().named_parameters()]
+        names = [n for n in params if n.startswith("generator.")] + [n for n in params if n.startswith("prior.")]
+        assert all(torch.equal(weights[n], loaded[f"param/{n}"]) for n in names)
+        for index, name in enumerate(names):
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(optim["state"][index][key], loaded[f"{key}/{name}"]), (name, key)
+    _assert_close(checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(moved)))
