@@ -202,3 +202,27 @@ def test_summary_refuses_incomparable_fids(tmp_path):
         [*LAUNCHER, "summary", "--root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and "not comparable: fid_network" in proc.stderr
+
+
+def test_resubmitting_on_another_number_of_tasks_resumes_the_run(cluster, tmp_path):
+    """A requeued or resubmitted job often gets another allocation: the same --name continues the run."""
+    common = [
+        "train",
+        "--config",
+        "configs/test_tiny.yaml",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "10",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "grow",
+        "--wait",
+    ]
+    _ok(launcher(*common, "--tasks-per-node", "2", "train.batch_per_gpu=4", "train.total_kimg=0.032"))
+    _ok(launcher(*common, "--tasks-per-node", "1", "train.batch_per_gpu=4", "train.total_kimg=0.064"))
+    state = json.loads((tmp_path / "grow/trainer_state.json").read_text())
+    assert state["images_seen"] == 64 and state["global_batch"] == 8  # the run's own global batch, kept
+    logs = "".join(p.read_text() for p in (tmp_path / "grow/slurm").glob("*_0_log.*"))
+    assert "resumed from ckpt-000000000032" in logs and "note: global batch 8 on 1 rank(s)" in logs
