@@ -31,7 +31,7 @@ def test_few_hundred_iterations_improve_reconstruction_and_prior_likelihood(tmp_
         "-m",
         "lfbm_dist.train",
         "--config",
-        "configs/quickstart.yaml",
+        "configs/lfw_faces.yaml",
         f"data.shards=[{shard_dir}/index.json]",
         f"train.run_dir={run_dir}",
         "train.total_kimg=9.6",
