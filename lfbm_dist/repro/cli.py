@@ -52,7 +52,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .. import logs
+
     args = _parser().parse_args(argv)
+    logs.setup()
     try:
         grid = load_grid(args.grid)
         if args.command == "list":
