@@ -28,37 +28,31 @@ SEED = 0
 
 def _evaluate(run: Path, args) -> tuple[dict, dict]:
     """(numbers, images) of one run."""
+    from lfbm_dist.data.eval_reader import iter_uint8
+    from lfbm_dist.data.memory import to_model_range
     from lfbm_dist.export import load_for_inference
     from lfbm_dist.metrics.sampling import infer, sample_images
+    from lfbm_dist.training.build import eval_data
     from lfbm_dist.training.evaluation import run_metrics
 
     overrides = [
         f"eval.recon_samples={args.recon_images}",
-        f"eval.fid_num_samples={args.fid}",
+        f"eval.fid_num_samples={args.fid or 1000}",
         f"eval.seed={SEED}",
         *args.overrides,
     ]
     model, cfg, _ = load_for_inference(run=str(run), overrides=overrides)
     device = torch.device("cpu")
-    metrics = ["recon", "aggpost"] + (["fid"] if args.fid else [])
+    mnist = cfg.data.source == "memory" and cfg.data.dataset == "mnist"
+    metrics = ["recon", "aggpost"] + (["digits"] if mnist else []) + (["fid"] if args.fid else [])
     numbers = run_metrics(model, cfg, metrics, device, show_progress=True)
-    samples = sample_images(model, list(range(args.samples)), SEED, device)
-    from lfbm_dist.data.eval_reader import iter_uint8
-    from lfbm_dist.data.memory import to_model_range
-    from lfbm_dist.training.build import eval_data
-
-    uint8, idx, _ = next(iter_uint8(eval_data(cfg), cfg.eval.split, 8, 0, 1, 8))
-    x = to_model_range(uint8)
-    z = infer(model, x, idx, SEED, cfg.langevin.test_num_steps, cfg.langevin.step_size, tag="compare")
+    numbers["prior"] = cfg.prior.kind if cfg.inference.kind == "langevin" else f"{cfg.prior.kind} (VAE)"
+    first = next(iter_uint8(eval_data(cfg), cfg.eval.split, 8, 0, 1, 8))
+    x = to_model_range(first.images)
+    z = infer(model, x, first.indices, SEED, cfg.langevin.test_num_steps, cfg.langevin.step_size, tag="compare")
     with torch.no_grad():
         recon = model.generator(z).float()
-    if cfg.data.source == "memory" and cfg.data.dataset == "mnist":
-        from lfbm_dist.metrics.digits import DigitClassifier, digit_quality
-
-        real = torch.cat([to_model_range(b) for b, _, _ in iter_uint8(eval_data(cfg), "train", 1000, 0, 1, 500)])
-        many = sample_images(model, list(range(1000)), SEED, device)
-        numbers.update(digit_quality(DigitClassifier(cfg.data.resolution), many, real))
-    numbers["prior"] = cfg.prior.kind if cfg.inference.kind == "langevin" else f"{cfg.prior.kind} (VAE)"
+    samples = sample_images(model, list(range(args.samples)), SEED, device)
     return numbers, {"samples": samples, "originals": x, "reconstructions": recon}
 
 

@@ -18,6 +18,14 @@ from .transforms import decode_image
 from .urls import IOOptions
 
 
+@dataclass
+class EvalBatch:
+    images: torch.Tensor        # (B, C, R, R) uint8
+    indices: list[int]          # global indices within the split (keys of index-seeded randomness)
+    labels: torch.Tensor        # (B,) class labels (−1 where unknown)
+    keys: list[str]             # dataset keys: the row (packaged sets) or sample key (shards), as training uses
+
+
 @dataclass(frozen=True)
 class EvalData:
     """Where evaluation images come from (plain values; training/build.py makes it from a Config)."""
@@ -62,9 +70,8 @@ def count(data: EvalData, split: str, max_samples: int) -> int:
     return min(n, max_samples) if max_samples else n
 
 
-def iter_uint8(data: EvalData, split: str, max_samples: int, rank: int, world: int,
-               batch: int) -> Iterator[tuple[torch.Tensor, list[int], torch.Tensor]]:
-    """(uint8 images (B, C, R, R), global indices, labels) for this rank."""
+def iter_uint8(data: EvalData, split: str, max_samples: int, rank: int, world: int, batch: int) -> Iterator[EvalBatch]:
+    """This rank's share of a split, in batches."""
     if data.memory is not None:
         images, labels = load_memory_dataset(data.memory, data.resolution, data.channels, data.max_samples,
                                              seed=data.seed)
@@ -73,12 +80,13 @@ def iter_uint8(data: EvalData, split: str, max_samples: int, rank: int, world: i
             rows = rows[:max_samples]
         mine = [(i, r) for i, r in enumerate(rows) if i % world == rank]
         for start in range(0, len(mine), batch):
-            chunk = mine[start:start + batch]
+            chunk = mine[start : start + batch]
             idx = torch.tensor([r for _, r in chunk])
-            yield images[idx], [i for i, _ in chunk], labels[idx]
+            yield EvalBatch(images[idx], [i for i, _ in chunk], labels[idx], [str(r) for _, r in chunk])
         return
     shards, _ = split_shards(data, split)
-    buf, idx, labels, i = [], [], [], 0
+    buf: list = []
+    i = 0
     for shard in shards:
         for sample in iter_samples(shard.url, data.io):
             if max_samples and i >= max_samples:
@@ -87,14 +95,18 @@ def iter_uint8(data: EvalData, split: str, max_samples: int, rank: int, world: i
                 try:
                     if data.verify and shard.checksums is not None:
                         verify(sample, shard.checksums)
-                    buf.append(decode_image(sample.members, data.channels, data.resolution, "convert"))
+                    img = decode_image(sample.members, data.channels, data.resolution, "convert")
                 except SampleError as exc:
                     raise DataError(f"shard {shard.url} key {sample.key}: {exc}") from None
-                idx.append(i)
-                labels.append(int(sample.members.get("cls", b"-1")))
+                buf.append((img, i, int(sample.members.get("cls", b"-1")), sample.key))
                 if len(buf) == batch:
-                    yield torch.stack(buf), idx, torch.tensor(labels)
-                    buf, idx, labels = [], [], []
+                    yield _batch(buf)
+                    buf = []
             i += 1
     if buf:
-        yield torch.stack(buf), idx, torch.tensor(labels)
+        yield _batch(buf)
+
+
+def _batch(rows: list) -> EvalBatch:
+    images, idx, labels, keys = zip(*rows)
+    return EvalBatch(torch.stack(images), list(idx), torch.tensor(labels), list(keys))

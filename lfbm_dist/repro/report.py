@@ -33,8 +33,9 @@ def collect(grid: Grid, scale: str, root: Path) -> list[dict]:
 
 def _cells(table: Table, records: list[dict]) -> dict[tuple[str, str], list[float]]:
     cells: dict[tuple[str, str], list[float]] = {}
+    keys = table.metric if isinstance(table.metric, tuple) else (table.metric,)
     for rec in records:
-        value = rec["results"].get(table.metric)
+        value = next((rec["results"][k] for k in keys if k in rec["results"]), None)
         if not isinstance(value, (int, float)):
             continue
         row = _text(rec["values"][table.rows])
@@ -80,10 +81,11 @@ def verdict(better: list[float], worse: list[float], higher_is_better: bool) -> 
 
 
 def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[str], list[dict]]:
+    keys = table.metric if isinstance(table.metric, tuple) else (table.metric,)
     cells = _cells(table, records)
     rows = list(dict.fromkeys(r for r, _ in cells))
     cols = list(dict.fromkeys(c for _, c in cells))
-    heading = f"{table.label or table.metric} ({'higher' if table.higher_is_better else 'lower'} is better)"
+    heading = f"{table.label or ' / '.join(keys)} ({'higher' if table.higher_is_better else 'lower'} is better)"
     head = [table.rows.split(".")[-1]] + [
         f"{table.columns.split('.')[-1]} {c}" if table.columns else "ours" for c in cols
     ]
@@ -107,7 +109,7 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
             if a and b:
                 found.append(
                     {
-                        "metric": table.metric,
+                        "metric": keys[0],
                         "better": better,
                         "worse": worse,
                         "column": col,

@@ -84,7 +84,7 @@ def run_point(grid: Grid, scale: str, point: Point, run_dir: Path) -> dict:
             "--run",
             str(run_dir),
             "--metrics",
-            ",".join(grid.metrics),
+            ",".join(grid.metrics_for(scale)),
             "--out",
             str(run_dir / "metrics.json"),
             *overrides,

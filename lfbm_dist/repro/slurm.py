@@ -51,7 +51,7 @@ def submit_grid(
         for p in points
     ]
     submitted = submit_jobs(jobs, args, root.resolve() / grid.name / scale / "slurm", f"{grid.name}-{scale}", None)
-    metrics = ",".join(grid.metrics)
+    metrics = ",".join(grid.metrics_for(scale))
     evals = [PointEvalJob(grid, scale, p, j.run_dir, metrics) for p, j in zip(points, jobs)]
     if dry_run:
         print(

@@ -63,6 +63,7 @@ class Scale:
     note: str = ""
     slurm: dict = field(default_factory=dict)  # launcher options for `--slurm` (gpus_per_node, time …)
     config: str = ""  # this scale's base config, if not the grid's
+    metrics: tuple[str, ...] = ()  # this scale's lfbm-evaluate metrics, if not the grid's
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class Grid:
 
     def config_for(self, scale_name: str) -> str:
         return self.scale(scale_name).config or self.config
+
+    def metrics_for(self, scale_name: str) -> tuple[str, ...]:
+        return self.scale(scale_name).metrics or self.metrics
 
     def scale(self, name: str) -> Scale:
         if name not in self.scales:
@@ -156,7 +160,8 @@ def _table(raw: dict, axes: dict, path: Path) -> Table:
         )
     orderings = tuple(tuple(o) for o in raw.get("orderings", ()))
     _need(all(len(o) == 2 for o in orderings), path, f"table {raw['metric']}: orderings are [better, worse] pairs")
-    return Table(**{**raw, "orderings": orderings})
+    metric = tuple(raw["metric"]) if isinstance(raw["metric"], list) else raw["metric"]
+    return Table(**{**raw, "metric": metric, "orderings": orderings})
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -187,6 +192,12 @@ def load_grid(path: str | Path) -> Grid:
     scales = {}
     for name, s in raw["scales"].items():
         _need(isinstance(s, dict) and s.get("seeds"), path, f"scale {name!r} needs a non-empty 'seeds' list")
+        unknown = set(s) - set(Scale.__dataclass_fields__)
+        _need(
+            not unknown,
+            path,
+            f"scale {name!r}: unknown keys {sorted(unknown)} (valid: {sorted(Scale.__dataclass_fields__)})",
+        )
         extra = s.get("axes") or {}
         _need(set(extra) <= set(axes), path, f"scale {name!r}: axes {sorted(set(extra) - set(axes))} are not grid axes")
         for axis, kept in extra.items():
@@ -202,6 +213,7 @@ def load_grid(path: str | Path) -> Grid:
             note=s.get("note", ""),
             slurm=s.get("slurm") or {},
             config=s.get("config", ""),
+            metrics=tuple(s.get("metrics") or ()),
         )
     return Grid(
         path=path,

@@ -17,7 +17,7 @@ from ..metrics import fid as fidlib
 from ..progress import Progress
 from .build import eval_data
 
-METRICS = ("fid", "recon", "inpaint", "anomaly", "aggpost")
+METRICS = ("fid", "recon", "inpaint", "anomaly", "aggpost", "recovery", "digits")
 
 
 def tensorboard_tags(cfg: Config, metrics: list[str]) -> dict[str, str]:
@@ -29,6 +29,8 @@ def tensorboard_tags(cfg: Config, metrics: list[str]) -> dict[str, str]:
         "inpaint": f"eval/inpaint_{e.inpaint_mask}_steps{lv.test_num_steps}_c{e.inpaint_completions}_seed{e.seed}",
         "anomaly": f"eval/anomaly_{e.anomaly_protocol}_steps{lv.test_num_steps}_seed{e.seed}",
         "aggpost": f"eval/aggpost_steps{lv.num_steps}_seed{e.seed}",
+        "recovery": f"eval/recovery_{cfg.data.occlusion}_steps{lv.test_num_steps}",
+        "digits": f"eval/digits_n{e.fid_num_samples}_seed{e.seed}",
     }
 
 
@@ -53,14 +55,16 @@ class Suite:
     def count(self, split: str, limit: int) -> int:
         return eval_reader.count(self.data, split, limit)
 
+    def raw(self, split: str, limit: int):
+        """This rank's share of a split as EvalBatch (uint8 images, indices, labels, keys)."""
+        c = self.comm
+        return eval_reader.iter_uint8(self.data, split, limit, c.rank, c.world_size, self.cfg.eval.fid_batch)
+
     def batches(self, split: str, limit: int, with_labels: bool = False):
         """(x in [−1, 1] on the device, global indices[, labels]) of this rank's share of a split."""
-        c = self.comm
-        for uint8, idx, labels in eval_reader.iter_uint8(
-            self.data, split, limit, c.rank, c.world_size, self.cfg.eval.fid_batch
-        ):
-            x = to_model_range(uint8).to(self.device)
-            yield (x, idx, labels) if with_labels else (x, idx)
+        for b in self.raw(split, limit):
+            x = to_model_range(b.images).to(self.device)
+            yield (x, b.indices, b.labels) if with_labels else (x, b.indices)
 
     # ------------------------------------------------------------------ FID
     def fid_reference(self) -> None:
@@ -79,12 +83,7 @@ class Suite:
 
         def compute():
             with self.bar(self.count("train", e.fid_ref_samples), "FID reference statistics") as p:
-                batches = (
-                    imgs
-                    for imgs, _, _ in eval_reader.iter_uint8(
-                        self.data, "train", e.fid_ref_samples, c.rank, c.world_size, e.fid_batch
-                    )
-                )
+                batches = (b.images for b in self.raw("train", e.fid_ref_samples))
                 return fidlib.image_stats(batches, self.inception, c, p)
 
         mu, sigma, n_ref, cache = fidlib.reference_stats(settings, Path(e.cache_dir), compute, c)
@@ -198,6 +197,52 @@ class Suite:
                     self.model, self.batches("train", e.recon_samples), e.seed, lv.num_steps, lv.step_size, self.comm, p
                 )
             )
+
+    def recovery(self) -> None:
+        """Learning from occluded data (§4.6, Table 5): the training images, occluded by the very masks
+        training used, recovered from their visible pixels; MSE on the hidden pixels, [0, 1] scale."""
+        from ..data.masks import make_mask
+        from ..metrics.inpainting import inpaint
+
+        d, e, lv = self.cfg.data, self.cfg.eval, self.cfg.langevin
+        if d.occlusion == "none":
+            raise ConfigError("recovery: the run was trained on whole images (data.occlusion=none)")
+        sums = torch.zeros(2, dtype=torch.float64)  # Σ squared error on hidden pixels, Σ hidden pixels
+        with self.bar(self.count("train", e.recon_samples), f"recovery ({lv.test_num_steps} steps)") as p:
+            for b in self.raw("train", e.recon_samples):
+                x = to_model_range(b.images).to(self.device)
+                mask = torch.stack([make_mask(d.occlusion, d.resolution, k, d.mask_seed) for k in b.keys]).float()
+                mask = mask.to(self.device)
+                done = inpaint(self.model, x, mask, b.indices, e.seed, lv.test_num_steps, lv.step_size, 0)
+                hidden = (1 - mask).expand_as(x)
+                sums += torch.stack(
+                    [(((done - x) / 2) ** 2 * hidden).sum().double().cpu(), hidden.sum().double().cpu()]
+                )
+                p.update(len(x) * self.comm.world_size)
+        sums = self.comm.all_reduce_sum(sums)
+        self.results.update({"recovery_mse": float(sums[0] / sums[1]), "recovery_occlusion": d.occlusion})
+
+    def digits(self) -> None:
+        """The digit-classifier proxy of sample quality (MNIST only; metrics/digits.py), with
+        eval.fid_num_samples samples against as many training digits."""
+        from ..metrics.digits import DigitClassifier, digit_quality
+        from ..metrics.sampling import sample_images
+
+        if self.cfg.data.source != "memory" or self.cfg.data.dataset != "mnist":
+            raise ConfigError("digits: the digit proxy is for the packaged MNIST set; use fid for other data")
+        n = self.cfg.eval.fid_num_samples
+        real = torch.cat([to_model_range(b.images) for b in self.raw("train", n)])
+        mine = list(range(self.comm.rank, n, self.comm.world_size))
+        samples = torch.cat(
+            [
+                sample_images(self.model, mine[i : i + 500], self.cfg.eval.seed, self.device).cpu()
+                for i in range(0, len(mine), 500)
+            ]
+        )
+        samples = self.comm.all_gather_cat(samples, dim=0)
+        real = self.comm.all_gather_cat(real, dim=0)
+        self.results.update(digit_quality(DigitClassifier(self.cfg.data.resolution), samples, real))
+        self.results["digits_num_samples"] = n
 
 
 def run_metrics(
