@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="metrics.json path (default RUN_DIR/metrics.json)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     cli.add_overrides(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
     metrics = [m for m in args.metrics.split(",") if m]
     bad = [m for m in metrics if m not in METRICS]

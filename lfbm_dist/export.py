@@ -62,8 +62,9 @@ def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LF
     return model
 
 
-def export(ckpt_dir: Path, out_dir: Path) -> Path:
-    cfg = load_config(ckpt_dir / "config.yaml")
+def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """overrides change the exported config's non-architecture settings (e.g. eval.*, langevin.test_num_steps)."""
+    cfg = load_config(ckpt_dir / "config.yaml", overrides)
     state = checkpoint_state_dict(ckpt_dir)
     model = _model_from(state, cfg, ckpt_dir)
     assert_finite(state, str(ckpt_dir))
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint", type=Path, help="a checkpoint directory")
     source.add_argument("--run", type=Path, help="a run directory: its newest complete checkpoint")
     p.add_argument("--out", type=Path, required=True, help="output directory (model.safetensors + config.yaml)")
-    args = p.parse_args(argv)
+    cli.add_overrides(p)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
 
     def body() -> int:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt is None:
             raise CheckpointError(f"{args.run}: no complete checkpoint")
         log.info("exporting %s (verifying, consolidating) ...", ckpt)
-        written = export(ckpt, args.out)
+        written = export(ckpt, args.out, args.overrides)
         log.info("exported %s -> %s", ckpt, written)
         log.info("  sample:   lfbm-sample --export %s --num 64 --out %s/samples", args.out, args.out)
         return 0

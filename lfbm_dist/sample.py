@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--completions", type=int, default=4, help="completions per image, from different chain starts")
     p.add_argument("--out", required=True, type=Path, help="output folder (PNGs + grid.png)")
     cli.add_overrides(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
     if not (args.run or args.checkpoint or args.export):
         print("error: give --run, --checkpoint or --export", file=sys.stderr)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         help="print the resolved config, check the data and the run directory, and exit",
     )
     cli.add_overrides(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
 
     def body() -> int:
