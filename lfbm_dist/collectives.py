@@ -1,5 +1,5 @@
 """What metrics and data need from the process group, as an interface: the engine implements it
-(training/engine.py, the one module that talks to torch.distributed) and `SINGLE_PROCESS` answers
+(training/engine/, the one package that talks to torch.distributed) and `SINGLE_PROCESS` answers
 for one process, so every metric runs on a laptop without any distributed setup."""
 
 from __future__ import annotations

@@ -32,8 +32,11 @@ class DigitClassifier:
 
     @staticmethod
     def _fit(resolution: int, path: Path) -> None:
+        import logging
+
         from sklearn.neural_network import MLPClassifier
 
+        logging.getLogger("lfbm_dist").info("fitting the digit classifier once (≈ 15 s; cached in %s)", path.parent)
         from ..data.memory import load_memory_dataset
 
         images, labels = load_memory_dataset("mnist", resolution, 1)
