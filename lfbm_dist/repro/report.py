@@ -85,7 +85,8 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
     cells = _cells(table, records)
     rows = list(dict.fromkeys(r for r, _ in cells))
     cols = list(dict.fromkeys(c for _, c in cells))
-    heading = f"{table.label or ' / '.join(keys)} ({'higher' if table.higher_is_better else 'lower'} is better)"
+    better = {True: " (higher is better)", False: " (lower is better)", None: ""}[table.higher_is_better]
+    heading = f"{table.label or ' / '.join(keys)}{better}"
     head = [table.rows.split(".")[-1]] + [
         f"{table.columns.split('.')[-1]} {c}" if table.columns else "ours" for c in cols
     ]

@@ -47,7 +47,7 @@ class Table:
     metric: str  # a key of metrics.json
     rows: str  # the axis whose values are the table's rows
     columns: str | None = None  # the axis whose values are its columns (None: one column)
-    higher_is_better: bool = True
+    higher_is_better: bool | None = None  # None: no ordering is implied (diagnostics)
     label: str = ""  # what the metric is, for the heading
     paper: dict = field(default_factory=dict)  # row -> value, or row -> column -> value
     paper_label: str = "paper"  # what the bracketed paper values are (e.g. "paper, SVHN")
