@@ -111,7 +111,8 @@ class Engine:
         if self.uses_deepspeed:
             ds_engine = self._wrapped
             norm = ds_engine.get_global_grad_norm()
-            return bool(ds_engine.was_step_applied()), None if norm is None else torch.as_tensor(float(norm))
+            norm = None if norm is None else torch.as_tensor(float(norm), device=self.device)
+            return bool(ds_engine.was_step_applied()), norm
         grads = [p.grad for p in plain.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else None
         # DDP: gradients are already all-reduced, so every rank reaches the same decision.
