@@ -135,12 +135,15 @@ def resolve_shards(cfg: Config) -> list[ShardInfo]:
         if path is not None and not path.is_file():
             raise DataError(f"shard not found: {shard.url}")
     if any(s.samples is None for s in shards):
-        import logging
+        from ..progress import Progress
 
-        logging.getLogger("lfbm_dist").info(
-            "data: counting samples in %d shards (an index.json from lfbm-shards avoids this)", len(shards)
-        )
-        shards = [ShardInfo(s.url, count_samples(s.url, opts)) for s in shards]
+        counted = []
+        desc = "counting samples (an index.json from lfbm-shards avoids this)"
+        with Progress(len(shards), desc, unit="shard") as bar:
+            for s in shards:
+                counted.append(ShardInfo(s.url, count_samples(s.url, opts)))
+                bar.update(1)
+        shards = counted
     return shards
 
 
