@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from .spec import GridError, load_grid
+from .spec import load_grid
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,47 +51,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _list(grid, args) -> int:
+    from .run import finished, point_dir
+
+    for point in grid.points(args.scale):
+        done = finished(point_dir(args.root, grid, args.scale, point), point)
+        print(f"{'done' if done else 'todo'}  {point.name}  {' '.join(point.overrides)}")
+    return 0
+
+
+def _run(grid, args) -> int:
+    if args.slurm:
+        from .slurm import submit_grid
+
+        return submit_grid(grid, args.scale, args.root, args.partition, args.account, args.dry_run, args.where)
+    from .run import run_grid
+
+    ran = run_grid(grid, args.scale, args.root, args.point, args.where)
+    print(
+        f"{grid.name} ({args.scale}): {ran} point(s) run; summary: lfbm-repro summary {args.grid} --scale {args.scale}",
+        flush=True,
+    )
+    return 0
+
+
+def _summary(grid, args) -> int:
+    from .report import summarize
+
+    command = f"lfbm-repro run {args.grid} --scale {args.scale}"
+    markdown, summary = summarize(grid, args.scale, args.root, command)
+    out = args.root / grid.name / args.scale
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(markdown)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else markdown, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .. import logs
+    from .. import cli, logs
 
     args = _parser().parse_args(argv)
     logs.setup()
-    try:
-        grid = load_grid(args.grid)
-        if args.command == "list":
-            from .run import finished, point_dir
-
-            for point in grid.points(args.scale):
-                done = finished(point_dir(args.root, grid, args.scale, point), point)
-                print(f"{'done' if done else 'todo'}  {point.name}  {' '.join(point.overrides)}")
-            return 0
-        if args.command == "run":
-            if args.slurm:
-                from .slurm import submit_grid
-
-                return submit_grid(grid, args.scale, args.root, args.partition, args.account, args.dry_run, args.where)
-            from .run import run_grid
-
-            ran = run_grid(grid, args.scale, args.root, args.point, args.where)
-            print(
-                f"{grid.name} ({args.scale}): {ran} point(s) run; "
-                f"summary: lfbm-repro summary {args.grid} --scale {args.scale}",
-                flush=True,
-            )
-            return 0
-        from .report import summarize
-
-        command = f"lfbm-repro run {args.grid} --scale {args.scale}"
-        markdown, summary = summarize(grid, args.scale, args.root, command)
-        out = args.root / grid.name / args.scale
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.md").write_text(markdown)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        print(json.dumps(summary, indent=2, sort_keys=True) if args.json else markdown, end="")
-        return 0
-    except GridError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    commands = {"list": _list, "run": _run, "summary": _summary}
+    return cli.run(lambda: commands[args.command](load_grid(args.grid), args))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,7 @@ class Grid:
                     *(f"{k}={seed}" for k in SEED_KEYS),
                 )
                 label = "_".join(f"{k.split('.')[-1]}-{_text(v)}" for k, v in values.items())
+                label = re.sub(r"[^\w.=-]", "-", label)  # a directory name: no ':' or '/' from values
                 points.append(
                     Point(
                         f"{label}_seed-{seed}" if label else f"seed-{seed}",
