@@ -1,5 +1,6 @@
 """Data errors. A DataError stops the run with its one-line message; a SampleError or a ShardSkip
 is one unusable sample or the unread rest of a shard: counted, logged and made up."""
+
 from __future__ import annotations
 
 

@@ -1,12 +1,13 @@
 """Deterministic, complete reads for evaluation: every sample of a split exactly once, in shard
 order, global index i going to rank i mod W (no shuffle, no flip, no drop). Checked against the
 index's checksums like training data; a bad sample stops evaluation with its shard and key."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -20,22 +21,23 @@ from .urls import IOOptions
 
 @dataclass
 class EvalBatch:
-    images: torch.Tensor        # (B, C, R, R) uint8
-    indices: list[int]          # global indices within the split (keys of index-seeded randomness)
-    labels: torch.Tensor        # (B,) class labels (−1 where unknown)
-    keys: list[str]             # dataset keys: the row (packaged sets) or sample key (shards), as training uses
+    images: torch.Tensor  # (B, C, R, R) uint8
+    indices: list[int]  # global indices within the split (keys of index-seeded randomness)
+    labels: torch.Tensor  # (B,) class labels (−1 where unknown)
+    keys: list[str]  # dataset keys: the row (packaged sets) or sample key (shards), as training uses
 
 
 @dataclass(frozen=True)
 class EvalData:
     """Where evaluation images come from (plain values; training/build.py makes it from a Config)."""
+
     resolution: int
     channels: int
-    memory: str | None = None          # a packaged set name, or None for shards
+    memory: str | None = None  # a packaged set name, or None for shards
     shard_specs: tuple[str, ...] = ()
-    max_samples: int = 0               # memory: keep the first N
+    max_samples: int = 0  # memory: keep the first N
     heldout_class: int = -1
-    seed: int = 0                      # memory: the seeded train/test split
+    seed: int = 0  # memory: the seeded train/test split
     io: IOOptions = IOOptions()
     verify: bool = True
 
@@ -53,8 +55,12 @@ def split_shards(data: EvalData, split: str) -> tuple[list[ShardInfo], str]:
 def identity(data: EvalData, split: str) -> dict:
     """What identifies the images of a split (for cache keys)."""
     if data.memory is not None:
-        return {"memory": data.memory, "max_samples": data.max_samples, "split": split,
-                "heldout_class": data.heldout_class}
+        return {
+            "memory": data.memory,
+            "max_samples": data.max_samples,
+            "split": split,
+            "heldout_class": data.heldout_class,
+        }
     shards, used = split_shards(data, split)
     digest = hashlib.sha256(json.dumps([(s.url, s.samples) for s in shards]).encode()).hexdigest()[:16]
     return {"shards": digest, "split": used}
@@ -73,8 +79,9 @@ def count(data: EvalData, split: str, max_samples: int) -> int:
 def iter_uint8(data: EvalData, split: str, max_samples: int, rank: int, world: int, batch: int) -> Iterator[EvalBatch]:
     """This rank's share of a split, in batches."""
     if data.memory is not None:
-        images, labels = load_memory_dataset(data.memory, data.resolution, data.channels, data.max_samples,
-                                             seed=data.seed)
+        images, labels = load_memory_dataset(
+            data.memory, data.resolution, data.channels, data.max_samples, seed=data.seed
+        )
         rows = split_indices(labels, split, data.heldout_class, data.seed)
         if max_samples:
             rows = rows[:max_samples]

@@ -5,6 +5,7 @@ plus the *global sample indices* of its rows: the keys of all per-sample randomn
 Langevin chains), so a global batch trains identically on any number of ranks. Both feeds take
 plain values (no Config): training/build.py makes them from one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,15 @@ from .stream import Chunk, ShardStream, StreamOptions, StreamPosition, WorkerFai
 DATA_STATE_VERSION = 2
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which finishes its step,
+    checkpoints and then shuts them down (a worker that died with the signal would break that step)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def micro_batch_positions(images_seen: int, micro: int, rank: int, world_size: int, batch_per_gpu: int) -> list[int]:
     """Global sample indices of (micro-step, rank) inside the global batch that starts at images_seen."""
     start = images_seen + (micro * world_size + rank) * batch_per_gpu
@@ -31,17 +41,29 @@ def micro_batch_positions(images_seen: int, micro: int, rank: int, world_size: i
 
 @dataclass
 class Batch:
-    x: torch.Tensor                 # (B, C, R, R) float in [−1, 1], on the device
-    positions: list[int]            # global sample indices: keys of per-sample randomness
+    x: torch.Tensor  # (B, C, R, R) float in [−1, 1], on the device
+    positions: list[int]  # global sample indices: keys of per-sample randomness
     mask: torch.Tensor | None = None  # (B, 1, R, R) float, 1 = visible (learning from occluded data)
-    keys: list[str] | None = None   # dataset sample keys
+    keys: list[str] | None = None  # dataset sample keys
 
 
 class MemoryFeed:
     """A packaged set held in memory; sample i of the run is a pure function of (seed, i)."""
 
-    def __init__(self, images: torch.Tensor, rows: list[int], *, seed: int, rank: int, layout: Layout,
-                 batch_per_gpu: int, device: torch.device, hflip: bool, occlusion: str = "none", mask_seed: int = 0):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        rows: list[int],
+        *,
+        seed: int,
+        rank: int,
+        layout: Layout,
+        batch_per_gpu: int,
+        device: torch.device,
+        hflip: bool,
+        occlusion: str = "none",
+        mask_seed: int = 0,
+    ):
         self.images, self.rows = images, rows
         self.sampler = MemorySampler(len(rows), seed)
         self.rank, self.world_size, self.device = rank, layout.world_size, device
@@ -72,16 +94,30 @@ class MemoryFeed:
         mask = None
         if self.occlusion != "none":  # keyed by dataset row: the same image always has the same mask
             resolution = x.shape[-1]
-            mask = torch.stack([make_mask(self.occlusion, resolution, str(int(r)), self.mask_seed)
-                                for r in rows]).float().to(self.device)
+            mask = (
+                torch.stack([make_mask(self.occlusion, resolution, str(int(r)), self.mask_seed) for r in rows])
+                .float()
+                .to(self.device)
+            )
         return Batch(x.to(self.device, non_blocking=True), positions, mask, [str(int(r)) for r in rows])
 
 
 class ShardFeed:
     """WebDataset shards through the world-size-independent epoch plan (plan.py)."""
 
-    def __init__(self, shards: list[ShardInfo], options: StreamOptions, *, seed: int, global_batch: int, streams: int,
-                 rank: int, layout: Layout, device: torch.device, batch_timeout_s: float = 600.0):
+    def __init__(
+        self,
+        shards: list[ShardInfo],
+        options: StreamOptions,
+        *,
+        seed: int,
+        global_batch: int,
+        streams: int,
+        rank: int,
+        layout: Layout,
+        device: torch.device,
+        batch_timeout_s: float = 600.0,
+    ):
         check_layout(streams, global_batch, layout)
         self.shards, self.options, self.seed = shards, options, seed
         self.global_batch, self.streams, self.rank, self.layout = global_batch, streams, rank, layout
@@ -96,8 +132,11 @@ class ShardFeed:
         return sum(int(s.samples or 0) for s in self.shards)
 
     def describe(self) -> str:
-        note = "" if all(s.checksums for s in self.shards) or not self.options.decode.verify else \
-            "; no per-sample checksums in the index: samples cannot be verified"
+        note = (
+            ""
+            if all(s.checksums for s in self.shards) or not self.options.decode.verify
+            else "; no per-sample checksums in the index: samples cannot be verified"
+        )
         return f"{len(self)} images in {len(self.shards)} shards, {self.streams} virtual streams{note}"
 
     @property
@@ -106,13 +145,20 @@ class ShardFeed:
         return sum(p.corrupt for p in self.positions.values())
 
     def _plan(self) -> EpochPlan:
-        return EpochPlan(tuple(int(s.samples) for s in self.shards), self.global_batch, self.streams, self.seed, self.epoch)
+        return EpochPlan(
+            tuple(int(s.samples) for s in self.shards), self.global_batch, self.streams, self.seed, self.epoch
+        )
 
     # -- position ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"version": DATA_STATE_VERSION, "epoch": self.epoch, "step": self.step_in_epoch,
-                "streams": self.streams, "global_batch": self.global_batch,
-                "positions": {str(v): self.positions[v].to_list() for v in sorted(self.positions)}}
+        return {
+            "version": DATA_STATE_VERSION,
+            "epoch": self.epoch,
+            "step": self.step_in_epoch,
+            "streams": self.streams,
+            "global_batch": self.global_batch,
+            "positions": {str(v): self.positions[v].to_list() for v in sorted(self.positions)},
+        }
 
     def load_state_dicts(self, states: list[dict]) -> None:
         """Every rank's saved position (any earlier layout): this rank takes its streams' entries."""
@@ -120,16 +166,24 @@ class ShardFeed:
         if not states:
             return
         if any(s.get("version") != DATA_STATE_VERSION for s in states):
-            raise DataError("checkpoint data position is from an older lfbm_dist; resume it with that version, or "
-                            "export and start from the export")
+            raise DataError(
+                "checkpoint data position is from an older lfbm_dist; resume it with that version, or "
+                "export and start from the export"
+            )
         first = states[0]
         for s in states:
-            if (s["epoch"], s["step"], s["streams"], s["global_batch"]) != \
-                    (first["epoch"], first["step"], first["streams"], first["global_batch"]):
+            if (s["epoch"], s["step"], s["streams"], s["global_batch"]) != (
+                first["epoch"],
+                first["step"],
+                first["streams"],
+                first["global_batch"],
+            ):
                 raise DataError("checkpoint data positions of the ranks disagree (epoch/step/streams)")
         if (first["streams"], first["global_batch"]) != (self.streams, self.global_batch):
-            raise DataError(f"checkpoint data plan has {first['streams']} streams and global batch "
-                            f"{first['global_batch']}, this run {self.streams} and {self.global_batch}")
+            raise DataError(
+                f"checkpoint data plan has {first['streams']} streams and global batch "
+                f"{first['global_batch']}, this run {self.streams} and {self.global_batch}"
+            )
         saved = {int(v): StreamPosition.from_list(p) for s in states for v, p in s["positions"].items()}
         self.epoch, self.step_in_epoch = int(first["epoch"]), int(first["step"])
         mine = {v for micro in self.micro_streams for v in micro}
@@ -142,11 +196,19 @@ class ShardFeed:
     # -- batches -------------------------------------------------------------------------------
     def _start_epoch(self) -> None:
         plan = self._plan()
-        stream = ShardStream(self.shards, plan, self.rank, self.layout, self.options, self.step_in_epoch,
-                             dict(self.positions))
+        stream = ShardStream(
+            self.shards, plan, self.rank, self.layout, self.options, self.step_in_epoch, dict(self.positions)
+        )
         workers = self.layout.workers
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if workers else None, timeout=self.batch_timeout_s if workers else 0)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            timeout=self.batch_timeout_s if workers else 0,
+            worker_init_fn=_ignore_stop_signals,
+        )
         self._iter = iter(loader)
 
     def _next_chunk(self) -> Chunk:
@@ -177,8 +239,9 @@ class ShardFeed:
         for _ in range(wanted):
             chunk = self._next_chunk()
             if chunk.step != self.step_in_epoch:
-                raise DataError(f"internal: stream {chunk.stream} is at step {chunk.step}, the feed at "
-                                f"{self.step_in_epoch}")
+                raise DataError(
+                    f"internal: stream {chunk.stream} is at step {chunk.step}, the feed at {self.step_in_epoch}"
+                )
             self._chunks[chunk.stream] = chunk
         for v, chunk in self._chunks.items():
             self.positions[v] = chunk.position

@@ -1,5 +1,6 @@
 """Shard lists: brace patterns, index files written by data_tools (with per-shard sample counts and
 per-sample checksums), or plain URLs, at any URL that urls.open_url reads."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,13 @@ import posixpath
 from dataclasses import dataclass, field
 
 from .errors import DataError
-from .urls import IOOptions, check_url, read_text
+from .urls import DEFAULT_IO, IOOptions, check_url, read_text
 
 
 @dataclass(frozen=True)
 class ShardInfo:
     url: str
-    samples: int | None = None                  # from the index; None = count by reading
+    samples: int | None = None  # from the index; None = count by reading
     checksums: dict[str, str] | None = field(default=None, compare=False, repr=False)  # key -> sample digest
 
 
@@ -35,7 +36,7 @@ def _expand_index(spec: str, opts: IOOptions) -> list[ShardInfo]:
     return out
 
 
-def expand_shard_specs(specs: list[str], opts: IOOptions = IOOptions()) -> list[ShardInfo]:
+def expand_shard_specs(specs: list[str], opts: IOOptions = DEFAULT_IO) -> list[ShardInfo]:
     """Brace patterns, index files and plain URLs -> an ordered shard list."""
     from braceexpand import braceexpand
 

@@ -10,6 +10,7 @@ Specs (sizes are given at 64² as in the paper and scaled to other resolutions):
 Random masks are deterministic per (seed, sample key): the same training image always gets the
 same mask, on any rank, worker or epoch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ def parse_mask_spec(spec: str) -> tuple[str, int]:
             return kind, value
         if kind == "saltpepper" and 0 < value < 100:
             return kind, value
-    raise MaskSpecError(f"bad occlusion mask {spec!r}: use none, center, region:SIZE (1..64 px at 64²) "
-                        "or saltpepper:PERCENT (1..99)")
+    raise MaskSpecError(
+        f"bad occlusion mask {spec!r}: use none, center, region:SIZE (1..64 px at 64²) or saltpepper:PERCENT (1..99)"
+    )
 
 
 def _scaled(size_at_64: int, resolution: int) -> int:
@@ -50,13 +52,13 @@ def make_mask(spec: str, resolution: int, key: str = "", seed: int = 0) -> torch
     if kind == "center":
         size = _scaled(value, resolution)
         start = (resolution - size) // 2
-        mask[:, start:start + size, start:start + size] = 0
+        mask[:, start : start + size, start : start + size] = 0
         return mask
     gen = torch.Generator().manual_seed(text_seed("mask", seed, key))
     if kind == "region":
         size = _scaled(value, resolution)
         top, left = torch.randint(0, resolution - size + 1, (2,), generator=gen).tolist()
-        mask[:, top:top + size, left:left + size] = 0
+        mask[:, top : top + size, left : left + size] = 0
         return mask
     occluded = torch.rand(1, resolution, resolution, generator=gen) < value / 100.0
     mask[occluded] = 0

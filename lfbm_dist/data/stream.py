@@ -10,12 +10,13 @@ up to its saved position — the same on any layout, since streams do not depend
 Errors inside a worker come out as one typed `WorkerFailure` item that the feed raises as a
 one-line DataError in the main process (never a worker traceback).
 """
+
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -38,10 +39,10 @@ class DecodeOptions:
     resolution: int
     channels: int
     hflip: bool = True
-    on_mismatch: str = "convert"      # convert | skip | error
+    on_mismatch: str = "convert"  # convert | skip | error
     occlusion: str = "none"
     mask_seed: int = 0
-    verify: bool = True               # check index checksums before decoding (when the index has them)
+    verify: bool = True  # check index checksums before decoding (when the index has them)
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,13 @@ class StreamOptions:
     decode: DecodeOptions
     io: IOOptions = IOOptions()
     shuffle_buffer: int = 1000
-    max_corrupt: int = 100            # per stream; one more stops the run
+    max_corrupt: int = 100  # per stream; one more stops the run
 
 
 @dataclass
 class StreamPosition:
     """Where a stream is: raw items consumed (post-shuffle), samples produced, samples skipped."""
+
     raw: int = 0
     produced: int = 0
     corrupt: int = 0
@@ -63,7 +65,7 @@ class StreamPosition:
         return [self.raw, self.produced, self.corrupt]
 
     @classmethod
-    def from_list(cls, values: list[int]) -> "StreamPosition":
+    def from_list(cls, values: list[int]) -> StreamPosition:
         raw, produced, corrupt = (int(v) for v in values)
         return cls(raw, produced, corrupt)
 
@@ -71,10 +73,10 @@ class StreamPosition:
 @dataclass
 class Chunk:
     stream: int
-    step: int                          # step within the epoch
-    images: torch.Tensor               # (m, C, R, R) uint8
+    step: int  # step within the epoch
+    images: torch.Tensor  # (m, C, R, R) uint8
     keys: list[str]
-    position: StreamPosition           # the stream's position after this chunk
+    position: StreamPosition  # the stream's position after this chunk
     masks: torch.Tensor | None = None  # (m, 1, R, R) uint8, 1 = visible
 
 
@@ -86,6 +88,7 @@ class WorkerFailure:
 @dataclass
 class _Skipped:
     """The unread rest of a shard, as one raw item."""
+
     url: str
     reason: str
     count: int
@@ -99,8 +102,16 @@ class _StreamState:
 class ShardStream(IterableDataset):
     """A rank's chunks for one epoch, from step `start_step` on."""
 
-    def __init__(self, shards: list[ShardInfo], plan: EpochPlan, rank: int, layout: Layout, options: StreamOptions,
-                 start_step: int = 0, positions: dict[int, StreamPosition] | None = None):
+    def __init__(
+        self,
+        shards: list[ShardInfo],
+        plan: EpochPlan,
+        rank: int,
+        layout: Layout,
+        options: StreamOptions,
+        start_step: int = 0,
+        positions: dict[int, StreamPosition] | None = None,
+    ):
         super().__init__()
         if any(s.samples is None for s in shards):
             raise DataError("internal: shard sample counts must be known before streaming")
@@ -149,8 +160,9 @@ class ShardStream(IterableDataset):
                         yield buffer.pop(rng.randrange(len(buffer)))
             rng.shuffle(buffer)
             yield from buffer
-        raise DataError(f"stream {stream} of epoch {self.plan.epoch}: no usable samples in {MAX_PASSES} passes "
-                        "over its shards")
+        raise DataError(
+            f"stream {stream} of epoch {self.plan.epoch}: no usable samples in {MAX_PASSES} passes over its shards"
+        )
 
     def _segment(self, shard: int, offset: int, count: int) -> Iterator[Sample | _Skipped]:
         url, read = self.shards[shard].url, 0
@@ -189,8 +201,14 @@ class ShardStream(IterableDataset):
                 masks.append(decoded[1])
             pos.produced += 1
             if len(images) == m:
-                yield Chunk(stream, step, torch.stack(images), keys, StreamPosition(pos.raw, pos.produced, pos.corrupt),
-                            torch.stack(masks) if masks else None)
+                yield Chunk(
+                    stream,
+                    step,
+                    torch.stack(images),
+                    keys,
+                    StreamPosition(pos.raw, pos.produced, pos.corrupt),
+                    torch.stack(masks) if masks else None,
+                )
                 images, keys, masks, step = [], [], [], step + 1
             if pos.produced >= quota:
                 return
@@ -214,11 +232,20 @@ class ShardStream(IterableDataset):
             where = "" if isinstance(item, _Skipped) else f"shard {item.url} key {item.key}: "
             if d.on_mismatch == "error" and not isinstance(item, _Skipped):
                 raise DataError(f"{where}{exc}") from None
-            log.warning("skipped %s%s [%d sample(s); %d/%d on stream %d]", where, exc, count, pos.corrupt,
-                        self.options.max_corrupt, stream)
+            log.warning(
+                "skipped %s%s [%d sample(s); %d/%d on stream %d]",
+                where,
+                exc,
+                count,
+                pos.corrupt,
+                self.options.max_corrupt,
+                stream,
+            )
             if pos.corrupt > self.options.max_corrupt:
-                raise DataError(f"more than data.max_corrupt_samples={self.options.max_corrupt} unusable samples "
-                                f"on stream {stream}; last: {where}{exc}") from None
+                raise DataError(
+                    f"more than data.max_corrupt_samples={self.options.max_corrupt} unusable samples "
+                    f"on stream {stream}; last: {where}{exc}"
+                ) from None
             return None
         if d.hflip and random.Random(text_seed("flip", self.plan.seed, self.plan.epoch, item.key)).random() < 0.5:
             img = img.flip(-1)

@@ -1,4 +1,5 @@
 """Decode and check one image sample: bytes -> uint8 (C, R, R). Flips are keyed per sample."""
+
 from __future__ import annotations
 
 import io

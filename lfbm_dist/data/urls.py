@@ -7,13 +7,15 @@ exponential backoff; a read that keeps failing raises ShardSkip naming the URL a
 So no read waits longer than about (retries + 1) × (connect_timeout + read_timeout) + the backoff.
 `pipe:` URLs run shell commands and are refused unless explicitly allowed.
 """
+
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from .errors import DataError, ShardSkip
 
@@ -23,8 +25,11 @@ class IOOptions:
     connect_timeout_s: float = 30.0
     read_timeout_s: float = 60.0
     retries: int = 3
-    backoff_s: float = 1.0          # first retry waits this long, then ×2 each time
+    backoff_s: float = 1.0  # first retry waits this long, then ×2 each time
     allow_pipe: bool = False
+
+
+DEFAULT_IO = IOOptions()
 
 
 def is_pipe(url: str) -> bool:
@@ -33,13 +38,15 @@ def is_pipe(url: str) -> bool:
 
 def check_url(url: str, allow_pipe: bool) -> None:
     if is_pipe(url) and not allow_pipe:
-        raise DataError(f"refusing shard URL {url!r}: pipe: URLs run shell commands; "
-                        "set data.allow_pipe=true only for URLs you trust")
+        raise DataError(
+            f"refusing shard URL {url!r}: pipe: URLs run shell commands; "
+            "set data.allow_pipe=true only for URLs you trust"
+        )
 
 
 def local_path(url: str) -> Path | None:
     if url.startswith("file://"):
-        return Path(url[len("file://"):])
+        return Path(url[len("file://") :])
     return None if "://" in url or is_pipe(url) else Path(url)
 
 
@@ -52,8 +59,13 @@ def _storage_options(url: str, opts: IOOptions) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s, sock_read=opts.read_timeout_s)
         return {"client_kwargs": {"timeout": timeout}, "block_size": 0}  # block_size 0: one streamed GET
     if protocol in ("s3", "s3a"):
-        return {"config_kwargs": {"connect_timeout": opts.connect_timeout_s, "read_timeout": opts.read_timeout_s,
-                                  "retries": {"max_attempts": 1}}}  # retries are ours, one policy for all
+        return {
+            "config_kwargs": {
+                "connect_timeout": opts.connect_timeout_s,
+                "read_timeout": opts.read_timeout_s,
+                "retries": {"max_attempts": 1},
+            }
+        }  # retries are ours, one policy for all
     if protocol in ("gs", "gcs"):
         return {"requests_timeout": opts.read_timeout_s}
     return {}
@@ -100,16 +112,20 @@ def _with_retries(what: Callable[[], Any], url: str, opts: IOOptions, doing: str
                 raise DataError(f"shard not found: {url}") from None
             cause = exc.__cause__ or exc.__context__
             if attempt == opts.retries:
-                raise ShardSkip(f"{url}: {doing} failed after {opts.retries + 1} attempts "
-                                f"({type(cause).__name__}: {str(cause)[:120] or 'timed out'})") from None
+                raise ShardSkip(
+                    f"{url}: {doing} failed after {opts.retries + 1} attempts "
+                    f"({type(cause).__name__}: {str(cause)[:120] or 'timed out'})"
+                ) from None
             time.sleep(delay)
             delay *= 2
         except (ValueError, ImportError) as exc:  # bad URL, missing backend: retrying will not help
             raise DataError(f"cannot open {url}: {exc}") from None
         except _transient() as exc:
             if attempt == opts.retries:
-                raise ShardSkip(f"{url}: {doing} failed after {opts.retries + 1} attempts "
-                                f"({type(exc).__name__}: {str(exc)[:120] or 'timed out'})") from None
+                raise ShardSkip(
+                    f"{url}: {doing} failed after {opts.retries + 1} attempts "
+                    f"({type(exc).__name__}: {str(exc)[:120] or 'timed out'})"
+                ) from None
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
@@ -145,7 +161,7 @@ class _RetryingReader(io.RawIOBase):
             return self._f.read(len(buffer))
 
         data = _with_retries(read, self.url, self.opts, f"reading at byte {self.offset}")
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self.offset += len(data)
         return len(data)
 
@@ -156,13 +172,13 @@ class _RetryingReader(io.RawIOBase):
             super().close()
 
 
-def open_url(url: str, opts: IOOptions = IOOptions()) -> BinaryIO:
+def open_url(url: str, opts: IOOptions = DEFAULT_IO) -> BinaryIO:
     """A readable binary stream for a shard or index URL (see the module docstring)."""
     check_url(url, opts.allow_pipe)
     if is_pipe(url):
         import subprocess
 
-        proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)  # the user opted in
+        proc = subprocess.Popen(url[len("pipe:") :], shell=True, stdout=subprocess.PIPE)  # the user opted in
         return proc.stdout  # type: ignore[return-value]
     path = local_path(url)
     if path is not None:
@@ -175,6 +191,6 @@ def open_url(url: str, opts: IOOptions = IOOptions()) -> BinaryIO:
     return io.BufferedReader(_RetryingReader(url, opts), buffer_size=1 << 20)
 
 
-def read_text(url: str, opts: IOOptions = IOOptions()) -> str:
+def read_text(url: str, opts: IOOptions = DEFAULT_IO) -> str:
     with open_url(url, opts) as stream:
         return stream.read().decode()
