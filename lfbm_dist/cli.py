@@ -72,7 +72,13 @@ def run(main: Callable[[], int | None]) -> int:
             logging.getLogger(logs.LOGGER).warning("%s", stop)
         return stop.code
     except _known() as exc:
-        print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
+        from .config import ConfigError
+
+        if isinstance(exc, ConfigError):  # the same on every rank (settings, not data): said once, by rank 0
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"error: {exc}", file=sys.stderr)
+        else:
+            print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
         _to_log_file()
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ DataLoader workers, DDP or ZeRO) with the same global batches, sample by sample,
 and Adam state — so its trajectory does not depend on the change."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -141,16 +142,43 @@ def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_p
 # ------------------------------------------------------------------------------ model and Adam state
 
 
+STATE_ARGS = [*TINY, "train.log_every_kimg=0.08", "langevin.num_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def source_runs(tmp_path_factory):
+    """Per source backend, once: the uninterrupted run and the first half (its checkpoint at kimg 0.04)."""
+    made = {}
+
+    def get(source: str):
+        if source not in made:
+            root = tmp_path_factory.mktemp(source)
+            for name, kimg in (("straight", 0.08), ("half", 0.04)):
+                _ok(
+                    run(
+                        source,
+                        *STATE_ARGS,
+                        f"train.total_kimg={kimg}",
+                        f"train.run_dir={root / name}",
+                        "train.batch_per_gpu=4",
+                    )
+                )
+            made[source] = (root / "straight", root / "half")
+        return made[source]
+
+    return get
+
+
 @pytest.mark.parametrize(
     "source,target", [("zero2", "zero2_1"), ("zero2", "zero2_4"), ("ddp2", "zero2"), ("zero2", "ddp2")]
 )
-def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source, target):
+def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source_runs, source, target):
     world = {"zero2_1": 1, "zero2_4": 4}.get(target, 2)
     per_rank = 8 // world
-    straight, moved = tmp_path / "straight", tmp_path / "moved"
-    args = [*TINY, "train.log_every_kimg=0.08", "langevin.num_steps=2"]
-    _ok(run(source, *args, "train.total_kimg=0.08", f"train.run_dir={straight}", "train.batch_per_gpu=4"))
-    _ok(run(source, *args, "train.total_kimg=0.04", f"train.run_dir={moved}", "train.batch_per_gpu=4"))
+    straight, half = source_runs(source)
+    moved = tmp_path / "moved"
+    shutil.copytree(half, moved)
+    args = STATE_ARGS
     dump = tmp_path / "loaded.safetensors"
     _ok(
         run(

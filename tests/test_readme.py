@@ -16,7 +16,7 @@ DIRECTIVE = re.compile(r"<!-- readme-test: (\w+)[^>]*-->\s*```bash\n(.*?)```", r
 SHORTER = {  # appended to a command line that starts with the key (after continuation lines are joined)
     "bash scripts/quickstart.sh": "train.total_kimg=0.3",
     "lfbm-train": "train.total_kimg=0.2 train.log_every_kimg=0.1",
-    "lfbm-evaluate": "eval.fid_num_samples=64 eval.fid_ref_samples=64 eval.recon_samples=16 langevin.test_num_steps=5",
+    "lfbm-evaluate": "eval.fid_num_samples=16 eval.fid_ref_samples=16 eval.recon_samples=16 langevin.test_num_steps=5",
     "lfbm-compare": "--recon-images 16 --overrides langevin.test_num_steps=5",
 }
 
