@@ -53,3 +53,19 @@ def test_vae_baseline_trains_through_the_same_loop(tmp_path):
     kl = [v for _, v in scalar_series(acc, "loss/kl")]
     assert mse[-1] < 0.5 * mse[0] and len(kl) == 4
     assert "lr/encoder" in acc.Tags()["scalars"]
+
+
+def test_the_encoder_does_not_change_the_initial_generator_and_prior():
+    """LFBM-VAE and LFBM-MCMC start from the same generator and prior for a seed (a fair comparison;
+    also keeps runs of earlier commits reproducible): the encoder is drawn after both."""
+    from lfbm_dist.config import load_config
+    from lfbm_dist.training.build import build_model
+
+    def initial(*overrides):
+        torch.manual_seed(0)
+        return build_model(load_config(ROOT / "configs/mnist28.yaml", list(overrides))).state_dict()
+
+    mcmc, vae = initial(), initial("inference.kind=vae")
+    assert any(k.startswith("encoder.") for k in vae)
+    assert {k for k in vae if not k.startswith("encoder.")} == set(mcmc)
+    assert all(torch.equal(mcmc[k], vae[k]) for k in mcmc)

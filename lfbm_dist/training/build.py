@@ -33,6 +33,7 @@ def build_model(cfg: Config) -> LFBM:
             g.nz, hidden=p.ebm_hidden, langevin_steps=p.ebm_langevin_steps, langevin_step_size=p.ebm_langevin_step_size
         ),
     }
+    prior = priors[p.kind]()  # before the encoder: adding an encoder must not change the prior's initial draw
     encoder = None
     if cfg.inference.kind == "vae":
         from ..models.encoder import IAFEncoder
@@ -46,7 +47,7 @@ def build_model(cfg: Config) -> LFBM:
             iaf_steps=i.iaf_steps,
             iaf_hidden=i.iaf_hidden,
         )
-    return LFBM(generator, priors[p.kind](), sigma=cfg.langevin.sigma, encoder=encoder)
+    return LFBM(generator, prior, sigma=cfg.langevin.sigma, encoder=encoder)
 
 
 def build_optimizer(cfg: Config, model: LFBM) -> torch.optim.Adam:
