@@ -13,6 +13,7 @@ from conftest import PYTHON, ROOT
 from launch import env
 
 from lfbm_dist.repro.report import verdict
+from lfbm_dist.repro.run import record_point
 from lfbm_dist.repro.spec import GridError, load_grid
 
 GRID = "tests/grids/tiny.yaml"
@@ -79,6 +80,40 @@ def test_grid_runs_writes_its_table_skips_finished_points_and_resumes_bitwise(tm
     assert "prior-flow_seed-0: finished, skipped" in resumed.stdout and "resumed from ckpt-" in resumed.stdout
     a, b = _results(straight), _results(killed)
     assert a == b  # every number bitwise the same as the uninterrupted grid's
+    env_a = json.loads((straight / "tiny_grid/cpu" / POINTS[0] / "point.json").read_text())["environment"]
+    assert env_a["threads"] >= 1 and env_a["torch"] and env_a["device"] and env_a["commit"]
+
+
+def _record(root, point, recon_mse, threads=None):
+    """A finished point as the harness records it (record_point), from a metrics.json written here."""
+    grid = load_grid(GRID)
+    match = next(p for p in grid.points("cpu") if p.name == point)
+    run_dir = root / "tiny_grid/cpu" / point
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"recon_mse": recon_mse, "aggpost_gap_nats": 1.0}))
+    record_point(grid, "cpu", match, run_dir, wall_s=1.0)
+    if threads is not None:  # as if recorded on a machine with another thread count
+        rec = json.loads((run_dir / "point.json").read_text())
+        rec["environment"]["threads"] = threads
+        (run_dir / "point.json").write_text(json.dumps(rec))
+
+
+def test_summary_merges_roots_first_wins_and_names_mixed_environments(tmp_path):
+    here, kept = tmp_path / "runs", tmp_path / "kept"
+    _record(here, POINTS[0], 0.010)
+    _record(kept, POINTS[0], 0.5)  # the same point under the second root: the first root's wins
+    _record(kept, POINTS[1], 0.030, threads=97)
+    proc = repro("summary", GRID, "--root", str(here), "--also", str(kept))
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout
+    assert "2 of 2 points finished" in table
+    assert "| flow (LFBM) | 0.01 [0.011] |" in table and "| gaussian (ABP) | 0.03 [0.021] |" in table
+    assert "- flow better than gaussian: **same direction, within seed spread**" in table
+    assert "Points from 2 environments" in table and "threads 97" in table
+    data = json.loads((here / "tiny_grid/cpu/summary.json").read_text())
+    assert [r["results"]["recon_mse"] for r in data["records"]] == [0.010, 0.030]
+    alone = repro("summary", GRID, "--root", str(here))
+    assert "1 of 2 points finished" in alone.stdout and "environments" not in alone.stdout
 
 
 def test_grid_file_errors_are_one_line(tmp_path):

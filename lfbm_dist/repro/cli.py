@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--account", help="with --slurm")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print the JSON summary instead of markdown")
+            p.add_argument(
+                "--also",
+                action="append",
+                type=Path,
+                default=[],
+                metavar="ROOT",
+                help="another root of finished points, e.g. docs/repro/points (repeatable; a point under "
+                "several roots is taken from the first); the summary is still written under --root",
+            )
     return parser
 
 
@@ -79,7 +88,7 @@ def _summary(grid, args) -> int:
     from .report import summarize
 
     command = f"lfbm-repro run {args.grid} --scale {args.scale}"
-    markdown, summary = summarize(grid, args.scale, args.root, command)
+    markdown, summary = summarize(grid, args.scale, [args.root, *args.also], command)
     out = args.root / grid.name / args.scale
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(markdown)

@@ -15,19 +15,23 @@ import json
 import statistics
 from pathlib import Path
 
+from .environment import numeric_signature
 from .run import POINT_FILE, point_dir
 from .spec import Grid, Table, _text
 
 VERDICTS = ("reproduced", "same direction, within seed spread", "not reproduced")
 
 
-def collect(grid: Grid, scale: str, root: Path) -> list[dict]:
-    """The finished points' records (point.json), in grid order."""
+def collect(grid: Grid, scale: str, roots: Path | list[Path]) -> list[dict]:
+    """The finished points' records (point.json), in grid order; a point found under several roots
+    (runs from several machines, or the records kept in docs/repro/points) is taken from the first."""
     records = []
     for point in grid.points(scale):
-        path = point_dir(root, grid, scale, point) / POINT_FILE
-        if path.is_file():
-            records.append(json.loads(path.read_text()))
+        for root in [roots] if isinstance(roots, Path) else roots:
+            path = point_dir(root, grid, scale, point) / POINT_FILE
+            if path.is_file():
+                records.append(json.loads(path.read_text()))
+                break
     return records
 
 
@@ -128,9 +132,22 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
     return lines, found
 
 
-def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, dict]:
+def environment_note(records: list[dict]) -> list[str]:
+    """Names the environments when the points come from more than one: bitwise agreement (and the
+    resume guarantee) holds within one; across them the numbers differ like another seed's."""
+    groups: dict[str, list[str]] = {}
+    for rec in records:
+        groups.setdefault(numeric_signature(rec.get("environment")), []).append(rec["point"])
+    if len(groups) < 2:
+        return []
+    lines = [f"Points from {len(groups)} environments (numbers repeat bitwise only within one):", ""]
+    lines += [f"- {sig}: {len(points)} point(s)" for sig, points in groups.items()]
+    return lines + [""]
+
+
+def summarize(grid: Grid, scale: str, roots: Path | list[Path], command: str) -> tuple[str, dict]:
     """(markdown, json-able summary) of the finished points; written beside the runs by the CLI."""
-    records = collect(grid, scale, root)
+    records = collect(grid, scale, roots)
     s = grid.scale(scale)
     total = len(grid.points(scale))
     lines = [
@@ -143,6 +160,7 @@ def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, di
     if s.note:
         lines += [s.note, ""]
     lines += [f"Command: `{command}`", ""]
+    lines += environment_note(records)
     orderings = []
     for table in grid.tables:
         body, found = table_markdown(grid, table, records)
@@ -156,6 +174,6 @@ def summarize(grid: Grid, scale: str, root: Path, command: str) -> tuple[str, di
         "points": total,
         "orderings": orderings,
         "wall_s_sum": round(sum(walls), 1),
-        "records": [{k: r[k] for k in ("point", "values", "seed", "results")} for r in records],
+        "records": [{k: r.get(k) for k in ("point", "values", "seed", "results", "environment")} for r in records],
     }
     return "\n".join(lines).rstrip() + "\n", summary

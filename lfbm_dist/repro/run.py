@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..files import write_atomic
+from .environment import environment
 from .spec import Grid, GridError, Point, _text
 
 POINT_FILE = "point.json"
@@ -107,6 +108,7 @@ def record_point(grid: Grid, scale: str, point: Point, run_dir: Path, wall_s: fl
         "config": point.config,
         "results": json.loads((run_dir / "metrics.json").read_text()),
         "wall_s_last_attempt": round(wall_s, 1),
+        "environment": environment(),  # bitwise repeatability holds within one environment only
     }
     write_atomic(run_dir / POINT_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
