@@ -125,6 +125,17 @@ def test_grid_file_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_every_grid_file_in_experiments_loads_with_distinct_points():
+    grids = sorted((ROOT / "experiments").glob("*.yaml"))
+    assert len(grids) >= 5
+    for path in grids:
+        grid = load_grid(path)
+        for scale in grid.scales:
+            names = [p.name for p in grid.points(scale)]
+            assert names and len(set(names)) == len(names), (path, scale)
+            assert (ROOT / grid.config_for(scale)).is_file(), (path, scale)
+
+
 def test_verdicts():
     assert verdict([0.8, 0.82], [0.5, 0.52], higher_is_better=True) == "reproduced"
     assert verdict([0.8, 0.6], [0.7, 0.5], higher_is_better=True) == "same direction, within seed spread"
