@@ -154,12 +154,25 @@ class EvalConfig(Section):
 class PerfConfig(Section):
     """GPU fast path of the Langevin-dominated iteration (docs/PERFORMANCE.md says what each is worth).
     `auto` means on for CUDA devices and off on CPU, and where a switch cannot work `auto` leaves it
-    off; a failed compilation falls back to eager; `channels_last: on` under DeepSpeed is refused."""
+    off; a failed compilation falls back to eager (one line); `channels_last: on` under DeepSpeed is
+    refused. On CUDA the defaults are the measured fastest: bf16 (train.precision), channels-last,
+    cuDNN autotuning, the whole Langevin chain compiled into one graph with CUDA graphs, and the
+    chains of all micro-batches of a step run as one large batch."""
 
     channels_last: Switch = "auto"  # NHWC generator weights + images (tensor cores)
     cudnn_benchmark: Switch = "auto"  # cuDNN autotuning (shapes are static per run)
-    compile: Switch = "off"  # torch.compile the Langevin log-posterior (fwd + bwd)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead = CUDA graphs
+    compile: Switch = "auto"  # torch.compile every Langevin chain (training, test-time inference, inpainting)
+    # auto = reduce-overhead (CUDA graphs: one graph replay per chain) on CUDA, default on CPU
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
+    # whole = the K-step chain (input gradients by torch.func.grad, updates, noise) as one graph;
+    # step = only the log-posterior compiled, the K-step loop in Python (the earlier fast path)
+    chain_graph: Literal["whole", "step"] = "whole"
+    # Steps unrolled into one graph; a longer chain replays it (compile time grows ≈ linearly with
+    # this; ≥ langevin.num_steps makes a training chain exactly one replay)
+    graph_steps: Int = Field(60, ge=1)
+    # Chains run this many at a time (Langevin is per-sample: learning keeps batch_per_gpu). 0 = auto:
+    # on CUDA all micro-batches of a step at once, capped by free memory; on CPU one micro-batch.
+    chain_batch: Int = Field(0, ge=0)
 
     @field_validator("channels_last", "cudnn_benchmark", "compile", mode="before")
     @classmethod

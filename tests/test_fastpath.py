@@ -12,16 +12,27 @@ from helpers_models import LinearGenerator
 from test_langevin import _analytic_posterior, _run_chains
 
 from lfbm_dist.config import ConfigError, PerfConfig, load_config
-from lfbm_dist.inference import langevin_posterior
+from lfbm_dist.inference import langevin_posterior, posterior_chain
 from lfbm_dist.models import FlowPrior, build_generator
-from lfbm_dist.training.fastpath import FastPath
+from lfbm_dist.training.fastpath import FastPath, chain_batch_from_memory, chain_bytes_per_sample, chunked_steps
 
 
 def test_auto_means_on_for_cuda_and_off_on_cpu():
     cpu = FastPath.resolve(PerfConfig(), torch.device("cpu"))
     assert (cpu.channels_last, cpu.cudnn_benchmark, cpu.compile_mode, cpu.log_posterior) == (False, False, None, None)
-    gpu = FastPath.resolve(PerfConfig(compile="auto", compile_mode="reduce-overhead"), torch.device("cuda", 0))
+    assert cpu.chain_fn is None and cpu.chain_batch(4, 16, build_generator("tiny16", nz=8), 8) == 4
+    # The decision of docs/PERFORMANCE.md: by default on CUDA every chain is the compiled whole chain
+    # with CUDA graphs (one replay per training chain of the 256² preset), not the per-step form.
+    gpu = FastPath.resolve(PerfConfig(), torch.device("cuda", 0))
     assert (gpu.channels_last, gpu.cudnn_benchmark, gpu.compile_mode) == (True, True, "reduce-overhead")
+    assert gpu.chain_graph == "whole" and gpu.log_posterior is None and gpu.chain_fn is not None
+    assert "compile=reduce-overhead (whole chain ≤ 60 steps/graph) cuda_graphs=on" in gpu.describe()
+    preset = load_config(ROOT / "configs" / "celebahq256.yaml")
+    hq = FastPath.resolve(preset.perf, torch.device("cuda", 0))
+    assert (hq.compile_mode, hq.chain_graph, hq.chain_batch_setting) == ("reduce-overhead", "whole", 0)
+    assert hq.graph_steps >= preset.langevin.num_steps and chunked_steps(preset.langevin.num_steps, hq.graph_steps) == [
+        60
+    ]
     # CUDA graphs do not exist on CPU: asking for them there compiles plainly rather than pretending.
     forced = FastPath.resolve(
         PerfConfig(channels_last="on", cudnn_benchmark="on", compile="on", compile_mode="reduce-overhead"),
@@ -35,6 +46,21 @@ def test_auto_means_on_for_cuda_and_off_on_cpu():
         FastPath.resolve(PerfConfig(channels_last="on"), torch.device("cpu"), deepspeed=True)
 
 
+def test_chain_segments_and_chain_batch_from_memory():
+    assert chunked_steps(60, 60) == [60] and chunked_steps(800, 60) == [60] * 13 + [20]
+    assert chunked_steps(5, 3) == [3, 2] and chunked_steps(0, 60) == []
+    # 4 micro-batches of 32 per step; 1 MB a chain: all 128 fit in 256 MB at half, 64 in 100 MB, one micro in 10 MB.
+    mb = 1 << 20
+    assert chain_batch_from_memory(128, 32, mb, 256 * mb) == 128
+    assert chain_batch_from_memory(128, 32, mb, 100 * mb) == 32  # 50 fit: 64 does not, 32 does
+    assert chain_batch_from_memory(128, 32, mb, 140 * mb) == 64
+    assert chain_batch_from_memory(96, 32, mb, 140 * mb) == 32  # 3 micro-batches: 96 or 32 (48 is not whole)
+    assert chain_batch_from_memory(128, 32, mb, 1 * mb) == 32  # never below one micro-batch
+    # the estimate grows with the generator's activations (meta device: no memory, no compute)
+    small, big = (chain_bytes_per_sample(build_generator(a, nz=8), 8) for a in ("tiny16", "tiny32"))
+    assert 0 < small < big
+
+
 def test_yaml_on_off_read_as_switches(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("perf: {compile: on, channels_last: off}\n")  # YAML 1.1 makes these booleans
@@ -44,40 +70,100 @@ def test_yaml_on_off_read_as_switches(tmp_path):
         load_config(path, ["perf.compile_mode=fastest"])
 
 
-def test_compiled_channels_last_chain_matches_eager_and_computes_no_weight_grads():
+def _chain_inputs(batch=6, steps=5):
     torch.manual_seed(0)
     gen = randomize_(build_generator("tiny16", nz=8, ngf=4), 0.05)
     prior = randomize_(FlowPrior(8, num_steps=2, hidden=8), 0.05, seed=1)
-    x = torch.rand(6, 3, 16, 16) * 2 - 1
-    mask = (torch.rand(6, 1, 16, 16) > 0.3).float()
-    z_init, noise = torch.randn(6, 8), torch.randn(6, 5, 8)
-    kwargs = dict(num_steps=5, step_size=0.1, sigma=0.3, mask=mask, z_init=z_init, noise=noise)
-    eager = langevin_posterior(gen, prior, x, **kwargs)
+    x = torch.rand(batch, 3, 16, 16) * 2 - 1
+    mask = (torch.rand(batch, 1, 16, 16) > 0.3).float()
+    z_init, noise = torch.randn(batch, 8), torch.randn(batch, steps, 8)
+    return gen, prior, x, dict(num_steps=steps, step_size=0.1, sigma=0.3, mask=mask, z_init=z_init, noise=noise)
 
-    fast = FastPath.resolve(PerfConfig(channels_last="on", compile="on"), torch.device("cpu"))
-    fast.apply(gen)
-    assert gen.net[0].weight.is_contiguous(memory_format=torch.channels_last)
-    params = list(gen.parameters()) + list(prior.parameters())
+
+def _watch_weight_grads(*modules):
+    params = [p for m in modules for p in m.parameters()]
     fired = []
     for p in params:
         p.grad = torch.full_like(p, 7.0)
         p.register_hook(lambda g: fired.append(1))
-    compiled = langevin_posterior(gen, prior, fast.images(x), log_posterior_fn=fast.log_posterior, **kwargs)
+    return lambda: fired == [] and all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in params)
+
+
+def test_whole_chain_graph_matches_the_eager_step_loop_and_computes_no_weight_grads():
+    """posterior_chain (torch.func.grad, noise up front) compiled as whole-chain graphs — 5 steps as a
+    3-step and a 2-step graph, 6 chains as chain batches of 4 (the last padded), channels-last — equals
+    the eager step loop within 1e-5 in float32, with no weight gradient computed or touched."""
+    gen, prior, x, kwargs = _chain_inputs()
+    eager = langevin_posterior(gen, prior, x, **kwargs)
+    uncompiled = langevin_posterior(gen, prior, x, chain_fn=posterior_chain, **kwargs)
+    assert (uncompiled - eager).abs().max() <= 1e-5
+
+    fast = FastPath.resolve(PerfConfig(channels_last="on", compile="on", graph_steps=3), torch.device("cpu"))
+    fast.apply(gen)
+    untouched = _watch_weight_grads(gen, prior)
+    chain = fast.test_time_chain(4)
+    z, stats = langevin_posterior(
+        gen, prior, fast.images(x), chain_fn=chain.fn, chain_batch=chain.batch, return_stats=True, **kwargs
+    )
     assert fast.fallback_reason is None and fast.compile_mode == "default"  # really compiled
-    assert fired == [] and all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in params)
+    assert fast._checked_shapes == {((4, 3, 16, 16), 3, True, True), ((4, 3, 16, 16), 2, True, True)}
+    assert untouched()
+    assert (z - eager).abs().max() <= 1e-5, (z - eager).abs().max()
+    assert torch.isfinite(stats["langevin_grad_norm"]) and stats["langevin_grad_norm"] > 0
+    # Noise from a generator is drawn up front in the step loop's order: the same chains.
+    no_noise = {k: v for k, v in kwargs.items() if k != "noise"}
+    ref = langevin_posterior(gen, prior, x, rng=torch.Generator().manual_seed(3), **no_noise)
+    up_front = langevin_posterior(
+        gen, prior, x, rng=torch.Generator().manual_seed(3), chain_fn=chain.fn, chain_batch=4, **no_noise
+    )
+    assert (up_front - ref).abs().max() <= 1e-5
+
+
+def test_step_compiled_log_posterior_still_matches_eager():
+    """perf.chain_graph=step, the earlier fast path (the ablation's comparison point)."""
+    gen, prior, x, kwargs = _chain_inputs()
+    eager = langevin_posterior(gen, prior, x, **kwargs)
+    fast = FastPath.resolve(PerfConfig(channels_last="on", compile="on", chain_graph="step"), torch.device("cpu"))
+    fast.apply(gen)
+    assert fast.chain_fn is None
+    untouched = _watch_weight_grads(gen, prior)
+    compiled = langevin_posterior(gen, prior, fast.images(x), log_posterior_fn=fast.log_posterior, **kwargs)
+    assert fast.fallback_reason is None and fast.compile_mode == "default"
+    assert untouched()
     assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-4), (compiled - eager).abs().max()
 
 
+def test_batch_norm_generator_in_training_keeps_the_step_loop():
+    """BatchNorm in training mode couples the chains of a batch and mutates buffers: neither a
+    functional graph nor a re-batching is the same math, so the step loop runs (bitwise equal)."""
+    torch.manual_seed(0)
+    gen = build_generator("mnist28", nz=8, ngf=4, image_channels=1).train()
+    prior = FlowPrior(8, num_steps=2, hidden=8)
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    kwargs = dict(num_steps=3, step_size=0.1, sigma=0.3, z_init=torch.randn(6, 8), noise=torch.randn(6, 3, 8))
+    state = {k: v.clone() for k, v in gen.state_dict().items()}
+    ref = langevin_posterior(gen, prior, x, **kwargs)
+    gen.load_state_dict(state)
+    z = langevin_posterior(gen, prior, x, chain_fn=posterior_chain, chain_batch=4, **kwargs)
+    assert torch.equal(z, ref)
+    # in evaluation mode (running statistics) the chains are independent again: the whole chain runs
+    gen.eval()
+    ref = langevin_posterior(gen, prior, x, **kwargs)
+    z = langevin_posterior(gen, prior, x, chain_fn=posterior_chain, chain_batch=4, **kwargs)
+    assert (z - ref).abs().max() <= 1e-5
+
+
 def test_compiled_chain_matches_analytic_posterior():
-    """The core test's tolerances (mean 0.05, covariance 10 %) hold for the compiled chain."""
+    """The core test's tolerances (mean 0.05, covariance 10 %) hold for the compiled whole chain:
+    1,500 steps as 50 replays of one 30-step graph, 4,000 chains."""
     torch.manual_seed(0)
     gen = LinearGenerator(nz=3, scale=0.6, seed=1)
     sigma = 1.0
     x_one = gen(torch.randn(1, 3, dtype=torch.float64))[0] + sigma * torch.randn(3, 2, 2, dtype=torch.float64)
     mean, cov = _analytic_posterior(gen.weight.detach(), x_one.flatten(), sigma)
-    fast = FastPath.resolve(PerfConfig(compile="on"), torch.device("cpu"))
-    z = _run_chains(gen, x_one, sigma, log_posterior_fn=fast.log_posterior)  # 4,000 chains × 1,500 steps
-    assert fast.fallback_reason is None
+    fast = FastPath.resolve(PerfConfig(compile="on", graph_steps=30), torch.device("cpu"))
+    z = _run_chains(gen, x_one, sigma, chain_fn=fast.chain_fn)
+    assert fast.fallback_reason is None and len(fast._checked_shapes) == 1
     assert (z.mean(0) - mean).abs().max() < 0.05
     assert torch.linalg.norm(torch.cov(z.T) - cov) / torch.linalg.norm(cov) < 0.10
 
@@ -105,7 +191,7 @@ def _train(run_dir, *overrides, env=None):
 def test_trainer_fast_path_matches_eager_and_falls_back_without_a_compiler(tmp_path):
     _, eager = _train(tmp_path / "eager")
     proc, fast = _train(tmp_path / "fast", "perf.channels_last=on", "perf.compile=on")
-    assert "fast path: channels_last=on cudnn_benchmark=off compile=default" in proc.stdout
+    assert "fast path: channels_last=on cudnn_benchmark=off compile=default (whole chain" in proc.stdout
     assert "torch.compile failed" not in proc.stderr
     for key, value in eager.items():
         assert torch.allclose(fast[key], value, rtol=1e-4, atol=1e-5), key

@@ -17,7 +17,7 @@ def _analytic_posterior(weight: torch.Tensor, x_flat: torch.Tensor, sigma: float
     return cov @ weight.T @ x_flat / sigma**2, cov
 
 
-def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, log_posterior_fn=None):
+def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, log_posterior_fn=None, chain_fn=None):
     rng = torch.Generator().manual_seed(seed)
     x = x_one.expand(chains, *x_one.shape).float()
     m = None if mask is None else mask.expand(chains, *mask.shape).float()
@@ -31,6 +31,7 @@ def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, l
         mask=m,
         rng=rng,
         log_posterior_fn=log_posterior_fn,
+        chain_fn=chain_fn,
     ).double()
 
 

@@ -1,5 +1,29 @@
 """Posterior / prior sampling. Pure math: no distributed or launcher imports."""
 
-from .langevin import LogPosteriorFn, frozen, langevin_posterior, langevin_prior, log_likelihood, log_posterior
+from .langevin import (
+    EAGER_CHAIN,
+    ChainFn,
+    ChainOptions,
+    LogPosteriorFn,
+    batch_coupled,
+    frozen,
+    langevin_posterior,
+    langevin_prior,
+    log_likelihood,
+    log_posterior,
+    posterior_chain,
+)
 
-__all__ = ["langevin_posterior", "langevin_prior", "log_likelihood", "log_posterior", "LogPosteriorFn", "frozen"]
+__all__ = [
+    "EAGER_CHAIN",
+    "ChainOptions",
+    "langevin_posterior",
+    "langevin_prior",
+    "log_likelihood",
+    "log_posterior",
+    "posterior_chain",
+    "batch_coupled",
+    "ChainFn",
+    "LogPosteriorFn",
+    "frozen",
+]

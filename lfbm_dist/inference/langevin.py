@@ -11,6 +11,11 @@ which is Eq. 8 with ξ = s² / 2 (so √(2ξ) = s). A paper-style ξ converts as
 
 with m the visibility mask (1 = observed) for inpainting / learning from occluded data.
 
+Two forms of the same chain: `langevin_posterior`'s step loop with torch.autograd.grad (the eager
+reference) and `posterior_chain`, the whole K-step chain as one traceable function (the input
+gradient by torch.func.grad, noise drawn up front) that torch.compile turns into one graph — and,
+on CUDA, one CUDA-graph replay per chain (lfbm_dist/training/fastpath.py does the wrapping).
+
 No weight gradients are ever computed here: every parameter of the generator and the
 prior has requires_grad switched off for the duration of the chain (and restored after),
 and gradients are taken with torch.autograd.grad w.r.t. z only, so `.grad` is untouched.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -80,6 +86,64 @@ def log_posterior(
 
 
 LogPosteriorFn = Callable[..., torch.Tensor]  # same signature as log_posterior
+ChainFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # same signature as posterior_chain
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """How a caller's chains run: fn = a whole-chain function such as the compiled `posterior_chain`
+    (None: the eager step loop), batch = chains per call (None: the caller's batch)."""
+
+    fn: ChainFn | None = None
+    batch: int | None = None
+
+
+EAGER_CHAIN = ChainOptions()
+
+
+def batch_coupled(module: nn.Module) -> bool:
+    """True if a forward pass reads or writes the batch's statistics (BatchNorm in training mode):
+    such a chain depends on how samples are batched and mutates buffers, so it can be neither
+    re-batched nor expressed as one functional graph; it runs the step loop instead."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+
+
+def posterior_chain(
+    generator: nn.Module,
+    prior: Prior,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    noise: torch.Tensor | None,
+    num_steps: int,
+    step_size: float,
+    sigma: float,
+    mask: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All K steps of Eq. 8 as one pure function of tensors: (z_K, per-sample ‖∇‖ at the last step).
+
+    noise: (B, K, nz) or None (noise-free). Nothing here is stateful or calls autograd.grad, so
+    torch.compile(fullgraph=True) captures the whole chain: the K input gradients (torch.func.grad,
+    whose backward Inductor fuses with the forward), the updates and the noise. Same update as the
+    step loop, term for term. Call it under `frozen(...)` and torch.no_grad(): func.grad still
+    differentiates w.r.t. z, and no graph to the weights is recorded.
+    """
+
+    def total_log_posterior(z_: torch.Tensor) -> torch.Tensor:
+        # Chains are independent, so the gradient of the sum is each chain's own gradient.
+        return log_posterior(generator, prior, z_, x, sigma, mask, autocast_dtype).sum()
+
+    grad_fn = torch.func.grad(total_log_posterior)
+    half_s2 = 0.5 * step_size**2
+    grad_norm = z.new_zeros(z.shape[0])
+    for k in range(num_steps):  # unrolled by the compiler: K is static for a graph
+        grad = grad_fn(z)
+        z = torch.add(z, grad, alpha=half_s2)
+        if noise is not None:
+            z = torch.add(z, noise[:, k], alpha=step_size)
+        if k == num_steps - 1:
+            grad_norm = grad.norm(dim=1)
+    return z, grad_norm
 
 
 def _langevin_update(
@@ -110,6 +174,8 @@ def langevin_posterior(
     rng: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     log_posterior_fn: LogPosteriorFn | None = None,
+    chain_fn: ChainFn | None = None,
+    chain_batch: int | None = None,
     return_stats: bool = False,
 ):
     """K steps of Eq. 8 on log p(z | x); chains start at z_init, else at N(0, I).
@@ -118,6 +184,12 @@ def langevin_posterior(
     noise: optional (B, K, nz) pre-drawn ε (the trainer derives it from per-sample seeds so that
     a global batch gives the same chains on any number of ranks); else drawn from `rng`.
     log_posterior_fn: a drop-in for `log_posterior` (e.g. its torch.compile'd form); same math.
+    chain_fn: a drop-in for `posterior_chain` (e.g. its compiled, graphed form): the whole chain in one
+    call, with the noise drawn up front (from `rng` in the step loop's order, so results do not change).
+    chain_batch: run the chains chain_batch at a time (chains are independent: only the float
+    reduction order can differ); with chain_fn every call gets exactly chain_batch chains (the last
+    chunk padded, the padding discarded), so a compiled graph never sees a new shape.
+    A batch-coupled generator (BatchNorm in training mode) ignores chain_fn and chain_batch.
     Returns z (B, nz) detached, and with return_stats a dict of device tensors (no host sync).
     """
     if num_steps < 0 or step_size <= 0 or sigma <= 0:
@@ -126,27 +198,72 @@ def langevin_posterior(
     if z_init is None:
         z_init = torch.randn(batch, nz, generator=rng, device=x.device)
     _check_noise(noise if add_noise else None, batch, num_steps, nz)
-    z = z_init.detach().float().clone()
-    half_s2 = 0.5 * step_size**2
-    grad_norm = z.new_zeros(())
-    log_post_fn = log_posterior_fn or log_posterior
-    with frozen(generator, prior if isinstance(prior, nn.Module) else None):
-        for k in range(num_steps):
-            z.requires_grad_(True)
-            log_post = log_post_fn(generator, prior, z, x, sigma, mask, autocast_dtype)
-            # Chains are independent, so the gradient of the sum is each chain's own gradient.
-            (grad,) = torch.autograd.grad(log_post.sum(), z)
-            with torch.no_grad():
-                eps = None
-                if add_noise:
-                    eps = noise[:, k] if noise is not None else torch.randn(z.shape, generator=rng, device=z.device)
-                z = _langevin_update(z.detach(), grad, eps, half_s2, step_size)
-            if return_stats and k == num_steps - 1:
-                grad_norm = grad.detach().norm(dim=1).mean()
-    z = z.detach()
+    coupled = batch_coupled(generator)
+    chain_fn = None if coupled else chain_fn
+    chunk = batch if (coupled or not chain_batch) else chain_batch
+    if add_noise and noise is None and (chain_fn is not None or chunk < batch):
+        # Drawn up front in the step loop's order (z_init first, then step by step): the same chains.
+        noise = torch.stack([torch.randn(z_init.shape, generator=rng, device=x.device) for _ in range(num_steps)], 1)
+    run = _Chain(generator, prior, num_steps, step_size, sigma, autocast_dtype, log_posterior_fn, chain_fn, rng)
+    per_row = mask is not None and mask.dim() == x.dim() and mask.shape[0] == batch and batch > 1
+    zs, norms = [], []
+    for start in range(0, batch, chunk):
+        rows = slice(start, min(start + chunk, batch))
+        parts = [x[rows], z_init[rows], noise[rows] if add_noise and noise is not None else None]
+        parts.append(mask[rows] if per_row else mask)
+        real = parts[0].shape[0]
+        if chain_fn is not None and real < chunk:  # pad with copies of the last chain: static shapes
+            parts = [_pad_rows(t, chunk) if t is not None and (i < 3 or per_row) else t for i, t in enumerate(parts)]
+        z, grad_norm = run(*parts, add_noise)
+        zs.append(z[:real])
+        norms.append(grad_norm[:real])
+    z = torch.cat(zs) if len(zs) > 1 else zs[0]
     if return_stats:
-        return z, {"langevin_grad_norm": grad_norm}
+        return z, {"langevin_grad_norm": torch.cat(norms).mean()}
     return z
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])])
+
+
+class _Chain:
+    """One call's worth of chains: through chain_fn (whole chain, no grad mode) or the step loop."""
+
+    def __init__(self, generator, prior, num_steps, step_size, sigma, autocast_dtype, log_posterior_fn, chain_fn, rng):
+        self.generator, self.prior, self.num_steps = generator, prior, num_steps
+        self.step_size, self.sigma, self.autocast_dtype = step_size, sigma, autocast_dtype
+        self.log_post_fn, self.chain_fn, self.rng = log_posterior_fn or log_posterior, chain_fn, rng
+
+    def __call__(self, x, z_init, noise, mask, add_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z_init.detach().float().clone()
+        modules = (self.generator, self.prior if isinstance(self.prior, nn.Module) else None)
+        if self.chain_fn is not None:
+            with frozen(*modules), torch.no_grad():
+                return self.chain_fn(
+                    self.generator, self.prior, x, z, noise if add_noise else None,
+                    self.num_steps, self.step_size, self.sigma, mask, self.autocast_dtype,
+                )  # fmt: skip
+        half_s2 = 0.5 * self.step_size**2
+        grad_norm = z.new_zeros(z.shape[0])
+        with frozen(*modules):
+            for k in range(self.num_steps):
+                z.requires_grad_(True)
+                log_post = self.log_post_fn(self.generator, self.prior, z, x, self.sigma, mask, self.autocast_dtype)
+                # Chains are independent, so the gradient of the sum is each chain's own gradient.
+                (grad,) = torch.autograd.grad(log_post.sum(), z)
+                with torch.no_grad():
+                    eps = None
+                    if add_noise:
+                        eps = (
+                            noise[:, k]
+                            if noise is not None
+                            else torch.randn(z.shape, generator=self.rng, device=z.device)
+                        )
+                    z = _langevin_update(z.detach(), grad, eps, half_s2, self.step_size)
+                if k == self.num_steps - 1:
+                    grad_norm = grad.detach().norm(dim=1)
+        return z.detach(), grad_norm
 
 
 def langevin_prior(

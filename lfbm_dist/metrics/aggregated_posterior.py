@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..collectives import SINGLE_PROCESS, Collectives
+from ..inference import EAGER_CHAIN, ChainOptions
 from ..models import standard_normal_log_prob
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
@@ -27,11 +28,12 @@ def aggregated_posterior(
     step_size: float,
     comm: Collectives = SINGLE_PROCESS,
     progress: Progress = NO_PROGRESS,
+    chain: ChainOptions = EAGER_CHAIN,
 ) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)  # Σ log p_α(z), Σ log N(z; 0, I), count
     for x, indices in batches:
         progress.update(len(x) * comm.world_size)
-        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.AGGPOST)
+        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.AGGPOST, chain=chain)
         with torch.no_grad():
             sums += torch.stack(
                 [

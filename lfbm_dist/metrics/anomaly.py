@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from ..inference import EAGER_CHAIN, ChainOptions
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
@@ -58,11 +59,12 @@ def collect_terms(
     add_noise: bool,
     progress: Progress = NO_PROGRESS,
     world_size: int = 1,
+    chain: ChainOptions = EAGER_CHAIN,
 ) -> torch.Tensor:
     """(3, N_local) float64: recon term, prior term, is-anomaly flag, for this rank's test images."""
     rows = []
     for x, indices, labels in batches:
-        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.ANOMALY, add_noise=add_noise)
+        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.ANOMALY, add_noise=add_noise, chain=chain)
         recon, prior = score_terms(model, x, z)
         rows.append(torch.stack([recon, prior, (labels == heldout_class).double()]))
         progress.update(len(x) * world_size)

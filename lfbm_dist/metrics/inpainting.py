@@ -9,6 +9,7 @@ import torch
 
 from ..collectives import SINGLE_PROCESS, Collectives
 from ..data.masks import make_mask
+from ..inference import EAGER_CHAIN, ChainOptions
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
@@ -23,9 +24,10 @@ def inpaint(
     num_steps: int,
     step_size: float,
     completion: int,
+    chain: ChainOptions = EAGER_CHAIN,
 ) -> torch.Tensor:
     """Completed images m ⊙ x + (1 − m) ⊙ g(z); mask (B, 1, R, R) float, 1 = visible."""
-    z = infer(model, x, indices, seed, num_steps, step_size, mask=mask, tag=f"{Tag.INPAINT}-{completion}")
+    z = infer(model, x, indices, seed, num_steps, step_size, mask=mask, tag=f"{Tag.INPAINT}-{completion}", chain=chain)
     with torch.no_grad():
         return mask * x + (1 - mask) * model.generator(z).float()
 
@@ -41,13 +43,14 @@ def inpainting_metrics(
     on_completed=None,
     comm: Collectives = SINGLE_PROCESS,
     progress: Progress = NO_PROGRESS,
+    chain: ChainOptions = EAGER_CHAIN,
 ) -> dict:
     sums = torch.zeros(2, dtype=torch.float64)  # Σ squared error in the holes, Σ hole pixels
     for x, indices in batches:
         res = x.shape[-1]
         mask = torch.stack([make_mask(mask_spec, res, str(i), seed) for i in indices]).float().to(x.device)
         for c in range(completions):
-            done = inpaint(model, x, mask, indices, seed, num_steps, step_size, c)
+            done = inpaint(model, x, mask, indices, seed, num_steps, step_size, c, chain)
             hole = (1 - mask).expand_as(x)
             sums += torch.stack(
                 [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..collectives import SINGLE_PROCESS, Collectives
+from ..inference import EAGER_CHAIN, ChainOptions
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
@@ -23,11 +24,12 @@ def reconstruction_mse(
     step_size: float,
     comm: Collectives = SINGLE_PROCESS,
     progress: Progress = NO_PROGRESS,
+    chain: ChainOptions = EAGER_CHAIN,
 ) -> dict:
     """batches: iterable of (x in [−1, 1] on device, global indices) already split by rank."""
     sums = torch.zeros(3, dtype=torch.float64)  # Σ squared error, Σ elements, images
     for x, indices in batches:
-        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.RECON)
+        z = infer(model, x, indices, seed, num_steps, step_size, tag=Tag.RECON, chain=chain)
         with torch.no_grad():
             err = (model.generator(z).float() - x.float()).pow(2)
         sums += torch.tensor([err.sum().item(), err.numel(), len(x)], dtype=torch.float64)  # host sync per batch

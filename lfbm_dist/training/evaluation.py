@@ -13,6 +13,7 @@ from ..collectives import SINGLE_PROCESS, Collectives
 from ..config import Config, ConfigError
 from ..data import eval_reader
 from ..data.memory import to_model_range
+from ..inference import EAGER_CHAIN, ChainOptions
 from ..metrics import fid as fidlib
 from ..progress import Progress
 from .build import eval_data
@@ -41,6 +42,7 @@ class Suite:
     device: torch.device
     comm: Collectives = SINGLE_PROCESS
     show_progress: bool = False
+    chain: ChainOptions = EAGER_CHAIN  # how test-time chains run (the fast path's compiled chain)
     images: dict = field(default_factory=dict)  # eval image grids for TensorBoard
     results: dict = field(default_factory=dict)
 
@@ -130,6 +132,7 @@ class Suite:
                     lv.step_size,
                     self.comm,
                     p,
+                    chain=self.chain,
                 )
             )
 
@@ -159,6 +162,7 @@ class Suite:
                     on_completed,
                     self.comm,
                     p,
+                    chain=self.chain,
                 )
             )
         completed.all_reduce(self.comm)
@@ -183,6 +187,7 @@ class Suite:
                 add_noise=e.anomaly_protocol == "noisy-ap",
                 progress=p,
                 world_size=self.comm.world_size,
+                chain=self.chain,
             )
         self.results.update(anomaly.summarize(self.comm.all_gather_cat(terms, dim=1), e.anomaly_protocol))
         self.results.update({"anomaly_heldout_class": heldout, "anomaly_langevin_steps": lv.test_num_steps})
@@ -194,7 +199,14 @@ class Suite:
         with self.bar(self.count("train", e.recon_samples), "aggregated posterior") as p:
             self.results.update(
                 aggregated_posterior(
-                    self.model, self.batches("train", e.recon_samples), e.seed, lv.num_steps, lv.step_size, self.comm, p
+                    self.model,
+                    self.batches("train", e.recon_samples),
+                    e.seed,
+                    lv.num_steps,
+                    lv.step_size,
+                    self.comm,
+                    p,
+                    chain=self.chain,
                 )
             )
 
@@ -213,7 +225,7 @@ class Suite:
                 x = to_model_range(b.images).to(self.device)
                 mask = torch.stack([make_mask(d.occlusion, d.resolution, k, d.mask_seed) for k in b.keys]).float()
                 mask = mask.to(self.device)
-                done = inpaint(self.model, x, mask, b.indices, e.seed, lv.test_num_steps, lv.step_size, 0)
+                done = inpaint(self.model, x, mask, b.indices, e.seed, lv.test_num_steps, lv.step_size, 0, self.chain)
                 hidden = (1 - mask).expand_as(x)
                 sums += torch.stack(
                     [(((done - x) / 2) ** 2 * hidden).sum().double().cpu(), hidden.sum().double().cpu()]
@@ -253,9 +265,11 @@ def run_metrics(
     comm: Collectives = SINGLE_PROCESS,
     images: dict | None = None,
     show_progress: bool = False,
+    chain: ChainOptions = EAGER_CHAIN,
 ) -> dict:
-    """Compute `metrics` (collective: every rank calls it). `images`, if given, receives eval image grids."""
-    suite = Suite(model, cfg, device, comm, show_progress)
+    """Compute `metrics` (collective: every rank calls it). `images`, if given, receives eval image grids;
+    `chain`: how the test-time Langevin chains run (FastPath.test_time_chain: compiled, padded batches)."""
+    suite = Suite(model, cfg, device, comm, show_progress, chain=chain)
     if "fid" in metrics or "inpaint" in metrics:
         suite.fid_reference()
     for name in METRICS:

@@ -83,7 +83,12 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.wrapped, self.optimizer = engine.prepare(model, optimizer)
         self.plain = engine.unwrap(self.wrapped)  # Langevin, sampling, export; `wrapped` only for learning
-        self.inference = latent_inference(cfg, engine.fast, engine.autocast_dtype)
+        micro = batch.batch_per_gpu  # the chain batch is resolved from the step's own layout
+        chain_batch = engine.fast.chain_batch(
+            micro, micro * batch.accumulation_steps, self.plain.generator, cfg.generator.nz
+        )
+        self.inference = latent_inference(cfg, engine.fast, engine.autocast_dtype, chain_batch)
+        self.inference_chain_batch = chain_batch  # the image grids' chains reuse the training chains' shape
         self.total_images = int(round(cfg.train.total_kimg * 1000))
         self.stop = StopRequest()
         self.fixed_x: torch.Tensor | None = None
@@ -141,7 +146,7 @@ class Trainer:
     # ------------------------------------------------------------------ phase 1: infer latents
     def infer_latents(self) -> list[MicroBatch]:
         t, nz = self.cfg.train, self.cfg.generator.nz
-        out = []
+        batches, noises = [], []
         for micro in range(t.accumulation_steps):
             batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
             faults.record_keys(self.state.step, self.engine.rank, micro, batch.positions, batch.keys)
@@ -151,11 +156,13 @@ class Trainer:
             noise = per_sample_normal(
                 t.seed, self.state.step, batch.positions, self.inference.noise_shape(nz), Stream.LANGEVIN
             ).to(self.engine.device, non_blocking=True)
-            latents, stats = self.inference.infer(self.plain, batch, noise)
-            if self.state.step in faults.NAN_STEPS:  # test hook: inject a non-finite latent
-                latents[0, 0] = float("nan")
-            out.append(MicroBatch(batch, latents, stats))
-        return out
+            batches.append(batch)
+            noises.append(noise)
+        # All micro-batches' chains at once, chain_batch at a time (variants.LangevinInference).
+        inferred = self.inference.infer_step(self.plain, batches, noises)
+        if self.state.step in faults.NAN_STEPS:  # test hook: inject a non-finite latent
+            inferred[0][0][0, 0] = float("nan")
+        return [MicroBatch(b, latents, stats) for b, (latents, stats) in zip(batches, inferred)]
 
     # ------------------------------------------------------------------ phase 2: guard
     def guard(self, micro_batches: list[MicroBatch]) -> tuple[bool, bool]:
@@ -302,6 +309,7 @@ class Trainer:
                 lv.num_steps,
                 lv.step_size,
                 tag=Tag.TB_RECON,
+                chain=self.engine.fast.test_time_chain(self.inference_chain_batch),
             )
             with torch.no_grad():
                 recon = self.plain.generator(z)
