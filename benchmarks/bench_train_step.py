@@ -11,8 +11,11 @@ Variants, timed in the same process on the same inputs, their timed steps interl
     lfbm_dist.inference code with lfbm_dist.training.fastpath.FastPath resolved from `perf.*` (override it
     with key=value arguments, e.g. perf.compile=on) and train.precision's bf16 autocast.
   * with --ablate, a ladder that adds one change at a time (no weight gradients + fused update →
-    + bf16 autocast → + channels-last → + cuDNN autotuning → + torch.compile → + CUDA graphs),
-    so each change is kept only where it shows a gain. Steps that cannot apply on the device
+    + bf16 autocast → + channels-last → + cuDNN autotuning → + torch.compile of the log-posterior
+    (one graph per Langevin step) → + CUDA graphs of that → + the whole K-step chain as one graph
+    (`perf.chain_graph=whole`, with CUDA graphs on CUDA) → + a large chain batch (the chains of
+    --chain-batch images at once, learning still in micro-batches of --batch-per-gpu)), so each
+    change is kept only where it shows a gain. Steps that cannot apply on the device
     (CUDA-only ones on CPU) are left out of the ladder and listed under "not_applicable".
 FLOPs are counted analytically from the generator's convolutions (lfbm_dist/flops.py, stated in the
 output); images/s and TFLOP/s come from the median step time; data loading is excluded. Every
@@ -73,11 +76,15 @@ def plain_eager_langevin(model, x, z, noise, step_size, sigma):
 class Variant:
     """One implementation of the iteration with its own model, optimizer and inputs.
 
-    spec: plain (bool: the authors' loop), bf16 (bool: generator autocast), fast (FastPath or None).
+    spec: plain (bool: the authors' loop), bf16 (bool: generator autocast), fast (FastPath or None),
+    chain_batch (optional int, a multiple of batch: images per step, their chains run together and
+    learning accumulates over micro-batches of `batch`).
     """
 
     def __init__(self, spec: dict, cfg, batch: int, device: torch.device):
-        self.spec, self.cfg, self.batch, self.device = spec, cfg, batch, device
+        self.spec, self.cfg, self.device = spec, cfg, device
+        self.micro_batch = batch
+        self.batch = spec.get("chain_batch") or batch  # images per step
         allocated_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         torch.manual_seed(0)
         self.model = build_model(cfg).to(device)
@@ -87,7 +94,7 @@ class Variant:
             self.fast.apply(self.model)
         self.autocast_dtype = torch.bfloat16 if spec["bf16"] else None
         res = cfg.data.resolution
-        self.x = torch.rand(batch, cfg.generator.image_channels, res, res, device=device) * 2 - 1
+        self.x = torch.rand(self.batch, cfg.generator.image_channels, res, res, device=device) * 2 - 1
         if self.fast is not None:
             self.x = self.fast.images(self.x)
         self.state_bytes = (torch.cuda.memory_allocated(device) - allocated_before) if device.type == "cuda" else 0
@@ -110,6 +117,7 @@ class Variant:
         if self.spec["plain"]:
             z = plain_eager_langevin(self.model, self.x, chains[:, 0], chains[:, 1:], lv.step_size, lv.sigma)
         else:
+            fast = self.fast
             z = langevin_posterior(
                 self.model.generator,
                 self.model.prior,
@@ -120,12 +128,16 @@ class Variant:
                 z_init=chains[:, 0],
                 noise=chains[:, 1:],
                 autocast_dtype=self.autocast_dtype,
-                log_posterior_fn=self.fast.log_posterior if self.fast is not None else None,
+                log_posterior_fn=fast.log_posterior if fast is not None else None,
+                chain_fn=fast.chain_fn if fast is not None else None,
+                chain_batch=self.batch,
             )
         _sync(device)
         t1 = time.perf_counter()
-        loss, _ = self.model(self.x, z, autocast_dtype=self.autocast_dtype)
-        loss.backward()
+        micro = self.micro_batch
+        for x_micro, z_micro in zip(self.x.split(micro), z.split(micro)):  # learning keeps its micro-batch
+            loss, _ = self.model(x_micro, z_micro, autocast_dtype=self.autocast_dtype)
+            (loss * (len(x_micro) / self.batch)).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         _sync(device)
@@ -157,6 +169,8 @@ class Variant:
             "peak_memory_kind": kind,
             "generator_autocast": "bfloat16" if self.spec["bf16"] else "float32",
             "fast_path": self.fast.describe() if self.fast is not None else "none",
+            "chain_batch": self.batch,
+            "learning_micro_batch": self.micro_batch,
             "flops_per_image": flops,
         }
         if self.fast is not None and self.fast.fallback_reason:
@@ -164,31 +178,36 @@ class Variant:
         return out
 
 
-def variants(cfg, device: torch.device, ablate: bool) -> tuple[dict[str, dict], list[str]]:
+def variants(cfg, device: torch.device, ablate: bool, chain_batch: int) -> tuple[dict[str, dict], list[str]]:
     cuda = device.type == "cuda"
     configured = FastPath.resolve(cfg.perf, device)
     out = {"lfbm_dist": {"plain": False, "bf16": cfg.train.precision == "bf16", "fast": configured}}
     skipped: list[str] = []
     if ablate:
         base = FastPath(device=device)
+        tuned = replace(base, channels_last=True, cudnn_benchmark=cuda)
+        graphs = "reduce-overhead" if cuda else "default"
         ladder = [
-            ("no_weight_grads+fused_update", False, base),
-            ("+bf16_autocast", True, base),
-            ("+channels_last", True, replace(base, channels_last=True)),
-            ("+cudnn_benchmark", True, replace(base, channels_last=True, cudnn_benchmark=cuda)),
-            ("+compile", True, replace(base, channels_last=True, cudnn_benchmark=cuda, compile_mode="default")),
+            ("no_weight_grads+fused_update", False, base, None),
+            ("+bf16_autocast", True, base, None),
+            ("+channels_last", True, replace(base, channels_last=True), None),
+            ("+cudnn_benchmark", True, tuned, None),
+            ("+compile", True, replace(tuned, compile_mode="default", chain_graph="step"), None),
+            ("+cuda_graphs", True, replace(tuned, compile_mode="reduce-overhead", chain_graph="step"), None),
+            ("+whole_chain_graph", True, replace(tuned, compile_mode=graphs, graph_steps=cfg.langevin.num_steps), None),
             (
-                "+cuda_graphs",
+                "+large_chain_batch",
                 True,
-                replace(base, channels_last=True, cudnn_benchmark=cuda, compile_mode="reduce-overhead"),
+                replace(tuned, compile_mode=graphs, graph_steps=cfg.langevin.num_steps),
+                chain_batch,
             ),
         ]
-        for name, bf16, fast in ladder:
+        for name, bf16, fast, chains in ladder:
             # CPU: no bf16 tensor cores, no cuDNN, no CUDA graphs; the rest is measurable here.
             if not cuda and name in ("+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"):
                 skipped.append(name)
                 continue
-            out[name] = {"plain": False, "bf16": bf16 and cuda, "fast": fast}
+            out[name] = {"plain": False, "bf16": bf16 and cuda, "fast": fast, "chain_batch": chains}
     out["plain_eager"] = {"plain": True, "bf16": False, "fast": None}
     return out, skipped
 
@@ -203,6 +222,10 @@ def main() -> None:
     parser.add_argument("--ablate", action="store_true", help="also time the one-change-at-a-time ladder")
     parser.add_argument("--compile", action="store_true", help="shorthand for perf.compile=on")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--chain-batch", type=int, default=0, help="the large-chain-batch variant's chains per step (default 4× batch)"
+    )
+    parser.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
     parser.add_argument("overrides", nargs="*", help="config key=value (e.g. perf.compile=on)")
     args = parser.parse_args()
     path = Path(args.config)
@@ -222,9 +245,14 @@ def main() -> None:
         "flops_note": "2·MACs of the generator's (transposed) convolutions; Langevin step = 2F, learning = 3F",
         "variants": {},
     }
-    specs, skipped = variants(cfg, device, args.ablate)
+    chain_batch = args.chain_batch or 4 * args.batch_per_gpu
+    if chain_batch % args.batch_per_gpu:
+        parser.error(f"--chain-batch {chain_batch} must be a multiple of --batch-per-gpu {args.batch_per_gpu}")
+    specs, skipped = variants(cfg, device, args.ablate, chain_batch)
     if args.skip_baseline:
         specs.pop("plain_eager")
+    if args.only:
+        specs = {name: spec for name, spec in specs.items() if name in args.only.split(",")}
     built = {}
     for name, spec in specs.items():  # set-up and warm-up (compilation, autotuning) one by one
         built[name] = Variant(spec, cfg, args.batch_per_gpu, device)
@@ -241,6 +269,7 @@ def main() -> None:
     flops = iteration_flops_per_image(built[names[0]].model.generator, cfg.generator.nz, cfg.langevin.num_steps)
     for name in names:
         out["variants"][name] = built[name].summary(flops)
+        out["variants"][name]["first_step_note"] = "includes compilation / CUDA-graph capture / autotuning"
     if skipped:
         out["not_applicable"] = {name: f"needs CUDA (device is {device.type})" for name in skipped}
     if "plain_eager" in out["variants"]:

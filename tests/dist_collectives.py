@@ -70,11 +70,17 @@ if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
 x = torch.rand(4, 3, 16, 16) * 2 - 1
 z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3)
 inference_calls = COUNT["calls"]
-# The fast path's compiled chain (forward and backward compiled by Inductor) must stay local too.
-fast = FastPath.resolve(PerfConfig(compile="on"), engine.device, deepspeed=engine.uses_deepspeed)
+# The fast path's compiled chains must stay local too: the per-step compiled log-posterior, and the
+# whole chain as graphs (3 + 2 steps) at a chain batch of 2 (two calls for the 4 chains).
+fast = FastPath.resolve(PerfConfig(compile="on", chain_graph="step"), engine.device, deepspeed=engine.uses_deepspeed)
 langevin_posterior(
     plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3, log_posterior_fn=fast.log_posterior
 )
+whole = FastPath.resolve(PerfConfig(compile="on", graph_steps=3), engine.device, deepspeed=engine.uses_deepspeed)
+langevin_posterior(
+    plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3, chain_fn=whole.chain_fn, chain_batch=2
+)
+assert whole._checked_shapes, "the whole-chain graph did not run"
 compiled_calls = COUNT["calls"] - inference_calls
 inference_calls = COUNT["calls"]
 with engine.accumulate(wrapped):
@@ -86,7 +92,7 @@ result = {
     "backend": engine.backend_name,
     "inference": inference_calls,
     "inference_compiled": compiled_calls,
-    "compile_fallback": fast.fallback_reason,
+    "compile_fallback": fast.fallback_reason or whole.fallback_reason,
     "learning": COUNT["calls"] - inference_calls,
 }
 with open(os.path.join(os.environ["LFBM_TEST_OUT"], f"rank{engine.rank}.json"), "w") as f:

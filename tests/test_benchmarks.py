@@ -31,18 +31,34 @@ def test_train_step_benchmark_prints_every_variant_of_the_ladder():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     variants = out["variants"]
-    assert set(variants) == {"lfbm_dist", "no_weight_grads+fused_update", "+channels_last", "+compile", "plain_eager"}
+    assert set(variants) == {
+        "lfbm_dist",
+        "no_weight_grads+fused_update",
+        "+channels_last",
+        "+compile",
+        "+whole_chain_graph",
+        "+large_chain_batch",
+        "plain_eager",
+    }
     assert set(out["not_applicable"]) == {"+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"}  # CPU
-    assert variants["+compile"]["fast_path"] == "channels_last=on cudnn_benchmark=off compile=default"
-    assert "compile_fallback" not in variants["+compile"]
+    assert variants["+compile"]["fast_path"] == "channels_last=on cudnn_benchmark=off compile=default (per step)"
+    whole = "channels_last=on cudnn_benchmark=off compile=default (whole chain ≤ 2 steps/graph)"  # K = 2: one graph
+    assert variants["+whole_chain_graph"]["fast_path"] == variants["+large_chain_batch"]["fast_path"] == whole
+    assert all("compile_fallback" not in variants[n] for n in ("+compile", "+whole_chain_graph", "+large_chain_batch"))
     assert variants["lfbm_dist"]["fast_path"] == "channels_last=off cudnn_benchmark=off compile=off"  # CPU auto
+    # the large chain batch runs 4× the learning micro-batch's chains per step (default --chain-batch)
+    large = variants["+large_chain_batch"]
+    assert (large["chain_batch"], large["learning_micro_batch"]) == (16, 4)
     # test_tiny = tiny16, nz 8, ngf 8: MACs C_in·C_out·k²·H_in·W_in of 8→16 on 1², 16→8 on 4², 8→3 on 8²
     flops = variants["lfbm_dist"]["flops_per_image"]
     assert flops["generator_forward"] == 2 * (8 * 16 * 16 * 1 + 16 * 8 * 16 * 16 + 8 * 3 * 16 * 64)
     assert flops["total"] == (2 * out["langevin_steps"] + 3) * flops["generator_forward"]
     for name, v in variants.items():
-        assert v["images_per_sec"] == pytest.approx(4 / v["step_s_median"], rel=1e-3), name
-        assert v["achieved_tflops"] == pytest.approx(4 * flops["total"] / v["step_s_median"] / 1e12, rel=1e-2, abs=1e-4)
+        images = v["chain_batch"]
+        assert v["images_per_sec"] == pytest.approx(images / v["step_s_median"], rel=1e-3), name
+        assert v["achieved_tflops"] == pytest.approx(
+            images * flops["total"] / v["step_s_median"] / 1e12, rel=1e-2, abs=1e-4
+        )
         assert v["langevin_share"] + v["learning_share"] == pytest.approx(1.0, abs=0.25)  # medians of parts
     assert set(out["speedup_vs_plain_eager"]) == set(variants) - {"plain_eager"}
 

@@ -56,8 +56,9 @@ def _final_params(run_dir):
 
 
 def test_global_batch_split_equivalence(tmp_path):
-    """1 rank × 8, 2 ranks × 4, 2 ranks × 2 × accumulation 2 (and ZeRO-2 2 × 4, and DDP 2 × 4 with
-    channels-last weights and images): same parameters."""
+    """1 rank × 8, 2 ranks × 4, 2 ranks × 2 × accumulation 2 (and ZeRO-2 2 × 4, DDP 2 × 4 with
+    channels-last weights and images, and DDP and ZeRO-2 2 × 2 × accumulation 2 whose chains run as
+    one chain batch of 4 per rank): same parameters."""
     steps = ["train.total_kimg=0.04", "train.log_every_kimg=0.04"]  # 5 steps of global batch 8
     runs = {
         "1x8": ("single", ["train.batch_per_gpu=8"]),
@@ -65,11 +66,16 @@ def test_global_batch_split_equivalence(tmp_path):
         "2x2x2": ("ddp2", ["train.batch_per_gpu=2", "train.accumulation_steps=2"]),
         "zero2_2x4": ("zero2", ["train.batch_per_gpu=4"]),
         "2x4_channels_last": ("ddp2", ["train.batch_per_gpu=4", "perf.channels_last=on"]),
+        # the chains of both micro-batches of a step as one batch of 4, learning still in micro-batches of 2
+        "2x2x2_chain4": ("ddp2", ["train.batch_per_gpu=2", "train.accumulation_steps=2", "perf.chain_batch=4"]),
+        "zero2_2x2x2_chain4": ("zero2", ["train.batch_per_gpu=2", "train.accumulation_steps=2", "perf.chain_batch=4"]),
     }
     params = {}
     for name, (kind, extra) in runs.items():
         run_dir = tmp_path / name
-        _ok(run(kind, *TINY, f"train.run_dir={run_dir}", *steps, *extra))
+        proc = _ok(run(kind, *TINY, f"train.run_dir={run_dir}", *steps, *extra))
+        chains = "4 at a time (learning micro-batch 2)" if "chain4" in name else "at a time"
+        assert f"Langevin chains {chains}" in proc.stdout + proc.stderr, name
         params[name] = _final_params(run_dir)
     ref = params["1x8"]
     for name, state in params.items():

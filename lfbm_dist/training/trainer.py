@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from ..inference import batch_coupled
 from ..models import GENERATOR_SPECS
 from ..seeding import Stream, Tag, per_sample_normal
 from . import checkpoint, faults
@@ -116,8 +117,15 @@ class Trainer:
         p = self.plain
         return (
             f"generator {count_parameters(p.generator):,} + prior {count_parameters(p.prior):,} parameters; "
-            f"fast path: {self.engine.fast.describe()}"
+            f"fast path: {self.engine.fast.describe()}; Langevin chains {self._chain_note()}"
         )
+
+    def _chain_note(self) -> str:
+        if not hasattr(self.inference, "chain_batch"):
+            return "none (amortised encoder)"
+        if batch_coupled(self.plain.generator):
+            return "per micro-batch (BatchNorm couples a batch's chains)"
+        return f"{self.inference.chain_batch} at a time (learning micro-batch {self.cfg.train.batch_per_gpu})"
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
