@@ -106,3 +106,49 @@ def test_allreduce_benchmark_on_two_gloo_ranks():
     assert out["bytes"] == 4 * out["parameters"] and out["median_s"] > 0
     # ring all-reduce bus bandwidth: 2(N−1)/N · bytes / time
     assert out["bus_bandwidth_GBps"] == pytest.approx(out["bytes"] / out["median_s"] / 1e9, rel=0.01)
+
+
+@pytest.mark.slow
+def test_gpu_proof_smoke_runs_every_section_on_cpu(tmp_path):
+    """The one-shot GPU proof, in its CPU smoke mode: every section runs and reports, the SIGKILL
+    lands between the snapshot and the end, the resumed weights are bitwise those of the uninterrupted
+    run, and the markdown rows are written."""
+    proc = subprocess.run(
+        [PYTHON, "benchmarks/gpu_proof.py", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_proof.json").read_text())
+    sections = report["sections"]
+    assert {k: v["status"] for k, v in sections.items()} == {
+        k: "ok" for k in ("gpu_tests", "ablation", "resume", "fid")
+    }
+    assert "skipped" in sections["gpu_tests"]["summary"] or "deselected" in sections["gpu_tests"]["summary"]
+    batches = sections["ablation"]["batches"]
+    assert set(batches) == {"batch_4", "batch_8"}
+    assert set(batches["batch_8"]["result"]["variants"]) == {"plain_eager", "lfbm_dist"}
+    resume = sections["resume"]
+    assert resume["killed_after"] == "ckpt-000000000016" and resume["bitwise_equal"] is True
+    assert "resumed from ckpt-000000000016" in resume["resumed_from"]
+    assert sections["fid"]["samples"] == 16 and sections["fid"]["extrapolated_50k_seconds"] > 0
+    rows = (tmp_path / "gpu_proof.md").read_text()
+    assert "| test_tiny | CPU | 8 (learn 8) | lfbm_dist |" in rows and "Resume after SIGKILL: ok" in rows
+
+
+def test_gpu_table4_script_names_the_decisive_points_of_the_paper_scale():
+    """benchmarks/gpu_table4.sh runs held-out 4, flow vs Gaussian, seeds 0 and 1, at the paper's
+    1,060 kimg: its point names must stay points of the grid's paper scale."""
+    import re
+
+    from lfbm_dist.repro.spec import load_grid
+
+    script = (ROOT / "benchmarks" / "gpu_table4.sh").read_text()
+    named = set(re.findall(r"heldout_class-\d_prior-\w+_seed-\d", script))
+    assert named == {f"heldout_class-4_prior-{p}_seed-{s}" for p in ("flow", "gaussian") for s in (0, 1)}
+    grid = load_grid(ROOT / "experiments" / "table4_anomaly.yaml")
+    points = {p.name: p for p in grid.points("paper")}
+    assert named <= set(points)
+    assert all("train.total_kimg=1060" in points[n].overrides for n in named)
