@@ -194,11 +194,11 @@ def variants(cfg, device: torch.device, ablate: bool, chain_batch: int) -> tuple
             ("+cudnn_benchmark", True, tuned, None),
             ("+compile", True, replace(tuned, compile_mode="default", chain_graph="step"), None),
             ("+cuda_graphs", True, replace(tuned, compile_mode="reduce-overhead", chain_graph="step"), None),
-            ("+whole_chain_graph", True, replace(tuned, compile_mode=graphs, graph_steps=cfg.langevin.num_steps), None),
+            ("+whole_chain_graph", True, replace(tuned, compile_mode=graphs, graph_steps=cfg.perf.graph_steps), None),
             (
                 "+large_chain_batch",
                 True,
-                replace(tuned, compile_mode=graphs, graph_steps=cfg.langevin.num_steps),
+                replace(tuned, compile_mode=graphs, graph_steps=cfg.perf.graph_steps),
                 chain_batch,
             ),
         ]

@@ -6,8 +6,8 @@
 Sections, in order of what matters most when the loan is short (each has a deadline inside the
 total budget; one that would not fit, or fails, is recorded as such and the next one runs):
   1. gpu_tests    the GPU-marked tests (`pytest -m gpu`), with their pass/skip counts.
-  2. ablation     bench_train_step.py at celebahq256 (K = 60) for batch 64 (plain eager, the defaults,
-                  the per-step CUDA graphs of the first reading, the whole-chain graph, a 256-image
+  2. ablation     bench_train_step.py at celebahq256 (K = 60) for batch 64 (plain eager, the defaults
+                  = the whole-chain graph, the per-step CUDA graphs of the first reading, a 256-image
                   chain batch) and for batch 128 and 256 (plain eager, the defaults): img/s, TFLOP/s,
                   % of the bf16 dense peak, × plain eager, first step (compilation + capture), peak memory.
   3. resume       a 256² training run from synthetic WebDataset shards with a snapshot half-way;
@@ -16,6 +16,8 @@ total budget; one that would not fit, or fails, is recorded as such and the next
                   for cuDNN/atomic nondeterminism: relative L2 difference ≤ 1e-3 per tensor).
   4. fid          FID sampling + Inception features at 256²: time for N samples (10,000 on a GPU),
                   and the 50,000-sample time extrapolated from it (labelled as such).
+  5. chain_compile  compile time and run time of the whole-chain graph at 20 and 60 steps (batch 64):
+                  the measurement behind perf.graph_steps.
 Writes OUT/gpu_proof.json (raw) and OUT/gpu_proof.md (rows for docs/PERFORMANCE.md).
 """
 
@@ -232,6 +234,12 @@ def fid(args, budget: Budget) -> dict:
     }
 
 
+def chain_compile(args, budget: Budget) -> dict:
+    cmd = [sys.executable, "benchmarks/bench_chain_compile.py", "--config", args.config]
+    cmd += ["--batch", str(args.compile_batch), "--steps", args.compile_steps, *args.overrides]
+    return run_json(cmd, budget.left() - 10)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -265,6 +273,12 @@ def markdown(report: dict) -> str:
             f"FID sampling + Inception at {f['resolution']}²: {f['samples']} in {f['seconds']} s "
             f"({f['images_per_sec']} img/s); 50k extrapolated: {f['extrapolated_50k_seconds']} s."
         )
+    c = report["sections"].get("chain_compile", {}).get("result")
+    for row in (c or {}).get("rows", []):
+        lines.append(
+            f"Whole-chain graph of {row['steps']} steps (batch {c['batch']}): "
+            f"compile ≈ {row['compile_s_estimate']} s, run {row['run_s']} s."
+        )
     t = report["sections"].get("gpu_tests", {})
     lines.append(f"GPU-marked tests: {t.get('status')} — {t.get('summary')}")
     return "\n".join(lines) + "\n"
@@ -275,7 +289,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="CPU, tiny model, seconds: checks the script itself")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_proof")
     p.add_argument("--budget-s", type=float, default=540.0, help="all sections together (default 9 minutes)")
-    p.add_argument("--sections", default="gpu_tests,ablation,resume,fid")
+    p.add_argument("--sections", default="gpu_tests,ablation,resume,fid,chain_compile")
     p.add_argument("overrides", nargs="*", help="config key=value for every section")
     args = p.parse_args(argv)
     import torch
@@ -287,13 +301,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.ablation_plan = [(4, "plain_eager,lfbm_dist", 1), (8, "plain_eager,lfbm_dist", 1)]
         args.train_batch, args.train_steps, args.train_images = 4, 8, 32
         args.fid_samples, args.fid_batch, args.min_section_s = 16, 8, 5.0
+        args.compile_batch, args.compile_steps = 4, "1"
         args.overrides = ["langevin.num_steps=2", *args.overrides]
     else:
         args.config, args.resolution, args.ablation_timeout_s = "celebahq256", 256, 240
-        full = "plain_eager,lfbm_dist,+cuda_graphs,+whole_chain_graph,+large_chain_batch"
+        # lfbm_dist = the defaults = the whole-chain graph; +cuda_graphs = the first reading's best form
+        full = "plain_eager,lfbm_dist,+cuda_graphs,+large_chain_batch"
         args.ablation_plan = [(64, full, 3), (128, "plain_eager,lfbm_dist", 3), (256, "plain_eager,lfbm_dist", 3)]
         args.train_batch, args.train_steps, args.train_images = 32, 200, 1024
         args.fid_samples, args.fid_batch = 10_000, 250
+        args.compile_batch, args.compile_steps = 64, "20,60"
     return args
 
 
@@ -314,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
     }
     sections = {"gpu_tests": gpu_tests, "ablation": ablation, "resume": resume, "fid": fid}
+    sections["chain_compile"] = chain_compile
     for key in args.sections.split(","):
         started = time.monotonic()
         if budget.left() < args.min_section_s:

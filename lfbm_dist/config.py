@@ -167,9 +167,10 @@ class PerfConfig(Section):
     # whole = the K-step chain (input gradients by torch.func.grad, updates, noise) as one graph;
     # step = only the log-posterior compiled, the K-step loop in Python (the earlier fast path)
     chain_graph: Literal["whole", "step"] = "whole"
-    # Steps unrolled into one graph; a longer chain replays it (compile time grows ≈ linearly with
-    # this; ≥ langevin.num_steps makes a training chain exactly one replay)
-    graph_steps: Int = Field(60, ge=1)
+    # Steps unrolled into one graph; a chain of K steps is ⌈K/graph_steps⌉ replays with no host round
+    # trip between them. Compile time grows linearly with it (docs/PERFORMANCE.md: ≈ 1.5–8 s a step on
+    # CPU), a replay's launch costs microseconds: 20 = 3 replays for K = 60, 40 for the 800-step tests.
+    graph_steps: Int = Field(20, ge=1)
     # Chains run this many at a time (Langevin is per-sample: learning keeps batch_per_gpu). 0 = auto:
     # on CUDA all micro-batches of a step at once, capped by free memory; on CPU one micro-batch.
     chain_batch: Int = Field(0, ge=0)

@@ -22,17 +22,16 @@ def test_auto_means_on_for_cuda_and_off_on_cpu():
     assert (cpu.channels_last, cpu.cudnn_benchmark, cpu.compile_mode, cpu.log_posterior) == (False, False, None, None)
     assert cpu.chain_fn is None and cpu.chain_batch(4, 16, build_generator("tiny16", nz=8), 8) == 4
     # The decision of docs/PERFORMANCE.md: by default on CUDA every chain is the compiled whole chain
-    # with CUDA graphs (one replay per training chain of the 256² preset), not the per-step form.
+    # with CUDA graphs (graphs of 20 steps: no host round trip within a chain), not the per-step form.
     gpu = FastPath.resolve(PerfConfig(), torch.device("cuda", 0))
     assert (gpu.channels_last, gpu.cudnn_benchmark, gpu.compile_mode) == (True, True, "reduce-overhead")
     assert gpu.chain_graph == "whole" and gpu.log_posterior is None and gpu.chain_fn is not None
-    assert "compile=reduce-overhead (whole chain ≤ 60 steps/graph) cuda_graphs=on" in gpu.describe()
+    assert "compile=reduce-overhead (whole chain ≤ 20 steps/graph) cuda_graphs=on" in gpu.describe()
     preset = load_config(ROOT / "configs" / "celebahq256.yaml")
     hq = FastPath.resolve(preset.perf, torch.device("cuda", 0))
     assert (hq.compile_mode, hq.chain_graph, hq.chain_batch_setting) == ("reduce-overhead", "whole", 0)
-    assert hq.graph_steps >= preset.langevin.num_steps and chunked_steps(preset.langevin.num_steps, hq.graph_steps) == [
-        60
-    ]
+    assert chunked_steps(preset.langevin.num_steps, hq.graph_steps) == [20, 20, 20]  # 3 replays, no host trip
+    assert chunked_steps(preset.langevin.test_num_steps, hq.graph_steps) == [20] * 40  # the same graph
     # CUDA graphs do not exist on CPU: asking for them there compiles plainly rather than pretending.
     forced = FastPath.resolve(
         PerfConfig(channels_last="on", cudnn_benchmark="on", compile="on", compile_mode="reduce-overhead"),

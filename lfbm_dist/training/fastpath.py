@@ -87,7 +87,7 @@ class FastPath:
     cudnn_benchmark: bool = False
     compile_mode: str | None = None  # None = eager
     chain_graph: str = "whole"  # "whole": the K-step chain is one graph; "step": the log-posterior is
-    graph_steps: int = 60
+    graph_steps: int = 20
     chain_batch_setting: int = 0  # perf.chain_batch (0 = auto)
     fallback_reason: str | None = None  # set when compilation failed and we went eager
     note: str | None = None  # why an `auto` switch stayed off
