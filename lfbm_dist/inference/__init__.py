@@ -12,6 +12,7 @@ from .langevin import (
     log_likelihood,
     log_posterior,
     posterior_chain,
+    posterior_steps,
 )
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "log_likelihood",
     "log_posterior",
     "posterior_chain",
+    "posterior_steps",
     "batch_coupled",
     "ChainFn",
     "LogPosteriorFn",

@@ -227,43 +227,62 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])])
 
 
+def posterior_steps(
+    generator: nn.Module,
+    prior: Prior,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    noise: torch.Tensor | None,
+    num_steps: int,
+    step_size: float,
+    sigma: float,
+    mask: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    *,
+    log_posterior_fn: LogPosteriorFn | None = None,
+    add_noise: bool | None = None,
+    rng: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager reference: the same chain as `posterior_chain` (same signature and result), step by
+    step with torch.autograd.grad. add_noise defaults to `noise is not None`; with add_noise and no
+    noise, each step draws from `rng`. Call it under `frozen(...)`."""
+    add_noise = noise is not None if add_noise is None else add_noise
+    log_post_fn = log_posterior_fn or log_posterior
+    half_s2 = 0.5 * step_size**2
+    grad_norm = z.new_zeros(z.shape[0])
+    with torch.enable_grad():  # also when a caller (a fallen-back compiled chain) is in no_grad mode
+        for k in range(num_steps):
+            z = z.detach().requires_grad_(True)
+            log_post = log_post_fn(generator, prior, z, x, sigma, mask, autocast_dtype)
+            # Chains are independent, so the gradient of the sum is each chain's own gradient.
+            (grad,) = torch.autograd.grad(log_post.sum(), z)
+            with torch.no_grad():
+                eps = None
+                if add_noise:
+                    eps = noise[:, k] if noise is not None else torch.randn(z.shape, generator=rng, device=z.device)
+                z = _langevin_update(z.detach(), grad, eps, half_s2, step_size)
+            if k == num_steps - 1:
+                grad_norm = grad.detach().norm(dim=1)
+    return z.detach(), grad_norm
+
+
 class _Chain:
     """One call's worth of chains: through chain_fn (whole chain, no grad mode) or the step loop."""
 
     def __init__(self, generator, prior, num_steps, step_size, sigma, autocast_dtype, log_posterior_fn, chain_fn, rng):
         self.generator, self.prior, self.num_steps = generator, prior, num_steps
         self.step_size, self.sigma, self.autocast_dtype = step_size, sigma, autocast_dtype
-        self.log_post_fn, self.chain_fn, self.rng = log_posterior_fn or log_posterior, chain_fn, rng
+        self.log_post_fn, self.chain_fn, self.rng = log_posterior_fn, chain_fn, rng
 
     def __call__(self, x, z_init, noise, mask, add_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
         z = z_init.detach().float().clone()
-        modules = (self.generator, self.prior if isinstance(self.prior, nn.Module) else None)
-        if self.chain_fn is not None:
-            with frozen(*modules), torch.no_grad():
-                return self.chain_fn(
-                    self.generator, self.prior, x, z, noise if add_noise else None,
-                    self.num_steps, self.step_size, self.sigma, mask, self.autocast_dtype,
-                )  # fmt: skip
-        half_s2 = 0.5 * self.step_size**2
-        grad_norm = z.new_zeros(z.shape[0])
-        with frozen(*modules):
-            for k in range(self.num_steps):
-                z.requires_grad_(True)
-                log_post = self.log_post_fn(self.generator, self.prior, z, x, self.sigma, mask, self.autocast_dtype)
-                # Chains are independent, so the gradient of the sum is each chain's own gradient.
-                (grad,) = torch.autograd.grad(log_post.sum(), z)
+        args = (self.generator, self.prior, x, z, noise if add_noise else None, self.num_steps, self.step_size)
+        args += (self.sigma, mask, self.autocast_dtype)
+        with frozen(self.generator, self.prior if isinstance(self.prior, nn.Module) else None):
+            if self.chain_fn is not None:
                 with torch.no_grad():
-                    eps = None
-                    if add_noise:
-                        eps = (
-                            noise[:, k]
-                            if noise is not None
-                            else torch.randn(z.shape, generator=self.rng, device=z.device)
-                        )
-                    z = _langevin_update(z.detach(), grad, eps, half_s2, self.step_size)
-                if k == self.num_steps - 1:
-                    grad_norm = grad.detach().norm(dim=1)
-        return z.detach(), grad_norm
+                    return self.chain_fn(*args)
+            return posterior_steps(*args, log_posterior_fn=self.log_post_fn, add_noise=add_noise, rng=self.rng)
 
 
 def langevin_prior(

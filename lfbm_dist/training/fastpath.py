@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, PerfConfig
-from ..inference import ChainFn, ChainOptions, LogPosteriorFn, log_posterior, posterior_chain
+from ..inference import ChainFn, ChainOptions, LogPosteriorFn, log_posterior, posterior_chain, posterior_steps
 
 
 def _on(setting: str, device: torch.device) -> bool:
@@ -187,7 +187,8 @@ class FastPath:
 
     @property
     def chain_fn(self) -> ChainFn | None:
-        """The whole-chain function langevin_posterior should call (None = the step loop)."""
+        """The whole-chain function langevin_posterior should call (None = the step loop, also after
+        a compile failure)."""
         if self.compile_mode is None or self.chain_graph != "whole":
             return None
         if self._compiled_chain is None:
@@ -206,8 +207,8 @@ class FastPath:
         return z, grad_norm
 
     def _call_graph(self, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.compile_mode is None:  # fell back earlier: the same math, eagerly
-            return posterior_chain(*args)
+        if self.compile_mode is None:  # fell back earlier: the eager reference, exactly
+            return posterior_steps(*args)
         key = (tuple(args[2].shape), args[5], args[4] is not None, args[8] is not None)
         if self.compile_mode == "reduce-overhead":
             # The previous replay's outputs were copied out below; their buffers may be reused.
@@ -219,7 +220,7 @@ class FastPath:
                 z, grad_norm = self._compiled_chain(*args)
             except Exception as exc:  # noqa: BLE001 — any compiler failure: same math, eagerly
                 self._fall_back(exc)
-                return posterior_chain(*args)
+                return posterior_steps(*args)  # the eager step loop: the run is the eager run exactly
             self._checked_shapes.add(key)
             self.cudagraph_skips = _cudagraph_skips()
             if self.cudagraph_skips and self.compile_mode == "reduce-overhead":
