@@ -46,9 +46,7 @@ class LangevinInference:
     def infer_step(
         self, plain: LFBM, batches: list[Batch], noises: list[torch.Tensor]
     ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        if batch_coupled(plain.generator) or (
-            len(batches) > 1 and any(b.mask is None for b in batches[1:]) != (batches[0].mask is None)
-        ):
+        if batch_coupled(plain.generator) or len({b.mask is None for b in batches}) > 1:
             return [self.infer(plain, b, n) for b, n in zip(batches, noises)]
         whole = Batch(
             x=torch.cat([b.x for b in batches]) if len(batches) > 1 else batches[0].x,
