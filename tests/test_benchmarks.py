@@ -123,12 +123,12 @@ def test_gpu_proof_smoke_runs_every_section_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_proof.json").read_text())
     sections = report["sections"]
-    names = ("gpu_tests", "ablation", "resume", "fid", "chain_compile")
+    names = ("gpu_tests", "ablation", "resume", "fid", "ablation_large", "chain_compile")
     assert {k: v["status"] for k, v in sections.items()} == {k: "ok" for k in names}
     assert [r["steps"] for r in sections["chain_compile"]["result"]["rows"]] == [1]
     assert "skipped" in sections["gpu_tests"]["summary"] or "deselected" in sections["gpu_tests"]["summary"]
-    batches = sections["ablation"]["batches"]
-    assert set(batches) == {"batch_4", "batch_8"}
+    batches = {**sections["ablation"]["batches"], **sections["ablation_large"]["batches"]}
+    assert set(sections["ablation"]["batches"]) == {"batch_4"} and set(batches) == {"batch_4", "batch_8"}
     assert set(batches["batch_8"]["result"]["variants"]) == {"plain_eager", "lfbm_dist"}
     resume = sections["resume"]
     assert resume["killed_after"] == "ckpt-000000000016" and resume["bitwise_equal"] is True
