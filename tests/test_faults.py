@@ -429,7 +429,11 @@ def test_a_second_signal_exits_at_once(tmp_path):
 def test_run_directory_rules(tmp_path):
     run_dir = tmp_path / "r"
     assert run("single", *TINY, f"train.run_dir={run_dir}").returncode == 0
-    again = run("single", *TINY, f"train.run_dir={run_dir}")
+    # the same command again: the run is finished, it says so and exits 0 (README's promise)
+    same = run("single", *TINY, f"train.run_dir={run_dir}")
+    assert same.returncode == 0 and "already complete" in same.stdout, same.stderr[-2000:]
+    # another run (another seed) into the same directory is refused in one line
+    again = run("single", *TINY, f"train.run_dir={run_dir}", "train.seed=7")
     assert again.returncode == 2
     (line,) = _errors(again)
     assert (
@@ -476,3 +480,33 @@ def test_non_finite_config_numbers_are_refused(tmp_path):
     proc = run("single", *TINY, f"train.run_dir={tmp_path}", "optim.lr_generator=.inf")
     assert proc.returncode == 2
     assert _errors(proc) == ["error: command line: optim.lr_generator must be a finite number, got inf"]
+
+
+# ------------------------------------------------------------------------------ the printed resume command
+
+
+@pytest.mark.parametrize(
+    "parent,expected",
+    [
+        # `accelerate launch` as installed: the python running the console script is not typed
+        (["/v/bin/python3", "/v/bin/accelerate", "launch", "--multi_gpu", "lfbm_dist/train.py", "x=1"],
+         ["/v/bin/accelerate", "launch", "--multi_gpu", "lfbm_dist/train.py", "x=1"]),
+        # `python -m accelerate.commands.launch`: without the interpreter it would not run
+        (["/v/bin/python3", "-m", "accelerate.commands.launch", "--multi_gpu", "lfbm_dist/train.py", "x=1"],
+         ["/v/bin/python3", "-m", "accelerate.commands.launch", "--multi_gpu", "lfbm_dist/train.py", "x=1"]),
+        (["/v/bin/python3", "-m", "torch.distributed.run", "--nproc_per_node", "2", "lfbm_dist/train.py"],
+         ["/v/bin/python3", "-m", "torch.distributed.run", "--nproc_per_node", "2", "lfbm_dist/train.py"]),
+        (["/v/bin/torchrun", "--nproc_per_node", "2", "lfbm_dist/train.py"],
+         ["/v/bin/torchrun", "--nproc_per_node", "2", "lfbm_dist/train.py"]),
+    ],
+)  # fmt: skip
+def test_printed_resume_command_runs_as_printed_however_launched(monkeypatch, parent, expected):
+    from lfbm_dist.training import session
+    from lfbm_dist.training.engine import launch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(launch, "_parent_cmdline", lambda: parent)
+    argv = ["/repo/lfbm_dist/train.py", "x=1"]
+    assert launch.launcher_command(argv) == expected
+    assert session.resume_command(argv).endswith("train.resume=auto")
+    assert session.resume_command(argv).split()[0] == expected[0]

@@ -3,7 +3,8 @@
 * Into a directory that holds checkpoints, a run starts only with `train.resume=auto` (continue
   it), or `train.overwrite=true` (its artefacts are moved aside to RUN_DIR/old-<time>/ first);
   otherwise it refuses in one line that offers those and a new `train.run_dir`.
-* A run whose newest checkpoint already reached `train.total_kimg` says so and exits 0.
+* A run whose newest checkpoint already reached `train.total_kimg` says so and exits 0 — also when
+  relaunched with its original command (no `train.resume`): same model, seed and total_kimg.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from ..config import Config
-from .checkpoint import CheckpointError, latest, list_complete, resolve_resume
+from .checkpoint import CheckpointError, check_compatible, latest, list_complete, resolve_resume
 
 _ARTEFACTS = ("checkpoints", "tensorboard", "logs", "trainer_state.json", "metrics.json", "config.yaml")
 
@@ -46,6 +49,8 @@ def inspect(cfg: Config) -> RunState:
     run_dir = Path(t.run_dir)
     newest = latest(run_dir)
     if t.resume == "none":
+        if newest is not None and not t.overwrite and _finished_same_run(newest, cfg):
+            return RunState("complete", newest, _images_seen(newest))
         if newest is not None and not t.overwrite:
             raise CheckpointError(
                 f"{run_dir} holds checkpoints of an earlier run (newest {newest.name}, kimg "
@@ -59,6 +64,19 @@ def inspect(cfg: Config) -> RunState:
     seen = _images_seen(ckpt)
     total = int(round(t.total_kimg * 1000))
     return RunState("complete" if seen >= total else "resuming", ckpt, seen)
+
+
+def _finished_same_run(ckpt: Path, cfg: Config) -> bool:
+    """The newest checkpoint is this very run's, finished: the same model config (check_compatible),
+    seed and length, and it reached the end. Anything else in the directory is another run."""
+    try:
+        check_compatible(ckpt, cfg)
+        saved = yaml.safe_load((ckpt / "config.yaml").read_text())["train"]
+    except (CheckpointError, OSError, KeyError, TypeError, yaml.YAMLError):
+        return False
+    t = cfg.train
+    same = saved.get("seed") == t.seed and saved.get("total_kimg") == t.total_kimg
+    return same and _images_seen(ckpt) >= int(round(t.total_kimg * 1000))
 
 
 def move_aside(run_dir: Path) -> Path | None:

@@ -56,7 +56,10 @@ def launcher_command(argv: list[str]) -> list[str]:
     parent = _parent_cmdline()
     launched = any(x in " ".join(parent[:3]) for x in ("accelerate", "torchrun", "torch.distributed.run"))
     if "WORLD_SIZE" in os.environ and launched and any(a.endswith(script) for a in parent[1:]):
-        return parent[1:] if os.path.basename(parent[0]).startswith("python") else parent
+        # `python /path/bin/accelerate launch …` is typed as `accelerate launch …`; but
+        # `python -m accelerate.commands.launch …` needs its interpreter to run as printed.
+        python = os.path.basename(parent[0]).startswith("python")
+        return parent[1:] if python and parent[1:2] != ["-m"] else parent
     if script in ("train.py", "__main__.py"):
         return [sys.executable, "-m", "lfbm_dist.train", *argv[1:]]
     return list(argv)
