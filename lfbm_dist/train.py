@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             _dry_run(cfg)
             return 0
+        from lfbm_dist.lifetime import die_with_parent, launched_rank
         from lfbm_dist.training.session import train
 
+        if launched_rank():  # a rank whose launcher is killed exits too (no orphan training on)
+            die_with_parent()
         train(cfg, sys.argv if argv is None else ["lfbm-train", *argv])
         return 0
 

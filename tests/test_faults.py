@@ -510,3 +510,48 @@ def test_printed_resume_command_runs_as_printed_however_launched(monkeypatch, pa
     assert launch.launcher_command(argv) == expected
     assert session.resume_command(argv).endswith("train.resume=auto")
     assert session.resume_command(argv).split()[0] == expected[0]
+
+
+# ------------------------------------------------------------------------------ kill -9 of the launcher
+
+
+def test_sigkill_of_the_launcher_leaves_no_rank_running(tmp_path):
+    """torch elastic starts each rank in a session of its own, out of reach of the launcher's process
+    group: killing the launcher's group with SIGKILL must still end every rank (lifetime.py)."""
+    import psutil
+
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen(
+        command("ddp2", *TINY, f"train.run_dir={run_dir}", "train.total_kimg=10"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(LFBM_FAULT_STEP_SLEEP="0.2"),
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "tensorboard").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # training steps under way
+
+    def ranks():
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                cmdline = " ".join(p.info["cmdline"] or [])
+            except psutil.Error:
+                continue
+            if f"train.run_dir={run_dir}" in cmdline and p.pid != proc.pid:
+                found.append(p)
+        return found
+
+    assert ranks(), "no rank process found while the run was training"
+    os.killpg(proc.pid, signal.SIGKILL)  # the operator's `kill -9` of the job's process group
+    proc.wait(timeout=30)
+    deadline = time.time() + 15
+    while ranks() and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = ranks()
+    for p in survivors:  # do not leave them running whatever the verdict
+        p.kill()
+    assert not survivors, f"{len(survivors)} rank(s) outlived their launcher"

@@ -26,11 +26,15 @@ DATA_STATE_VERSION = 2
 
 def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which finishes its step,
-    checkpoints and then shuts them down (a worker that died with the signal would break that step)."""
+    checkpoints and then shuts them down (a worker that died with the signal would break that step);
+    a worker whose rank dies exits with it (lifetime.die_with_parent), wherever it is blocked."""
     import signal
+
+    from ..lifetime import die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
 
 
 def micro_batch_positions(images_seen: int, micro: int, rank: int, world_size: int, batch_per_gpu: int) -> list[int]:
