@@ -206,3 +206,39 @@ def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source_
             for key in ("exp_avg", "exp_avg_sq"):
                 assert torch.equal(optim["state"][index][key], loaded[f"{key}/{name}"]), (name, key)
     _assert_close(checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(moved)))
+
+
+# ------------------------------------------------------------------------------ no human needed
+
+
+def _torchrun(run_dir, *extra, max_restarts=0, **env_extra):
+    import subprocess
+
+    from conftest import PYTHON, ROOT
+    from launch import env
+
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--max-restarts", str(max_restarts), "lfbm_dist/train.py", *TINY, f"train.run_dir={run_dir}"]
+    cmd += ["train.total_kimg=0.128", "train.snapshot_every_kimg=0.032", "train.log_every_kimg=0.032", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env(**env_extra))
+
+
+def test_a_rank_that_fails_once_is_restarted_by_the_agent_and_the_run_ends_bitwise_equal(tmp_path):
+    """torchrun --max-restarts 1: rank 1 raises after step 5 of 8 (snapshots every 2 steps); the agent
+    restarts both workers, which continue from step 4's checkpoint with no flag and no human, and the
+    final weights and Adam state are bitwise those of a run that never failed."""
+    straight = _ok(_torchrun(tmp_path / "straight"))
+    assert "2 rank(s)" in straight.stdout
+    failed = _ok(_torchrun(tmp_path / "failed", max_restarts=1, LFBM_FAULT_RAISE_ONCE="5:1"))
+    assert "injected failure of rank 1 after step 5" in failed.stderr
+    assert "resumed from ckpt-000000000064 at kimg 0.064" in failed.stdout  # the agent's restart, no flag
+    a, b = latest(tmp_path / "straight"), latest(tmp_path / "failed")
+    assert a.name == b.name == "ckpt-000000000128"
+    for name in ("model.safetensors",):
+        pa, pb = load_file(str(a / name)), load_file(str(b / name))
+        assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    oa, ob = (torch.load(d / "optimizer.bin", weights_only=True)["state"] for d in (a, b))
+    assert all(torch.equal(oa[k][n], ob[k][n]) for k in oa for n in oa[k])
+    # Without the agent's restarts the same failure ends the job (and the checkpoint stays at step 4).
+    plain = _torchrun(tmp_path / "no_restart", LFBM_FAULT_RAISE_ONCE="5:1")
+    assert plain.returncode != 0 and latest(tmp_path / "no_restart").name == "ckpt-000000000064"

@@ -9,6 +9,8 @@ LFBM_TEST_KEYS_DIR=DIR           append each micro-batch's sample keys to DIR/ke
 LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
                                  images seen, after the shards are written and before the rename
+LFBM_FAULT_RAISE_ONCE=5:1        rank 1 raises after step 5, in the first attempt of an elastic job only
+                                 (TORCHELASTIC_RESTART_COUNT 0): the agent's restart must recover
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ KILL_IN_PRUNE = os.environ.get("LFBM_FAULT_KILL_IN_PRUNE") == "1"
 FAIL_IMAGES = os.environ.get("LFBM_FAULT_FAIL_IMAGES") == "1"
 STEP_SLEEP = float(os.environ.get("LFBM_FAULT_STEP_SLEEP", "0") or 0)
 KILL_IN_SAVE = _ints("LFBM_FAULT_KILL_IN_SAVE")
+RAISE_ONCE = tuple(int(v) for v in os.environ.get("LFBM_FAULT_RAISE_ONCE", "").split(":") if v.strip())
 
 
-def after_step() -> None:
+class InjectedFailure(RuntimeError):
+    pass
+
+
+def after_step(step: int = -1, rank: int = 0) -> None:
     if STEP_SLEEP > 0:
         time.sleep(STEP_SLEEP)
+    if RAISE_ONCE and (step, rank) == RAISE_ONCE and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        raise InjectedFailure(f"injected failure of rank {rank} after step {step}")
 
 
 def in_save(images_seen: int) -> None:

@@ -3,6 +3,9 @@
 * Into a directory that holds checkpoints, a run starts only with `train.resume=auto` (continue
   it), or `train.overwrite=true` (its artefacts are moved aside to RUN_DIR/old-<time>/ first);
   otherwise it refuses in one line that offers those and a new `train.run_dir`.
+* Workers restarted by torch elastic's agent (TORCHELASTIC_RESTART_COUNT > 0) resume from the newest
+  complete checkpoint as if `train.resume=auto` were given: a failed rank or node costs the steps
+  since the last snapshot, not a human.
 * A run whose newest checkpoint already reached `train.total_kimg` says so and exits 0 — also when
   relaunched with its original command (no `train.resume`): same model, seed and total_kimg.
 """
@@ -10,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +47,22 @@ def _images_seen(ckpt: Path) -> int:
         return int(ckpt.name.split("-")[1])
 
 
+def elastic_restart() -> int:
+    """How many times torch elastic's agent has restarted this job's workers (torchrun / accelerate
+    launch with --max-restarts): after a rank or node failure they continue from the newest complete
+    checkpoint by themselves, with no flag and no human."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
 def inspect(cfg: Config) -> RunState:
     """What starting this config would do; CheckpointError (one line) if it must not start."""
     t = cfg.train
+    if t.resume == "none" and elastic_restart() > 0:  # the checkpoints are this very job's
+        t = t.model_copy(update={"resume": "auto"})
+        cfg = cfg.model_copy(update={"train": t})
     run_dir = Path(t.run_dir)
     newest = latest(run_dir)
     if t.resume == "none":

@@ -60,7 +60,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     engine = Engine(cfg)
     moved = None
     if engine.is_main:
-        if t.overwrite and state.kind == "new":
+        if t.overwrite and state.kind == "new" and not rundir.elastic_restart():  # a restart keeps its own
             moved = rundir.move_aside(Path(t.run_dir))
         Path(t.run_dir).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(t.run_dir) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))

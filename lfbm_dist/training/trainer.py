@@ -138,7 +138,7 @@ class Trainer:
                 micro_batches = self.infer_latents()
                 finite, stop = self.guard(micro_batches)
                 self.learn(micro_batches, finite)
-                faults.after_step()
+                faults.after_step(self.state.step, self.engine.rank)
                 self.maintain(prev, stop)
                 if stop:
                     raise GracefulStop(

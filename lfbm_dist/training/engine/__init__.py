@@ -22,7 +22,7 @@ from torch import nn
 from ...config import Config
 from ..fastpath import FastPath
 from . import zero
-from .launch import LaunchError, check_world_size, launcher_command
+from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command
 from .zero import consolidate_zero_checkpoint
 
 __all__ = ["Engine", "LaunchError", "PeerFailure", "consolidate_zero_checkpoint", "launcher_command"]
@@ -51,6 +51,8 @@ class Engine:
             backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=cfg.train.collective_timeout_min)
         )
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # Accelerate treats an explicit backend as distributed
+        if launched:  # torch elastic restarts: a fresh store prefix per attempt (launch.py says why)
+            init_elastic_process_group(init.backend, init.timeout)
         self.uses_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         # cpu=True would silently turn DeepSpeed off; DeepSpeed finds its CPU accelerator itself.
         # mixed_precision="no": bf16 autocast is ours (train.precision, generator passes only).

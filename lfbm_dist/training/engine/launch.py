@@ -63,3 +63,29 @@ def launcher_command(argv: list[str]) -> list[str]:
     if script in ("train.py", "__main__.py"):
         return [sys.executable, "-m", "lfbm_dist.train", *argv[1:]]
     return list(argv)
+
+
+def init_elastic_process_group(backend: str, timeout) -> bool:
+    """Under torch elastic's agent, join the process group through its store with a prefix per attempt.
+
+    The agent keeps one store for all the restarts of its workers (TORCHELASTIC_USE_AGENT_STORE) and
+    the default env:// rendezvous adds no prefix, so restarted workers may read the dead attempt's
+    gloo addresses and fail to connect ("connectFullMesh ... Connection refused"; seen with torchrun
+    --max-restarts on torch 2.13). Accelerate and DeepSpeed use an existing process group as it is.
+    True if this made the group."""
+    import torch.distributed as dist
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return False
+    world_size, attempt = int(os.environ["WORLD_SIZE"]), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"/lfbm_dist/attempt_{attempt}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=world_size,
+        timeout=timeout,
+    )
+    return True
