@@ -25,8 +25,12 @@ pytestmark = pytest.mark.slow
 
 
 def _errors(proc) -> list[str]:
-    """stderr lines that are not counted, logged skips."""
-    return [ln for ln in proc.stderr.strip().splitlines() if ln and "skipped " not in ln]
+    """stderr lines that are not counted, logged skips or the I/O retries' progress lines."""
+    return [ln for ln in proc.stderr.strip().splitlines() if ln and "skipped " not in ln and "next try in" not in ln]
+
+
+def _retry_lines(proc) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines() if "next try in" in ln]
 
 
 # ------------------------------------------------------------------------------ bounded I/O
@@ -89,6 +93,10 @@ def test_a_server_that_never_answers_is_one_line_within_the_bound(tmp_path):
     assert proc.returncode == 2
     (line,) = _errors(proc)
     assert line.startswith("error: ") and url in line and "failed after 2 attempts" in line, line
+    # one timed request per attempt (no HEAD before the GET), and the wait is visible as it happens
+    assert len(server.conns) == 2, len(server.conns)
+    (retry,) = _retry_lines(proc)
+    assert url in retry and "attempt 1 of 2, next try in 1 s" in retry and "timed out" in retry.lower(), retry
     assert elapsed < 30, elapsed  # 2 attempts × (1 s + 1 s) + 1 s backoff + start-up
 
 
@@ -106,11 +114,15 @@ def test_a_shard_that_stalls_halfway_is_a_counted_skip_then_one_line(tmp_path):
             f"data.shards=[{tmp_path}/index.json]",
             *FAST_IO,
             "train.batch_per_gpu=8",
-            "train.total_kimg=0.064",
+            "train.total_kimg=0.128",  # two epochs of the 64 samples
         ]
         start = time.time()
         skipped = run("single", *common, f"train.run_dir={tmp_path / 'a'}", "data.max_corrupt_samples=100", timeout=300)
         assert time.time() - start < 120
+        # The stalled shard is read once per epoch (open, then one reopen for the retry), never again in
+        # the epoch's make-up pass; each retry said so as it happened.
+        assert len(server.conns) == 2 * 2, len(server.conns)
+        assert len([ln for ln in _retry_lines(skipped) if url in ln and "attempt 1 of 2" in ln]) == 2
         stopped = run("single", *common, f"train.run_dir={tmp_path / 'b'}", "data.max_corrupt_samples=5", timeout=300)
     finally:
         server.close()

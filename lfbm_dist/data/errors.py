@@ -15,3 +15,7 @@ class SampleError(ValueError):
 class ShardSkip(DataError):
     """A shard that opened but could not be read to its end (corrupt, truncated, or stalled past the
     timeouts and retries): its remaining samples are skipped, counted and made up."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable  # reads kept failing or timing out: not read again this epoch

@@ -55,7 +55,7 @@ def iter_samples(url: str, opts: IOOptions = DEFAULT_IO) -> Iterator[Sample]:
             yield Sample(url, key, grouped)
             last = key
     except ShardSkip as exc:
-        raise ShardSkip(f"shard {exc} after key {last}") from None
+        raise ShardSkip(f"shard {exc} after key {last}", exc.unreachable) from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise ShardSkip(f"shard {url}: corrupt or truncated tar after key {last} ({exc})") from None
     finally:

@@ -92,6 +92,7 @@ class _Skipped:
     url: str
     reason: str
     count: int
+    unreachable: bool = False  # the source kept failing or timing out (not a damaged file)
 
 
 @dataclass
@@ -148,13 +149,24 @@ class ShardStream(IterableDataset):
     # ------------------------------------------------------------------ one stream
     def _raw(self, stream: int) -> Iterator[tuple[Sample | _Skipped, int, int]]:
         """The stream's raw sequence: (sample or skipped rest of a shard, shard index, pass), buffer-
-        shuffled, then again in later passes so that made-up samples exist."""
+        shuffled, then again in later passes so that made-up samples exist. A shard given up on because
+        its source kept failing or timing out (unreachable, stalled) is not read again in this epoch:
+        its later segments are skipped unread (counted in the first pass) and the make-up passes leave
+        it out; the next epoch tries it once more. A stalled server costs one bounded wait per epoch."""
         segments = self.plan.segments(stream)
+        abandoned: set[int] = set()
         for pass_index in range(MAX_PASSES):
             rng = random.Random(text_seed("buffer", self.plan.seed, self.plan.epoch, stream, pass_index))
             buffer: list[tuple[Sample | _Skipped, int, int]] = []
             for shard, offset, count in segments:
+                if shard in abandoned:
+                    if pass_index == 0:
+                        reason = f"shard {self.shards[shard].url}: given up on earlier in this epoch"
+                        buffer.append((_Skipped(self.shards[shard].url, reason, count), shard, pass_index))
+                    continue
                 for item in self._segment(shard, offset, count):
+                    if isinstance(item, _Skipped) and item.unreachable:
+                        abandoned.add(shard)  # a damaged file's readable part is still re-read to make up
                     buffer.append((item, shard, pass_index))
                     if len(buffer) >= self.options.shuffle_buffer:
                         yield buffer.pop(rng.randrange(len(buffer)))
@@ -177,7 +189,7 @@ class ShardStream(IterableDataset):
                 seen = offset + read
                 raise ShardSkip(f"shard {url}: truncated: {seen} samples, the index says {self.shards[shard].samples}")
         except ShardSkip as exc:
-            yield _Skipped(url, str(exc), count - read)
+            yield _Skipped(url, str(exc), count - read, exc.unreachable)
 
     def _chunks(self, stream: int) -> Iterator[Chunk]:
         pos = self.positions.get(stream, StreamPosition())

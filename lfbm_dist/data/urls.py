@@ -4,13 +4,16 @@ Local paths and file:// open directly. Remote URLs (http(s)://, s3://, gs://, an
 open through fsspec with its own connect and read timeouts (aiohttp's for http, botocore's for s3,
 gcsfs's for gs), and every open and every read is retried a bounded number of times with
 exponential backoff; a read that keeps failing raises ShardSkip naming the URL and byte offset.
-So no read waits longer than about (retries + 1) × (connect_timeout + read_timeout) + the backoff.
+So no read waits longer than about (retries + 1) × (connect_timeout + read_timeout) + the backoff —
+one timed request per attempt (an HTTP stream is opened by its GET alone) — and every failed
+attempt logs one line as it happens.
 `pipe:` URLs run shell commands and are refused unless explicitly allowed.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import DataError, ShardSkip
+
+log = logging.getLogger("lfbm_dist")
 
 
 @dataclass(frozen=True)
@@ -89,12 +94,16 @@ def _transient() -> tuple[type[BaseException], ...]:
 
 
 def _open_remote(url: str, opts: IOOptions) -> BinaryIO:
-    import fsspec
+    from fsspec.core import url_to_fs
 
     options = _storage_options(url, opts)
     block = options.pop("block_size", None)
-    kwargs = {"block_size": block} if block is not None else {}
-    return fsspec.open(url, "rb", **options, **kwargs).open()
+    fs, path = url_to_fs(url, **options)
+    if block == 0:
+        # One timed request per attempt: fsspec's HTTP open asks the size (a HEAD) before its GET unless
+        # given one, and a stream needs none — so a server that never answers costs one timeout, not two.
+        return fs.open(path, "rb", block_size=0, size=-1)
+    return fs.open(path, "rb")
 
 
 def _really_missing(exc: FileNotFoundError) -> bool:
@@ -102,32 +111,32 @@ def _really_missing(exc: FileNotFoundError) -> bool:
     return not isinstance(exc.__cause__ or exc.__context__, _transient())
 
 
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:120] or 'timed out'}"
+
+
 def _with_retries(what: Callable[[], Any], url: str, opts: IOOptions, doing: str) -> Any:
-    delay = opts.backoff_s
-    for attempt in range(opts.retries + 1):
+    """what() with the bounded retries; every failed attempt says so at once, in one line (URL, what
+    failed, attempt k of n, when the next one starts), so a wait is never silent."""
+    delay, attempts = opts.backoff_s, opts.retries + 1
+    for attempt in range(1, attempts + 1):
         try:
             return what()
         except FileNotFoundError as exc:
             if _really_missing(exc):
                 raise DataError(f"shard not found: {url}") from None
-            cause = exc.__cause__ or exc.__context__
-            if attempt == opts.retries:
-                raise ShardSkip(
-                    f"{url}: {doing} failed after {opts.retries + 1} attempts "
-                    f"({type(cause).__name__}: {str(cause)[:120] or 'timed out'})"
-                ) from None
-            time.sleep(delay)
-            delay *= 2
+            failure = _describe(exc.__cause__ or exc.__context__ or exc)
         except (ValueError, ImportError) as exc:  # bad URL, missing backend: retrying will not help
             raise DataError(f"cannot open {url}: {exc}") from None
         except _transient() as exc:
-            if attempt == opts.retries:
-                raise ShardSkip(
-                    f"{url}: {doing} failed after {opts.retries + 1} attempts "
-                    f"({type(exc).__name__}: {str(exc)[:120] or 'timed out'})"
-                ) from None
-            time.sleep(delay)
-            delay *= 2
+            failure = _describe(exc)
+        if attempt == attempts:
+            raise ShardSkip(f"{url}: {doing} failed after {attempts} attempts ({failure})", unreachable=True) from None
+        log.warning(
+            "%s: %s failed (%s); attempt %d of %d, next try in %g s", url, doing, failure, attempt, attempts, delay
+        )
+        time.sleep(delay)
+        delay *= 2
     raise AssertionError("unreachable")
 
 
