@@ -129,6 +129,8 @@ class ShardFeed:
         self.micro_streams = rank_streams(rank, layout, streams)  # streams of each of this rank's micro-batches
         self.epoch, self.step_in_epoch = 0, 0
         self.positions: dict[int, StreamPosition] = {}
+        self.corrupt_earlier_epochs = 0  # unusable samples counted in the run's finished epochs (this rank)
+        self.reported: set[str] = set()  # "shard URL key K" already logged once in this run
         self._iter = None
         self._chunks: dict[int, Chunk] = {}
 
@@ -145,8 +147,8 @@ class ShardFeed:
 
     @property
     def corrupt_skipped(self) -> int:
-        """Unusable samples skipped on this rank's streams, whole run."""
-        return sum(p.corrupt for p in self.positions.values())
+        """Unusable samples skipped on this rank's streams, whole run (cumulative over epochs)."""
+        return self.corrupt_earlier_epochs + sum(p.corrupt for p in self.positions.values())
 
     def _plan(self) -> EpochPlan:
         return EpochPlan(
@@ -162,6 +164,8 @@ class ShardFeed:
             "streams": self.streams,
             "global_batch": self.global_batch,
             "positions": {str(v): self.positions[v].to_list() for v in sorted(self.positions)},
+            "corrupt_earlier_epochs": self.corrupt_earlier_epochs,
+            "reported": sorted(self.reported),
         }
 
     def load_state_dicts(self, states: list[dict]) -> None:
@@ -195,13 +199,25 @@ class ShardFeed:
         if missing and self.step_in_epoch:
             raise DataError(f"checkpoint has no position for virtual stream(s) {sorted(missing)[:5]}")
         self.positions = {v: saved[v] for v in mine if v in saved}
+        # Run-wide tallies: rank 0 carries the earlier epochs' count (the logged total is a sum over ranks).
+        self.corrupt_earlier_epochs = (
+            sum(int(s.get("corrupt_earlier_epochs", 0)) for s in states) if self.rank == 0 else 0
+        )
+        self.reported = {key for s in states for key in s.get("reported", [])}
         self._iter = None
 
     # -- batches -------------------------------------------------------------------------------
     def _start_epoch(self) -> None:
         plan = self._plan()
         stream = ShardStream(
-            self.shards, plan, self.rank, self.layout, self.options, self.step_in_epoch, dict(self.positions)
+            self.shards,
+            plan,
+            self.rank,
+            self.layout,
+            self.options,
+            self.step_in_epoch,
+            dict(self.positions),
+            quiet=frozenset(self.reported),
         )
         workers = self.layout.workers
         loader = DataLoader(
@@ -236,6 +252,7 @@ class ShardFeed:
         if self._iter is None:
             self._start_epoch()
         if self.step_in_epoch >= self._plan().steps:
+            self.corrupt_earlier_epochs += sum(p.corrupt for p in self.positions.values())
             self.epoch, self.step_in_epoch, self.positions = self.epoch + 1, 0, {}
             self._start_epoch()
         wanted = sum(len(m) for m in self.micro_streams)
@@ -249,6 +266,7 @@ class ShardFeed:
             self._chunks[chunk.stream] = chunk
         for v, chunk in self._chunks.items():
             self.positions[v] = chunk.position
+            self.reported.update(chunk.skipped)
         self.step_in_epoch += 1
 
     def micro_batch(self, images_seen: int, step: int, micro: int) -> Batch:

@@ -78,6 +78,7 @@ class Chunk:
     keys: list[str]
     position: StreamPosition  # the stream's position after this chunk
     masks: torch.Tensor | None = None  # (m, 1, R, R) uint8, 1 = visible
+    skipped: tuple[str, ...] = ()  # "shard URL key K" of the samples skipped since the previous chunk
 
 
 @dataclass
@@ -112,6 +113,7 @@ class ShardStream(IterableDataset):
         options: StreamOptions,
         start_step: int = 0,
         positions: dict[int, StreamPosition] | None = None,
+        quiet: frozenset[str] = frozenset(),
     ):
         super().__init__()
         if any(s.samples is None for s in shards):
@@ -119,6 +121,8 @@ class ShardStream(IterableDataset):
         plan.check()
         self.shards, self.plan, self.rank, self.layout, self.options = shards, plan, rank, layout, options
         self.start_step, self.positions = start_step, positions or {}
+        # Samples already reported in an earlier epoch of the run: skipped and counted, not logged again.
+        self.quiet, self._skipped_since_chunk = quiet, {}
 
     def __iter__(self) -> Iterator[Chunk | WorkerFailure]:
         info = get_worker_info()
@@ -220,6 +224,7 @@ class ShardStream(IterableDataset):
                     keys,
                     StreamPosition(pos.raw, pos.produced, pos.corrupt),
                     torch.stack(masks) if masks else None,
+                    tuple(self._skipped_since_chunk.pop(stream, ())),
                 )
                 images, keys, masks, step = [], [], [], step + 1
             if pos.produced >= quota:
@@ -244,15 +249,18 @@ class ShardStream(IterableDataset):
             where = "" if isinstance(item, _Skipped) else f"shard {item.url} key {item.key}: "
             if d.on_mismatch == "error" and not isinstance(item, _Skipped):
                 raise DataError(f"{where}{exc}") from None
-            log.warning(
-                "skipped %s%s [%d sample(s); %d/%d on stream %d]",
-                where,
-                exc,
-                count,
-                pos.corrupt,
-                self.options.max_corrupt,
-                stream,
-            )
+            if not isinstance(item, _Skipped):
+                self._skipped_since_chunk.setdefault(stream, []).append(where.rstrip(": "))
+            if where.rstrip(": ") not in self.quiet:  # reported in an earlier epoch: counted, not repeated
+                log.warning(
+                    "skipped %s%s [%d sample(s); %d/%d on stream %d this epoch]",
+                    where,
+                    exc,
+                    count,
+                    pos.corrupt,
+                    self.options.max_corrupt,
+                    stream,
+                )
             if pos.corrupt > self.options.max_corrupt:
                 raise DataError(
                     f"more than data.max_corrupt_samples={self.options.max_corrupt} unusable samples "

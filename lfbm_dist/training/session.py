@@ -116,10 +116,11 @@ def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float) -> None:
         return
     run_dir = Path(cfg.train.run_dir)
     log.info(
-        "done: %d steps, kimg %g, %d skipped, %.0f s; newest checkpoint %s",
+        "done: %d steps, kimg %g, %d skipped, %d unusable samples skipped, %.0f s; newest checkpoint %s",
         result["step"],
         result["images_seen"] / 1000,
         result["skipped_steps"],
+        result.get("corrupt_samples", 0),
         wall_s,
         checkpoint.latest(run_dir),
     )

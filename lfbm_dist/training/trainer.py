@@ -62,6 +62,7 @@ class TrainerState:
     step: int = 0
     images_seen: int = 0
     skipped_steps: int = 0
+    corrupt_samples: int = 0  # unusable samples skipped, whole run, all ranks (as of the last logging tick)
     global_batch: int = 0
     virtual_streams: int = 0
     best: dict = field(default_factory=dict)
@@ -281,7 +282,8 @@ class Trainer:
             values[f"lr/{group.get('name', 'group')}"] = group["lr"]
         values["skipped_steps"] = float(self.state.skipped_steps)
         corrupt = self.engine.all_reduce_sum(torch.tensor([float(self.feed.corrupt_skipped)], dtype=torch.float64))
-        values["data/corrupt_skipped"] = float(corrupt[0])
+        values["data/corrupt_skipped"] = float(corrupt[0])  # cumulative over the run's epochs
+        self.state.corrupt_samples = int(corrupt[0])
         self.observer.scalars(values, now)
         self.observer.status(self.state.step, now, values)
         self.tick_sums, self.tick_count = {}, 0
