@@ -5,7 +5,7 @@ LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded
 LFBM_FAULT_KILL_IN_PRUNE=1       SIGKILL this process while it removes an old checkpoint
 LFBM_FAULT_FAIL_IMAGES=1         raise while logging the end-of-run image grids (after the final checkpoint)
 LFBM_TEST_DUMP_LOADED=PATH       after a resume, write the loaded weights and Adam state (full) to PATH
-LFBM_TEST_KEYS_DIR=DIR           append each micro-batch's sample keys to DIR/keys_rank{R}.jsonl
+LFBM_TEST_KEYS_DIR=DIR           append each micro-batch's sample keys (and elastic attempt) to DIR/keys_rank{R}.jsonl
 LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
                                  images seen, after the shards are written and before the rename
@@ -75,4 +75,6 @@ def record_keys(step: int, rank: int, micro: int, positions: list[int], keys: li
         import json
 
         with open(os.path.join(folder, f"keys_rank{rank}.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, "micro": micro, "positions": positions, "keys": keys}) + "\n")
+            attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # an elastic restart re-does steps
+            row = {"step": step, "micro": micro, "positions": positions, "keys": keys, "attempt": attempt}
+            f.write(json.dumps(row) + "\n")
