@@ -226,3 +226,31 @@ def test_resubmitting_on_another_number_of_tasks_resumes_the_run(cluster, tmp_pa
     assert state["images_seen"] == 64 and state["global_batch"] == 8  # the run's own global batch, kept
     logs = "".join(p.read_text() for p in (tmp_path / "grow/slurm").glob("*_0_log.*"))
     assert "resumed from ckpt-000000000032" in logs and "note: global batch 8 on 1 rank(s)" in logs
+
+
+def test_elastic_job_restarts_a_failed_rank_inside_the_allocation(cluster, tmp_path):
+    """lfbm-slurm train --elastic 1:1: one torch elastic agent per node (here the one node, 2 workers);
+    rank 1 raises once after step 5; the agent restarts the workers inside the same allocation (no
+    requeue, no human), they resume from the newest checkpoint by themselves and finish."""
+    dry = _ok(launcher("train", "--config", "configs/test_tiny.yaml", "--elastic", "1:2", "--tasks-per-node", "2",
+                       "--out", str(tmp_path), "--dry-run"))  # fmt: skip
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --no-kill", "--kill-on-bad-exit=0"):
+        assert line in dry.stdout, line
+    assert "torch.distributed.run --nnodes 1:2 --nproc_per_node 2 --max-restarts 3 --rdzv-backend c10d" in dry.stdout
+    bad = launcher("train", "--config", "configs/test_tiny.yaml", "--elastic", "2:1", "--dry-run")
+    assert bad.returncode == 2 and "--elastic: expected MIN:MAX" in bad.stderr
+    _ok(
+        launcher(
+            "train", "--config", "configs/test_tiny.yaml", "--elastic", "1:1", "--tasks-per-node", "2",
+            "--cpus-per-task", "1", "--time", "00:10:00", "--out", str(tmp_path), "--name", "el", "--wait",
+            "train.total_kimg=0.128", "train.snapshot_every_kimg=0.032",
+            LFBM_FAULT_RAISE_ONCE="5:1",
+        )
+    )  # fmt: skip
+    run_dir = tmp_path / "el"
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert state["step"] == 8 and state["images_seen"] == 128
+    logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.*"))
+    assert "injected failure of rank 1 after step 5" in logs
+    assert "resumed from ckpt-000000000064" in logs  # the agent's restart, inside the allocation
+    assert not (run_dir / "requeues.json").exists()  # no Slurm requeue was needed

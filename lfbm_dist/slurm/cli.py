@@ -7,6 +7,9 @@
         langevin.step_size=0.05,0.1 --max-parallel 4 --partition gpu --time 12:00:00 [--then-eval fid]
     lfbm-slurm summary --root slurm_runs/svhn32-sweep
 
+`lfbm-slurm train --elastic MIN:MAX …` runs one torch elastic agent per node instead (c10d rendezvous
+on the first node, Slurm --no-kill): a failed rank is restarted and a lost node leaves the others to
+go on, each time from the newest complete checkpoint, with no human and no requeue.
 Resubmitting a run (same --out/--name) resumes it from its newest checkpoint — on another number of
 nodes too: the global batch, the data order and the optimizer state carry over (README: "Elastic resume").
 --dry-run prints every job it would submit: its #SBATCH lines, the requeue policy and the command.
@@ -20,8 +23,8 @@ import sys
 from pathlib import Path
 
 from .. import cli, logs
-from .jobs import EvalJob, TrainJob
-from .options import LaunchOptionError, parse_grid, point_name, sbatch_lines, slurm_parameters
+from .jobs import ElasticTrainJob, EvalJob, TrainJob
+from .options import LaunchOptionError, parse_elastic, parse_grid, point_name, sbatch_lines, slurm_parameters
 
 
 def make_executor(folder: Path, params: dict):
@@ -59,10 +62,13 @@ def submit_jobs(jobs: list[TrainJob], args, folder: Path, name: str, then_eval: 
     evals = [EvalJob(j.run_dir, then_eval, []) for j in jobs] if then_eval else []
     if args.dry_run:
         nodes = f"{args.nodes} node(s) × {params['ntasks_per_node']} task(s)"
+        elastic = isinstance(jobs[0], ElasticTrainJob)
+        if elastic:
+            nodes = f"{jobs[0].nodes[0]} to {jobs[0].nodes[1]} node(s), one torch elastic agent each, --no-kill"
         _show(
             f"job 1: training{' array of ' + str(len(jobs)) if array else ''} ({nodes}); {_requeue_policy(args)}",
             params,
-            [j.command() for j in jobs],
+            [j.agent_command() if elastic else j.command() for j in jobs],
             array,
         )
         if evals:
@@ -104,6 +110,12 @@ def cmd_train(args) -> int:
     run_dir = Path(args.out).resolve() / (args.name or Path(args.config).stem)
     load_config(args.config, args.overrides)  # fail here, not in the queue
     job = TrainJob(str(Path(args.config).resolve()), args.overrides, str(run_dir), args.max_requeues)
+    elastic = parse_elastic(args.elastic)
+    if elastic:
+        procs = args.gpus_per_node or args.tasks_per_node
+        job = ElasticTrainJob(
+            job.config, job.overrides, job.run_dir, job.max_requeues, elastic, procs, args.max_restarts
+        )
     submitted = submit_jobs([job], args, run_dir / "slurm", run_dir.name, args.then_eval)
     if submitted and args.wait:
         print(json.dumps(submitted[0].results()[0]))  # one result per task; rank 0 speaks for the job
@@ -216,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="one training job", description="one training job")
     add_slurm_options(p)
     p.add_argument("--then-eval", metavar="METRICS", help="chain an evaluation job, e.g. fid,recon")
+    p.add_argument(
+        "--elastic",
+        metavar="MIN:MAX",
+        help="torch elastic: MAX nodes, one agent each; a failed rank is restarted, a lost node leaves the "
+        "others to continue while MIN remain (Slurm --no-kill); workers resume from the newest checkpoint",
+    )
+    p.add_argument("--max-restarts", type=int, default=3, help="with --elastic: agent restarts of the workers")
     cli.add_overrides(p)
     p = sub.add_parser("sweep", help="a job array over a grid of overrides", description="a job array")
     add_slurm_options(p)

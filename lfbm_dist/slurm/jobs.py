@@ -80,6 +80,62 @@ class TrainJob:
         )
 
 
+class ElasticTrainJob(TrainJob):
+    """--elastic MIN:MAX: one task per node runs torch elastic's agent (torchrun) over the node's
+    workers, all agents meeting at a c10d rendezvous on the first node. When a rank fails the agents
+    restart the workers, and when a node is lost the survivors re-form at the smaller world size; the
+    restarted workers resume from the newest complete checkpoint by themselves (training/rundir.py).
+    Slurm's --no-kill keeps the allocation when a node fails; srun does not kill the others."""
+
+    RDZV_PORT = 29400
+
+    def __init__(self, config, overrides, run_dir, max_requeues, nodes: tuple[int, int], procs_per_node: int,
+                 max_restarts: int, requeues: int = 0):  # fmt: skip
+        super().__init__(config, overrides, run_dir, max_requeues, requeues)
+        self.nodes, self.procs_per_node, self.max_restarts = nodes, procs_per_node, max_restarts
+
+    def agent_command(
+        self, head: str = "<first node>", job_id: str = "<job id>", is_host: bool | None = None
+    ) -> list[str]:
+        host = "<true on the first node>" if is_host is None else ("true" if is_host else "false")
+        return [
+            "python", "-m", "torch.distributed.run",
+            "--nnodes", f"{self.nodes[0]}:{self.nodes[1]}", "--nproc_per_node", str(self.procs_per_node),
+            "--max-restarts", str(self.max_restarts), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"{head}:{self.RDZV_PORT}", "--rdzv-id", f"lfbm-{job_id}",
+            "--rdzv-conf", f"is_host={host}",  # said, not guessed: a node's name may not resolve to itself
+            "-m", "lfbm_dist.train", *self.command()[1:],
+        ]  # fmt: skip
+
+    def __call__(self) -> dict:
+        import subprocess
+        import sys
+
+        import submitit
+
+        env = submitit.JobEnvironment()
+        cmd = self.agent_command(env.hostnames[0], str(env.job_id), env.node == 0)
+        cmd[0] = sys.executable
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(var, None)  # the agent sets its workers' own
+        code = subprocess.run(cmd).returncode
+        if code:
+            raise RuntimeError(f"the elastic agent on node {env.node} exited with {code}")
+        state = json.loads((Path(self.run_dir) / "trainer_state.json").read_text())
+        return {"run_dir": self.run_dir, "step": state["step"], "images_seen": state["images_seen"],
+                "requeues": self.requeues}  # fmt: skip
+
+    def checkpoint(self, *args, **kwargs):
+        delayed = super().checkpoint(*args, **kwargs)
+        if delayed is None:
+            return None
+        job = ElasticTrainJob(self.config, self.overrides, self.run_dir, self.max_requeues, self.nodes,
+                              self.procs_per_node, self.max_restarts, self.requeues + 1)  # fmt: skip
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(job)
+
+
 class EvalJob:
     def __init__(self, run_dir: str, metrics: str, overrides: list[str]):
         self.run_dir, self.metrics, self.overrides = run_dir, metrics, list(overrides)

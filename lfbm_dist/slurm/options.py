@@ -10,6 +10,18 @@ _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?$|^(\d+)$")
 _MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
 _SAFE_VALUE = re.compile(r"^[\w@%+=:,./-]+$")
 KILL_ON_BAD_EXIT = ["--kill-on-bad-exit=1"]  # one rank failing stops the others at once (no collective hang)
+# --elastic: one torch elastic agent per node; a failed node must not end the others (the agents re-form)
+ELASTIC_SRUN = ["--kill-on-bad-exit=0"]
+
+
+def parse_elastic(text: str | None) -> tuple[int, int] | None:
+    """--elastic MIN:MAX -> (MIN, MAX) nodes: the job continues while at least MIN are alive."""
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise LaunchOptionError(f"--elastic: expected MIN:MAX nodes with 1 <= MIN <= MAX, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 class LaunchOptionError(ValueError):
@@ -70,15 +82,21 @@ def slurm_parameters(args, name: str, array_parallelism: int | None = None, depe
         raise LaunchOptionError("--nodes, --tasks-per-node and --cpus-per-task must be >= 1, --gpus-per-node >= 0")
     if args.max_requeues < 0 or args.signal_delay < 0:
         raise LaunchOptionError("--max-requeues and --signal-delay must be >= 0")
+    elastic = parse_elastic(getattr(args, "elastic", None))
+    if elastic and args.nodes not in (1, elastic[1]):
+        raise LaunchOptionError(f"--elastic {args.elastic} allocates {elastic[1]} nodes; drop --nodes {args.nodes}")
     params = {
         "job_name": name,
         "time": parse_time_min(args.time),
-        "nodes": args.nodes,
+        "nodes": elastic[1] if elastic else args.nodes,
         "ntasks_per_node": args.gpus_per_node or args.tasks_per_node,
         "cpus_per_task": args.cpus_per_task,
         "signal_delay_s": args.signal_delay,
         "srun_args": list(KILL_ON_BAD_EXIT),
     }
+    if elastic:  # one agent task per node, holding all of the node's CPUs; its workers are its children
+        params["ntasks_per_node"], params["cpus_per_task"] = 1, args.cpus_per_task * params["ntasks_per_node"]
+        params["srun_args"] = list(ELASTIC_SRUN)
     if args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     if args.mem:
@@ -90,6 +108,8 @@ def slurm_parameters(args, name: str, array_parallelism: int | None = None, depe
                 raise LaunchOptionError(f"--{key}: unexpected characters in {value!r}")
             params[key] = value
     extra = parse_sbatch(args.sbatch)
+    if elastic:
+        extra["no_kill"] = True  # a failed node does not end the allocation: the survivors go on
     if extra:
         params["additional_parameters"] = extra
     if array_parallelism:
@@ -110,7 +130,8 @@ def sbatch_lines(params: dict, array_size: int | None = None) -> list[str]:
         else:
             lines.append(f"#SBATCH --{key.replace('_', '-')}={value}")
     for key, value in params.get("additional_parameters", {}).items():
-        lines.append(f"#SBATCH --{key.replace('_', '-')}={value}")
+        flag = f"--{key.replace('_', '-')}"
+        lines.append(f"#SBATCH {flag}" if value is True else f"#SBATCH {flag}={value}")
     if array_size:
         parallel = params.get("array_parallelism")
         lines.append(f"#SBATCH --array=0-{array_size - 1}" + (f"%{parallel}" if parallel else ""))
