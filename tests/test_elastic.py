@@ -239,6 +239,21 @@ def test_a_rank_that_fails_once_is_restarted_by_the_agent_and_the_run_ends_bitwi
         assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     oa, ob = (torch.load(d / "optimizer.bin", weights_only=True)["state"] for d in (a, b))
     assert all(torch.equal(oa[k][n], ob[k][n]) for k in oa for n in oa[k])
+    # The same through `accelerate launch --max_restarts 1` (it runs torch elastic's agent too).
+    from conftest import ROOT
+    from launch import command, env
+
+    acc = command("ddp2", *TINY, f"train.run_dir={tmp_path / 'acc'}", "train.total_kimg=0.128")
+    acc[acc.index("launch") + 1 : acc.index("launch") + 1] = ["--max_restarts", "1"]
+    acc += ["train.snapshot_every_kimg=0.032", "train.log_every_kimg=0.032"]
+    import subprocess
+
+    proc = _ok(subprocess.run(acc, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=env(LFBM_FAULT_RAISE_ONCE="5:1")))  # fmt: skip
+    assert "resumed from ckpt-000000000064 at kimg 0.064" in proc.stdout
+    pc = load_file(str(latest(tmp_path / "acc") / "model.safetensors"))
+    pa = load_file(str(a / "model.safetensors"))
+    assert all(torch.equal(pa[k], pc[k]) for k in pa)
     # Without the agent's restarts the same failure ends the job (and the checkpoint stays at step 4).
     plain = _torchrun(tmp_path / "no_restart", LFBM_FAULT_RAISE_ONCE="5:1")
     assert plain.returncode != 0 and latest(tmp_path / "no_restart").name == "ckpt-000000000064"
