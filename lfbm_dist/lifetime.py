@@ -7,9 +7,11 @@ tie a process's life to its parent's (prctl PR_SET_PDEATHSIG); elsewhere this is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -37,3 +39,26 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
 def launched_rank() -> bool:
     """This process is one rank of a launched job (torchrun / accelerate launch / torch elastic)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+class WaitInterrupted(Exception):
+    """A stop (SIGTERM / SIGINT) arrived while this process was blocked waiting for data."""
+
+
+_WAITING = [False]
+
+
+@contextlib.contextmanager
+def interruptible_wait() -> Iterator[None]:
+    """Marks a blocking wait (the main process waiting on its DataLoader workers) that a stop request
+    may cut short: the stop handler (training/signals.py) raises WaitInterrupted inside it, so a
+    stalled source cannot hold a stop hostage for its whole timeout."""
+    _WAITING[0] = True
+    try:
+        yield
+    finally:
+        _WAITING[0] = False
+
+
+def waiting() -> bool:
+    return _WAITING[0]

@@ -570,3 +570,51 @@ def test_sigkill_of_the_launcher_leaves_no_rank_running(tmp_path):
     for p in survivors:  # do not leave them running whatever the verdict
         p.kill()
     assert not survivors, f"{len(survivors)} rank(s) outlived their launcher"
+
+
+def test_sigterm_while_waiting_on_a_stalled_shard_checkpoints_and_exits(tmp_path):
+    """A shard server stalls with long (default-like) timeouts: SIGTERM while the step waits for that
+    data cuts the wait short — the checkpoint of the last finished step is written, the run exits in
+    seconds with the signal's code, and no rank or DataLoader worker is left behind."""
+    import psutil
+
+    (good,) = write_shards(tmp_path / "good", [64], size=16)
+    (bad,) = write_shards(tmp_path / "bad", [64], size=16, prefix="stall")
+    server = _Server("stall", bad.read_bytes(), stall_after=len(bad.read_bytes()) * 9 // 10)  # late in the epoch
+    run_dir = tmp_path / "r"
+    try:
+        url = f"http://127.0.0.1:{server.port}/stall-000000.tar"
+        index = {"splits": {"train": {"shards": [{"url": str(good), "samples": 64}, {"url": url, "samples": 64}]}}}
+        (tmp_path / "index.json").write_text(json.dumps(index))
+        proc = subprocess.Popen(
+            command("single", *TINY, "data.source=shards", f"data.shards=[{tmp_path}/index.json]",
+                    "data.read_timeout_s=120", "data.retries=3", "data.num_workers=1", "train.batch_per_gpu=8",
+                    "data.shuffle_buffer=8",
+                    "train.total_kimg=1", f"train.run_dir={run_dir}"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while not server.conns and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.0)  # the worker is blocked in the stalled read, the step waits for its chunk
+        assert proc.poll() is None
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.time() - sent
+    finally:
+        server.close()
+    assert proc.returncode == 143, err[-3000:]
+    assert took < 15, took  # not the 4 × 120 s the stalled read would take
+    assert "while waiting for data" in err and "resume with:" in err, err[-2000:]
+    ckpt = latest(run_dir)
+    assert ckpt is not None
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    assert saved["images_seen"] == 8 * saved["step"] and saved["step"] > 0  # the last finished step
+    time.sleep(1.0)
+    left = [
+        p for p in psutil.process_iter(["cmdline"]) if f"train.run_dir={run_dir}" in " ".join(p.info["cmdline"] or [])
+    ]
+    for p in left:
+        p.kill()
+    assert not left, "a rank or DataLoader worker outlived the stop"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from ..lifetime import interruptible_wait
 from ..seeding import Stream, per_sample_uniform
 from .errors import DataError
 from .index import ShardInfo
@@ -88,6 +89,12 @@ class MemoryFeed:
     def load_state_dicts(self, states: list[dict]) -> None:
         pass
 
+    def rewind_step(self) -> None:
+        pass  # the position is a pure function of images_seen
+
+    def close(self) -> None:
+        pass
+
     def micro_batch(self, images_seen: int, step: int, micro: int) -> Batch:
         positions = micro_batch_positions(images_seen, micro, self.rank, self.world_size, self.batch_per_gpu)
         rows = torch.tensor([self.rows[self.sampler.index(p)] for p in positions])
@@ -131,6 +138,7 @@ class ShardFeed:
         self.positions: dict[int, StreamPosition] = {}
         self.corrupt_earlier_epochs = 0  # unusable samples counted in the run's finished epochs (this rank)
         self.reported: set[str] = set()  # "shard URL key K" already logged once in this run
+        self._before_step: tuple | None = None
         self._iter = None
         self._chunks: dict[int, Chunk] = {}
 
@@ -233,7 +241,8 @@ class ShardFeed:
 
     def _next_chunk(self) -> Chunk:
         try:
-            item = next(self._iter)
+            with interruptible_wait():  # a stop request may cut this wait short (lifetime.py)
+                item = next(self._iter)
         except DataError:
             raise
         except RuntimeError as exc:  # DataLoader's own timeout: a worker produced nothing for too long
@@ -247,8 +256,43 @@ class ShardFeed:
             raise DataError(item.message)
         return item
 
+    def close(self) -> None:
+        """End the DataLoader workers now, even one blocked in a stalled read. They ignore SIGTERM (the
+        launcher forwards a stop to the whole process group, and the step must finish first), so
+        DataLoader's own shutdown (SIGTERM) and multiprocessing's join at exit would wait on them for
+        ever. DataLoader has no public way to kill its workers: its SIGCHLD watch is told first (else a
+        killed worker is reported as a failure), then they get SIGKILL, then its own shutdown runs."""
+        it, self._iter = self._iter, None
+        workers = [w for w in getattr(it, "_workers", []) if w.is_alive()]
+        if not workers:
+            return
+        from torch.utils.data._utils import signal_handling
+
+        if getattr(it, "_worker_pids_set", False):
+            signal_handling._remove_worker_pids(id(it))
+            it._worker_pids_set = False
+        for worker in workers:
+            worker.kill()
+            worker.join(timeout=5)
+        it._shutdown_workers()
+
+    def rewind_step(self) -> None:
+        """Back to before the last fetched step (a step that no rank learned from: its data is not used)."""
+        if self._before_step is not None:
+            self.epoch, self.step_in_epoch, positions, self.corrupt_earlier_epochs, reported = self._before_step
+            self.positions, self.reported = dict(positions), set(reported)
+            self._before_step = None
+            self.close()  # its workers were ahead of the rewound position
+
     def _fetch_step(self) -> None:
         """This rank's chunks of the next global batch (one per stream it owns)."""
+        self._before_step = (
+            self.epoch,
+            self.step_in_epoch,
+            dict(self.positions),
+            self.corrupt_earlier_epochs,
+            set(self.reported),
+        )
         if self._iter is None:
             self._start_epoch()
         if self.step_in_epoch >= self._plan().steps:

@@ -83,6 +83,8 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
         raise GracefulStop(
             f"{stop}: checkpoint {newest}; resume with: {resume_command(argv or sys.argv)}", stop.code
         ) from None
+    finally:
+        feed.close()  # DataLoader workers ignore SIGTERM (so a stop's step can finish): end them here
     _summary(cfg, engine, result, time.time() - started)
     engine.end()
     return result

@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 
+from ..lifetime import WaitInterrupted, waiting
+
 log = logging.getLogger("lfbm_dist")
 
 
@@ -40,6 +42,8 @@ class StopRequest:
             os._exit(128 + signum)
         self.signal, self._first_at = name, time.monotonic()
         log.warning("%s: finishing this step, writing a checkpoint, then exiting (send it again to exit at once)", name)
+        if waiting():  # blocked on data at a step's start: stop waiting (the last finished step is saved)
+            raise WaitInterrupted(name)
 
     def install(self) -> StopRequest:
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -22,6 +22,7 @@ import torch
 
 from ..config import Config
 from ..inference import batch_coupled
+from ..lifetime import WaitInterrupted
 from ..models import GENERATOR_SPECS
 from ..seeding import Stream, Tag, per_sample_normal
 from . import checkpoint, faults
@@ -137,7 +138,15 @@ class Trainer:
             while self.state.images_seen < self.total_images:
                 prev = self.state.images_seen
                 micro_batches = self.infer_latents()
-                finite, stop = self.guard(micro_batches)
+                finite, stop, incomplete = self.guard(micro_batches)
+                if incomplete:  # a rank stopped waiting for data: nobody learns; the last finished step is saved
+                    self.feed.rewind_step()
+                    self.maintain(prev, stop=True)
+                    raise GracefulStop(
+                        f"stopped by {self.stop.signal or 'a signal on another rank'} while waiting for data, "
+                        f"at step {self.state.step} (kimg {self.state.images_seen / 1000:g})",
+                        self.stop.exit_code() or 143,
+                    )
                 self.learn(micro_batches, finite)
                 faults.after_step(self.state.step, self.engine.rank)
                 self.maintain(prev, stop)
@@ -153,11 +162,15 @@ class Trainer:
         return self.state_dict()
 
     # ------------------------------------------------------------------ phase 1: infer latents
-    def infer_latents(self) -> list[MicroBatch]:
+    def infer_latents(self) -> list[MicroBatch] | None:
+        """None if a stop request cut this rank's wait for its data short (guard tells every rank)."""
         t, nz = self.cfg.train, self.cfg.generator.nz
         batches, noises = [], []
         for micro in range(t.accumulation_steps):
-            batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
+            try:
+                batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
+            except WaitInterrupted:
+                return None
             faults.record_keys(self.state.step, self.engine.rank, micro, batch.positions, batch.keys)
             batch.x = self.engine.fast.images(batch.x)  # the generator's memory format (channels-last on GPU)
             if self.fixed_x is None:
@@ -174,14 +187,19 @@ class Trainer:
         return [MicroBatch(b, latents, stats) for b, (latents, stats) in zip(batches, inferred)]
 
     # ------------------------------------------------------------------ phase 2: guard
-    def guard(self, micro_batches: list[MicroBatch]) -> tuple[bool, bool]:
-        """(latents finite on every rank, some rank asked to stop): one decision for all ranks."""
+    def guard(self, micro_batches: list[MicroBatch] | None) -> tuple[bool, bool, bool]:
+        """(latents finite on every rank, some rank asked to stop, some rank has no data for this step):
+        one decision for all ranks."""
         # Host–device sync + one tiny all-reduce per step: a step is skipped on every rank or none.
-        finite = all(bool(torch.isfinite(m.latents).all()) for m in micro_batches)
+        incomplete = micro_batches is None
+        finite = not incomplete and all(bool(torch.isfinite(m.latents).all()) for m in micro_batches)
         votes = self.engine.all_reduce_sum(
-            torch.tensor([0.0 if finite else 1.0, float(self.stop.requested)], dtype=torch.float64)
+            torch.tensor(
+                [0.0 if finite else 1.0, float(self.stop.requested or incomplete), float(incomplete)],
+                dtype=torch.float64,
+            )
         )
-        return bool(votes[0] == 0), bool(votes[1] > 0)
+        return bool(votes[0] == 0), bool(votes[1] > 0), bool(votes[2] > 0)
 
     # ------------------------------------------------------------------ phase 3: learn
     def learn(self, micro_batches: list[MicroBatch], finite: bool) -> None:
