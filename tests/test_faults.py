@@ -618,3 +618,35 @@ def test_sigterm_while_waiting_on_a_stalled_shard_checkpoints_and_exits(tmp_path
     for p in left:
         p.kill()
     assert not left, "a rank or DataLoader worker outlived the stop"
+
+
+def test_a_dataloader_worker_whose_rank_dies_exits(tmp_path):
+    """SIGKILL of a rank whose DataLoader worker is blocked in a stalled read: the worker exits with
+    it (lifetime.die_with_parent) instead of waiting out its timeouts as an orphan."""
+    import psutil
+
+    (bad,) = write_shards(tmp_path / "bad", [64], size=16, prefix="stall")
+    server = _Server("stall", bad.read_bytes(), stall_after=len(bad.read_bytes()) // 2)
+    try:
+        url = f"http://127.0.0.1:{server.port}/stall-000000.tar"
+        (tmp_path / "index.json").write_text(
+            json.dumps({"splits": {"train": {"shards": [{"url": url, "samples": 64}]}}})
+        )
+        proc = subprocess.Popen(
+            command("single", *TINY, "data.source=shards", f"data.shards=[{tmp_path}/index.json]",
+                    "data.read_timeout_s=120", "data.num_workers=1", f"train.run_dir={tmp_path / 'r'}"),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while not server.conns and time.time() < deadline:
+            time.sleep(0.1)
+        workers = psutil.Process(proc.pid).children()
+        assert workers, "no DataLoader worker found"
+        proc.kill()
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        for p in alive:
+            p.kill()
+    finally:
+        server.close()
+    assert not alive, f"{len(alive)} worker(s) outlived their rank"

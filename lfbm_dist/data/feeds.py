@@ -257,24 +257,20 @@ class ShardFeed:
         return item
 
     def close(self) -> None:
-        """End the DataLoader workers now, even one blocked in a stalled read. They ignore SIGTERM (the
-        launcher forwards a stop to the whole process group, and the step must finish first), so
-        DataLoader's own shutdown (SIGTERM) and multiprocessing's join at exit would wait on them for
-        ever. DataLoader has no public way to kill its workers: its SIGCHLD watch is told first (else a
-        killed worker is reported as a failure), then they get SIGKILL, then its own shutdown runs."""
+        """End the DataLoader workers now, even one blocked in a stalled read. DataLoader's own shutdown
+        runs first (workers that are free exit cleanly; none is killed while it may hold a queue lock);
+        a worker still alive after it is blocked in a read and, since ours ignore SIGTERM (the launcher
+        forwards a stop to the whole process group, and the step must finish first), gets SIGKILL —
+        else multiprocessing's join at exit would wait on it for ever."""
         it, self._iter = self._iter, None
-        workers = [w for w in getattr(it, "_workers", []) if w.is_alive()]
-        if not workers:
+        if it is None or not hasattr(it, "_shutdown_workers"):
             return
-        from torch.utils.data._utils import signal_handling
-
-        if getattr(it, "_worker_pids_set", False):
-            signal_handling._remove_worker_pids(id(it))
-            it._worker_pids_set = False
+        workers = list(getattr(it, "_workers", []))
+        it._shutdown_workers()  # DataLoader's own: done event, a bounded join, SIGTERM
         for worker in workers:
-            worker.kill()
-            worker.join(timeout=5)
-        it._shutdown_workers()
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
 
     def rewind_step(self) -> None:
         """Back to before the last fetched step (a step that no rank learned from: its data is not used)."""
