@@ -249,9 +249,10 @@ class ShardStream(IterableDataset):
             where = "" if isinstance(item, _Skipped) else f"shard {item.url} key {item.key}: "
             if d.on_mismatch == "error" and not isinstance(item, _Skipped):
                 raise DataError(f"{where}{exc}") from None
+            sample = where.rstrip(": ")  # "shard URL key K" ("" for the skipped rest of a shard)
             if not isinstance(item, _Skipped):
-                self._skipped_since_chunk.setdefault(stream, []).append(where.rstrip(": "))
-            if where.rstrip(": ") not in self.quiet:  # reported in an earlier epoch: counted, not repeated
+                self._skipped_since_chunk.setdefault(stream, []).append(sample)
+            if sample not in self.quiet:  # reported in an earlier epoch: counted, not repeated
                 log.warning(
                     "skipped %s%s [%d sample(s); %d/%d on stream %d this epoch]",
                     where,

@@ -204,19 +204,30 @@ def langevin_posterior(
     if add_noise and noise is None and (chain_fn is not None or chunk < batch):
         # Drawn up front in the step loop's order (z_init first, then step by step): the same chains.
         noise = torch.stack([torch.randn(z_init.shape, generator=rng, device=x.device) for _ in range(num_steps)], 1)
-    run = _Chain(generator, prior, num_steps, step_size, sigma, autocast_dtype, log_posterior_fn, chain_fn, rng)
+
+    def run(x_, z_init_, noise_, mask_) -> tuple[torch.Tensor, torch.Tensor]:
+        args = (generator, prior, x_, z_init_.detach().float().clone(), noise_ if add_noise else None)
+        args += (num_steps, step_size, sigma, mask_, autocast_dtype)
+        if chain_fn is not None:
+            with torch.no_grad():
+                return chain_fn(*args)
+        return posterior_steps(*args, log_posterior_fn=log_posterior_fn, add_noise=add_noise, rng=rng)
+
     per_row = mask is not None and mask.dim() == x.dim() and mask.shape[0] == batch and batch > 1
     zs, norms = [], []
-    for start in range(0, batch, chunk):
-        rows = slice(start, min(start + chunk, batch))
-        parts = [x[rows], z_init[rows], noise[rows] if add_noise and noise is not None else None]
-        parts.append(mask[rows] if per_row else mask)
-        real = parts[0].shape[0]
-        if chain_fn is not None and real < chunk:  # pad with copies of the last chain: static shapes
-            parts = [_pad_rows(t, chunk) if t is not None and (i < 3 or per_row) else t for i, t in enumerate(parts)]
-        z, grad_norm = run(*parts, add_noise)
-        zs.append(z[:real])
-        norms.append(grad_norm[:real])
+    with frozen(generator, prior if isinstance(prior, nn.Module) else None):  # once for all the chunks
+        for start in range(0, batch, chunk):
+            rows = slice(start, min(start + chunk, batch))
+            parts = [x[rows], z_init[rows], noise[rows] if add_noise and noise is not None else None]
+            parts.append(mask[rows] if per_row else mask)
+            real = parts[0].shape[0]
+            if chain_fn is not None and real < chunk:  # pad with copies of the last chain: static shapes
+                parts = [
+                    _pad_rows(t, chunk) if t is not None and (i < 3 or per_row) else t for i, t in enumerate(parts)
+                ]
+            z, grad_norm = run(*parts)
+            zs.append(z[:real])
+            norms.append(grad_norm[:real])
     z = torch.cat(zs) if len(zs) > 1 else zs[0]
     if return_stats:
         return z, {"langevin_grad_norm": torch.cat(norms).mean()}
@@ -264,25 +275,6 @@ def posterior_steps(
             if k == num_steps - 1:
                 grad_norm = grad.detach().norm(dim=1)
     return z.detach(), grad_norm
-
-
-class _Chain:
-    """One call's worth of chains: through chain_fn (whole chain, no grad mode) or the step loop."""
-
-    def __init__(self, generator, prior, num_steps, step_size, sigma, autocast_dtype, log_posterior_fn, chain_fn, rng):
-        self.generator, self.prior, self.num_steps = generator, prior, num_steps
-        self.step_size, self.sigma, self.autocast_dtype = step_size, sigma, autocast_dtype
-        self.log_post_fn, self.chain_fn, self.rng = log_posterior_fn, chain_fn, rng
-
-    def __call__(self, x, z_init, noise, mask, add_noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        z = z_init.detach().float().clone()
-        args = (self.generator, self.prior, x, z, noise if add_noise else None, self.num_steps, self.step_size)
-        args += (self.sigma, mask, self.autocast_dtype)
-        with frozen(self.generator, self.prior if isinstance(self.prior, nn.Module) else None):
-            if self.chain_fn is not None:
-                with torch.no_grad():
-                    return self.chain_fn(*args)
-            return posterior_steps(*args, log_posterior_fn=self.log_post_fn, add_noise=add_noise, rng=self.rng)
 
 
 def langevin_prior(
