@@ -151,7 +151,11 @@ def _tensorboard(run_dir: Path, cfg, metrics: list[str], results: dict, images: 
 
 
 def _summary(results: dict, out: Path, tb: Path | None, wall_s: float) -> None:
-    shown = [k for k in ("fid", "recon_mse", "inpaint_mse", "inpaint_fid", "auprc", "aggpost_gap_nats") if k in results]
+    shown = [
+        k
+        for k in ("fid", "recon_mse", "inpaint_mse", "inpaint_fid", "inpaint_digit_fd", "auprc", "aggpost_gap_nats")
+        if k in results
+    ]
     log.info("results: " + ", ".join(f"{k} {results[k]:.4g}" for k in shown) + f"  ({wall_s:.0f} s)")
     log.info("  all numbers: %s", out)
     if tb is not None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 from conftest import PYTHON, ROOT
 from launch import env
@@ -48,6 +49,7 @@ def test_grid_runs_writes_its_table_skips_finished_points_and_resumes_bitwise(tm
         "| flow (LFBM) |" in table and "[0.011]" in table and "[0.021]" in table and "2 of 2 points finished" in table
     )
     assert "- flow better than gaussian: **" in table
+    _check_figures(straight / "tiny_grid/cpu", table, with_runs=True)
     data = json.loads((straight / "tiny_grid/cpu/summary.json").read_text())
     assert data["finished"] == 2 and data["orderings"][0]["verdict"] in (
         "reproduced",
@@ -84,6 +86,22 @@ def test_grid_runs_writes_its_table_skips_finished_points_and_resumes_bitwise(tm
     assert env_a["threads"] >= 1 and env_a["torch"] and env_a["device"] and env_a["commit"]
 
 
+def _check_figures(out, table, with_runs):
+    """The summary's figures: one per table (from the records), and from the runs' own TensorBoard
+    events the sample sheet (one: both tables have the same rows) and the kimg curves."""
+    from PIL import Image
+
+    names = ["tiny_grid_cpu_table1.png", "tiny_grid_cpu_table2.png"]
+    if with_runs:
+        names += ["tiny_grid_cpu_table1_samples.png", "tiny_grid_cpu_curves.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
+    for name in names:
+        assert f"]({name})" in table  # shown inline in summary.md
+        with Image.open(out / name) as image:
+            pixels = np.asarray(image.convert("L"))
+        assert image.size[0] >= 400 and pixels.std() > 5  # drawn, not blank
+
+
 def _record(root, point, recon_mse, threads=None):
     """A finished point as the harness records it (record_point), from a metrics.json written here."""
     grid = load_grid(GRID)
@@ -112,6 +130,7 @@ def test_summary_merges_roots_first_wins_and_names_mixed_environments(tmp_path):
     assert "Points from 2 environments" in table and "threads 97" in table
     data = json.loads((here / "tiny_grid/cpu/summary.json").read_text())
     assert [r["results"]["recon_mse"] for r in data["records"]] == [0.010, 0.030]
+    _check_figures(here / "tiny_grid/cpu", table, with_runs=False)  # records only: no events to read
     alone = repro("summary", GRID, "--root", str(here))
     assert "1 of 2 points finished" in alone.stdout and "environments" not in alone.stdout
 

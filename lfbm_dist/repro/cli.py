@@ -85,12 +85,16 @@ def _run(grid, args) -> int:
 
 
 def _summary(grid, args) -> int:
-    from .report import summarize
+    from .figures import write_figures
+    from .report import collect, summarize
 
     command = f"lfbm-repro run {args.grid} --scale {args.scale}"
-    markdown, summary = summarize(grid, args.scale, [args.root, *args.also], command)
+    roots = [args.root, *args.also]
+    markdown, summary = summarize(grid, args.scale, roots, command)
     out = args.root / grid.name / args.scale
-    out.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(grid, args.scale, collect(grid, args.scale, roots), out)
+    if figures:
+        markdown += "\n" + "\n\n".join(figures) + "\n"
     (out / "summary.md").write_text(markdown)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else markdown, end="")

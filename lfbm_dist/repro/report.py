@@ -30,7 +30,7 @@ def collect(grid: Grid, scale: str, roots: Path | list[Path]) -> list[dict]:
         for root in [roots] if isinstance(roots, Path) else roots:
             path = point_dir(root, grid, scale, point) / POINT_FILE
             if path.is_file():
-                records.append(json.loads(path.read_text()))
+                records.append({**json.loads(path.read_text()), "run_dir": str(path.parent)})
                 break
     return records
 

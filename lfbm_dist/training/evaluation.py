@@ -140,11 +140,14 @@ class Suite:
         from ..metrics.inpainting import inpainting_metrics
 
         e, lv = self.cfg.eval, self.cfg.langevin
-        completed, grid = fidlib.FeatureStats(), []
+        by_fid = e.inpaint_quality == "fid"
+        completed, first, grid = fidlib.FeatureStats(), [], []
 
         def on_completed(c, x, mask, done):
-            if c == 0:
+            if c == 0 and by_fid:
                 completed.update(self.inception(fidlib.to_uint8(done)))
+            elif c == 0:
+                first.append(done.cpu())
             if len(grid) < 3 * 8 and c < 2:
                 grid.extend([x[:4] * mask[:4], done[:4]] if c == 0 else [done[:4]])
 
@@ -165,8 +168,14 @@ class Suite:
                     chain=self.chain,
                 )
             )
-        completed.all_reduce(self.comm)
-        self.results["inpaint_fid"] = fidlib.frechet_distance(*completed.mu_sigma(), *self.reference)
+        if by_fid:
+            completed.all_reduce(self.comm)
+            self.results["inpaint_fid"] = fidlib.frechet_distance(*completed.mu_sigma(), *self.reference)
+        else:  # the completed test images against as many training digits
+            done = self.comm.all_gather_cat(torch.cat(first), dim=0)
+            quality = self._digit_quality(done, len(done))
+            self.results["inpaint_digit_fd"] = quality["digit_fd"]
+            self.results["inpaint_recognisable"] = quality["recognisable"]
         if grid:
             self.images["inpainting"] = torch.cat(grid)
 
@@ -237,13 +246,9 @@ class Suite:
     def digits(self) -> None:
         """The digit-classifier proxy of sample quality (MNIST only; metrics/digits.py), with
         eval.fid_num_samples samples against as many training digits."""
-        from ..metrics.digits import DigitClassifier, digit_quality
         from ..metrics.sampling import sample_images
 
-        if self.cfg.data.source != "memory" or self.cfg.data.dataset != "mnist":
-            raise ConfigError("digits: the digit proxy is for the packaged MNIST set; use fid for other data")
         n = self.cfg.eval.fid_num_samples
-        real = torch.cat([to_model_range(b.images) for b in self.raw("train", n)])
         mine = list(range(self.comm.rank, n, self.comm.world_size))
         samples = torch.cat(
             [
@@ -251,10 +256,18 @@ class Suite:
                 for i in range(0, len(mine), 500)
             ]
         )
-        samples = self.comm.all_gather_cat(samples, dim=0)
-        real = self.comm.all_gather_cat(real, dim=0)
-        self.results.update(digit_quality(DigitClassifier(self.cfg.data.resolution), samples, real))
+        self.results.update(self._digit_quality(self.comm.all_gather_cat(samples, dim=0), n))
         self.results["digits_num_samples"] = n
+
+    def _digit_quality(self, images: torch.Tensor, n_real: int) -> dict:
+        """The digit proxy of `images` (every rank's, in [−1, 1]) against n_real training digits."""
+        from ..metrics.digits import DigitClassifier, digit_quality
+
+        if self.cfg.data.source != "memory" or self.cfg.data.dataset != "mnist":
+            raise ConfigError("digits: the digit proxy is for the packaged MNIST set; use fid for other data")
+        real = torch.cat([to_model_range(b.images) for b in self.raw("train", n_real)])
+        real = self.comm.all_gather_cat(real, dim=0)
+        return digit_quality(DigitClassifier(self.cfg.data.resolution), images.float(), real)
 
 
 def run_metrics(
@@ -270,7 +283,7 @@ def run_metrics(
     """Compute `metrics` (collective: every rank calls it). `images`, if given, receives eval image grids;
     `chain`: how the test-time Langevin chains run (FastPath.test_time_chain: compiled, padded batches)."""
     suite = Suite(model, cfg, device, comm, show_progress, chain=chain)
-    if "fid" in metrics or "inpaint" in metrics:
+    if "fid" in metrics or ("inpaint" in metrics and cfg.eval.inpaint_quality == "fid"):
         suite.fid_reference()
     for name in METRICS:
         if name in metrics:

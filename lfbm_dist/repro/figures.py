@@ -1,0 +1,201 @@
+"""Figures of a grid's summary, written beside summary.md by `lfbm-repro summary`:
+
+- per table, ours (mean ± sd over seeds, each seed a dot) beside the paper's values, so the
+  orderings show at a glance (the two panels have their own scales: only orderings compare);
+- per grid, the runs' logged training metrics against kimg (TensorBoard events read back), the
+  seeds of a point averaged;
+- per table, a sample sheet: the last logged image grid of each row's seed-0 run, side by side.
+
+Plots use matplotlib's Agg backend (no display); a figure whose inputs are missing (points kept as
+records only, without their run directories) is skipped, and summary.md says which were written.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from .report import _cells, _paper
+from .spec import Grid, Table, _text
+
+CURVE_TAGS = ("recovery_mse", "recon_mse", "aggpost/gap_nats", "log_p_z")  # first two found are drawn
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never a display, whatever MPLBACKEND says
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _keys(table: Table) -> tuple[str, ...]:
+    return table.metric if isinstance(table.metric, tuple) else (table.metric,)
+
+
+def _grouped(ax, rows, cols, value_of, title, spread_of=None) -> None:
+    """Bars grouped by column, one colour per row; seeds as dots when given."""
+    width = 0.8 / max(len(rows), 1)
+    for i, row in enumerate(rows):
+        xs = np.arange(len(cols)) + (i - (len(rows) - 1) / 2) * width
+        heights = [value_of(row, c) for c in cols]
+        ax.bar(xs, [np.nan if h is None else h for h in heights], width, label=row, color=f"C{i}", alpha=0.75)
+        if spread_of is not None:
+            for x, c in zip(xs, cols):
+                seeds = spread_of(row, c)
+                if len(seeds) > 1:
+                    ax.errorbar(x, statistics.fmean(seeds), yerr=statistics.stdev(seeds), color="k", capsize=3)
+                ax.scatter([x] * len(seeds), seeds, color="k", s=10, zorder=3)
+    ax.set_xticks(np.arange(len(cols)), [c or "ours" for c in cols])
+    ax.set_title(title, fontsize=9)
+
+
+def table_figure(table: Table, records: list[dict], path: Path, title: str) -> bool:
+    cells = _cells(table, records)
+    if not cells:
+        return False
+    plt = _pyplot()
+    rows = list(dict.fromkeys(r for r, _ in cells))
+    cols = list(dict.fromkeys(c for _, c in cells))
+    has_paper = bool(table.paper)
+    fig, axes = plt.subplots(1, 2 if has_paper else 1, figsize=(9 if has_paper else 5, 3.4), squeeze=False)
+    direction = {True: " (higher is better)", False: " (lower is better)", None: ""}[table.higher_is_better]
+
+    def mean(row, col):
+        values = cells.get((row, col))
+        return statistics.fmean(values) if values else None
+
+    _grouped(axes[0][0], rows, cols, mean, f"ours: {_keys(table)[0]}{direction}", lambda r, c: cells.get((r, c), []))
+    if has_paper:
+        _grouped(axes[0][1], rows, cols, lambda r, c: _paper(table, r, c), table.paper_label)
+    axes[0][0].legend(fontsize=7, title=table.rows.split(".")[-1], title_fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tag -> (kimg, value) of the run's TensorBoard scalars (the last write of a step wins, as TB shows)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    found = {}
+    for tag in tags:
+        if tag in events.Tags()["scalars"]:
+            by_step = {e.step: e.value for e in events.Scalars(tag)}
+            steps = sorted(by_step)
+            found[tag] = (np.array(steps) / 1000.0, np.array([by_step[s] for s in steps]))
+    return found
+
+
+def curves_figure(grid: Grid, records: list[dict], path: Path, title: str) -> bool:
+    """The logged training metrics against kimg, one line per point (its seeds averaged)."""
+    lines: dict[str, list[dict]] = {}
+    for rec in records:
+        run_dir = rec.get("run_dir")
+        if run_dir and (Path(run_dir) / "tensorboard").is_dir():
+            label = ", ".join(f"{k.split('.')[-1]}={_text(v)}" for k, v in rec["values"].items() if _varies(grid, k))
+            lines.setdefault(label or rec["point"], []).append(_scalars(Path(run_dir), CURVE_TAGS))
+    tags = [t for t in CURVE_TAGS if any(t in s for runs in lines.values() for s in runs)][:2]
+    if not tags:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.4), squeeze=False)
+    for ax, tag in zip(axes[0], tags):
+        for i, (label, runs) in enumerate(lines.items()):
+            series = [r[tag] for r in runs if tag in r]
+            if not series:
+                continue
+            n = min(len(k) for k, _ in series)  # seeds are cut to their common length (a run may be short)
+            kimg = series[0][0][:n]
+            ax.plot(kimg, np.mean([v[:n] for _, v in series], axis=0), color=f"C{i % 10}", label=label)
+        ax.set_xlabel("kimg")
+        ax.set_title(f"{tag} (training batches; mean over seeds)", fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _varies(grid: Grid, axis: str) -> bool:
+    values = {_text(v) for v in grid.axes[axis]} if not isinstance(grid.axes[axis], dict) else set(grid.axes[axis])
+    return len(values) > 1
+
+
+def _last_image(run_dir: Path, prefer: tuple[str, ...]):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()["images"]
+    for want in prefer:
+        tag = next((t for t in tags if t.endswith(want)), None)
+        if tag:
+            from io import BytesIO
+
+            from PIL import Image
+
+            return np.asarray(Image.open(BytesIO(events.Images(tag)[-1].encoded_image_string)).convert("RGB"))
+    return None
+
+
+def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> bool:
+    """The last image grid of each cell's first-seed run, rows × columns as the table: inpaintings
+    for an inpainting table, prior samples otherwise."""
+    prefer = ("inpainting", "samples/prior") if _keys(table)[0].startswith("inpaint") else ("samples/prior",)
+    shown: dict[tuple[str, str], np.ndarray] = {}
+    for rec in sorted(records, key=lambda r: r["seed"]):
+        cell = (_text(rec["values"][table.rows]), _text(rec["values"][table.columns]) if table.columns else "")
+        run_dir = rec.get("run_dir")
+        if cell in shown or not run_dir or not (Path(run_dir) / "tensorboard").is_dir():
+            continue
+        image = _last_image(Path(run_dir), prefer)
+        if image is not None:
+            shown[cell] = image
+    if not shown:
+        return False
+    plt = _pyplot()
+    rows = list(dict.fromkeys(r for r, _ in shown))
+    cols = list(dict.fromkeys(c for _, c in shown))
+    fig, axes = plt.subplots(len(cols), len(rows), figsize=(3 * len(rows), 3.2 * len(cols) + 0.4), squeeze=False)
+    for j, col in enumerate(cols):
+        for i, row in enumerate(rows):
+            ax = axes[j][i]
+            ax.axis("off")
+            if (row, col) in shown:
+                ax.imshow(shown[(row, col)])
+                where = f", {table.columns.split('.')[-1]} = {col}" if table.columns else ""
+                ax.set_title(f"{table.rows.split('.')[-1]} = {row}{where}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_figures(grid: Grid, scale: str, records: list[dict], out: Path) -> list[str]:
+    """Every figure of the summary into `out`; returns summary.md's lines that show them."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines, sheets = [], set()
+    for i, table in enumerate(grid.tables, 1):
+        name = f"{grid.name}_{scale}_table{i}.png"
+        heading = table.label or _keys(table)[0]
+        if table_figure(table, records, out / name, f"{grid.title}: {heading}"):
+            lines.append(f"![{heading}: ours (seeds as dots) and the paper's values]({name})")
+        sheet = (table.rows, table.columns, _keys(table)[0].startswith("inpaint"))
+        name = f"{grid.name}_{scale}_table{i}_samples.png"
+        if sheet not in sheets and sample_sheet(table, records, out / name, f"{grid.title}: first seed"):
+            sheets.add(sheet)
+            lines.append(f"![{heading}: images of the first seed]({name})")
+    name = f"{grid.name}_{scale}_curves.png"
+    if curves_figure(grid, records, out / name, f"{grid.title}: logged training metrics"):
+        lines.append(f"![logged training metrics against kimg]({name})")
+    return lines

@@ -1,0 +1,50 @@
+"""Test-time metrics on a real (small, untrained) MNIST model: inpainting keeps every visible pixel,
+fills the hole from g(z), and scores the completions by the digit proxy without the Inception
+network (eval.inpaint_quality=digits, the cpu scale of Table 3)."""
+
+import torch
+from conftest import randomize_
+
+from lfbm_dist.config import load_config
+from lfbm_dist.data.masks import make_mask
+from lfbm_dist.metrics.inpainting import inpaint
+from lfbm_dist.training.build import build_model
+from lfbm_dist.training.evaluation import Suite, run_metrics
+
+OVERRIDES = [
+    "data.heldout_class=-1",
+    "eval.inpaint_samples=40",
+    "eval.inpaint_completions=2",
+    "eval.inpaint_quality=digits",
+    "eval.fid_batch=20",
+    "langevin.test_num_steps=3",
+]
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    return randomize_(build_model(cfg), 0.05).eval()
+
+
+def test_inpainting_by_digit_proxy_keeps_visible_pixels_and_needs_no_inception(monkeypatch):
+    cfg = load_config("configs/mnist28.yaml", OVERRIDES)
+    model = _model(cfg)
+    monkeypatch.setattr(Suite, "fid_reference", lambda self: (_ for _ in ()).throw(AssertionError("Inception")))
+    images: dict = {}
+    results = run_metrics(model, cfg, ["inpaint"], torch.device("cpu"), images=images)
+    assert 0 < results["inpaint_mse"] < 1 and results["inpaint_digit_fd"] > 0
+    assert 0 <= results["inpaint_recognisable"] <= 1 and "inpaint_fid" not in results
+    assert images["inpainting"].shape[1:] == (1, 28, 28)
+
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    mask = torch.stack([make_mask("center", 28, str(i), 0) for i in range(4)]).float()
+    done = inpaint(model, x, mask, list(range(4)), 0, 3, 0.1, 0)
+    hole = mask == 0
+    assert hole.any() and (~hole).any()
+    assert torch.equal(done[~hole.expand_as(x)], x[~hole.expand_as(x)])  # visible pixels untouched
+    with torch.no_grad():
+        assert not torch.allclose(done[hole.expand_as(x)], x[hole.expand_as(x)])  # the hole is g(z)'s
+
+
+def test_inpainting_quality_is_fid_by_default():
+    assert load_config("configs/mnist28.yaml").eval.inpaint_quality == "fid"
