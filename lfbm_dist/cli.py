@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import logs
+from .errors import GracefulStop, LfbmError
 
 OVERRIDES_HELP = (
     "config overrides as key=value, e.g. langevin.num_steps=40 eval.fid_num_samples=2000 "
@@ -38,43 +39,16 @@ def _rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
-def _known() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data.errors import DataError
-    from .data.masks import MaskSpecError
-    from .metrics.inception import InceptionError
-    from .repro.spec import GridError
-    from .training.checkpoint import CheckpointError
-    from .training.engine import LaunchError, PeerFailure
-    from .training.trainer import NonFiniteError
-
-    return (
-        ConfigError,
-        DataError,
-        MaskSpecError,
-        InceptionError,
-        GridError,
-        CheckpointError,
-        LaunchError,
-        PeerFailure,
-        NonFiniteError,
-    )
-
-
 def run(main: Callable[[], int | None]) -> int:
     """Call a command's body; turn failures into one line and an exit status."""
-    from .training.signals import GracefulStop
-
     try:
         return int(main() or 0)
     except GracefulStop as stop:
         if str(stop):
             logging.getLogger(logs.LOGGER).warning("%s", stop)
         return stop.code
-    except _known() as exc:
-        from .config import ConfigError
-
-        if isinstance(exc, ConfigError):  # the same on every rank (settings, not data): said once, by rank 0
+    except LfbmError as exc:
+        if exc.same_on_every_rank:  # a config error: said once, by rank 0
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"error: {exc}", file=sys.stderr)
         else:

@@ -24,9 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import LfbmError
 
-class ConfigError(ValueError):
+
+class ConfigError(LfbmError, ValueError):
     """A bad configuration; str() is the one-line message shown to the user."""
+
+    same_on_every_rank = True  # settings, not data
 
 
 def _no_bool(value: Any) -> Any:

@@ -104,7 +104,3 @@ def setup(
             root.addHandler(handler)
             _root_handlers.append(handler)
     return log
-
-
-def log_file(run_dir: str | Path, rank: int = 0) -> Path:
-    return Path(run_dir) / "logs" / f"rank{rank}.log"

@@ -3,8 +3,10 @@ is one unusable sample or the unread rest of a shard: counted, logged and made u
 
 from __future__ import annotations
 
+from ..errors import LfbmError
 
-class DataError(RuntimeError):
+
+class DataError(LfbmError, RuntimeError):
     """A data problem that stops the run (missing shard, empty list, too many corrupt samples …)."""
 
 

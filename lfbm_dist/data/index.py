@@ -59,7 +59,3 @@ def split_specs(specs: list[str], split: str) -> list[str]:
         base = spec.split("#")[0]
         out.append(f"{base}#{split}" if base.endswith(".json") else spec)
     return out
-
-
-def verifiable(shards: list[ShardInfo]) -> bool:
-    return all(s.checksums is not None for s in shards)

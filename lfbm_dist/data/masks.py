@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import LfbmError
 from ..seeding import text_seed
 
 PAPER_RESOLUTION = 64
 
 
-class MaskSpecError(ValueError):
+class MaskSpecError(LfbmError, ValueError):
     pass
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -94,11 +94,6 @@ class _Skipped:
     reason: str
     count: int
     unreachable: bool = False  # the source kept failing or timing out (not a damaged file)
-
-
-@dataclass
-class _StreamState:
-    position: StreamPosition = field(default_factory=StreamPosition)
 
 
 class ShardStream(IterableDataset):

@@ -33,6 +33,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .likelihood import gaussian_energy, squared_error
+
 
 class Prior(Protocol):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor: ...
@@ -65,10 +67,7 @@ def log_likelihood(
         device_type=z.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
     ):
         x_hat = generator(z)
-    residual = x.float() - x_hat.float()  # (B, C, H, W); the sum is done in float32
-    if mask is not None:
-        residual = residual * mask
-    return -residual.pow(2).flatten(1).sum(1) / (2.0 * sigma**2)
+    return -gaussian_energy(squared_error(x, x_hat, mask), sigma)
 
 
 def log_posterior(

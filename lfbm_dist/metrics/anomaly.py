@@ -22,11 +22,10 @@ are reported as diagnostics; they never replace `auprc`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..inference import EAGER_CHAIN, ChainOptions
+from ..inference.likelihood import gaussian_energy, squared_error
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
@@ -37,16 +36,9 @@ PROTOCOLS = ("official", "noisy-ap")
 def score_terms(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: (‖x − g(z)‖²/(2σ²), −log p_α(z)), both (B,) float64 on the CPU."""
     with torch.no_grad():
-        sq = (x.float() - model.generator(z).float()).pow(2).flatten(1).sum(1)
-        recon = sq / (2 * model.sigma**2)
+        recon = gaussian_energy(squared_error(x, model.generator(z)), model.sigma)
         prior = -model.prior.log_prob(z).float()
     return recon.double().cpu(), prior.double().cpu()
-
-
-def joint_log_prob(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x, z) with its constant (B,), float64 on the CPU."""
-    recon, prior = score_terms(model, x, z)
-    return -(recon + prior) - x[0].numel() * math.log(model.sigma * math.sqrt(2 * math.pi))
 
 
 def collect_terms(

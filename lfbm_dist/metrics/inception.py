@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import LfbmError
 from ..files import file_digest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ INPUT_RANGE = (-1.0, 0.9921875)  # that network's input range: x_uint8 / 128 −
 RESOLUTION = 299
 
 
-class InceptionError(RuntimeError):
+class InceptionError(LfbmError, RuntimeError):
     pass
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..inference.likelihood import gaussian_energy, squared_error
 from .ebm_prior import EBMPrior
 from .flow_prior import FlowPrior, standard_normal_log_prob
 from .gaussian_prior import GaussianPrior
@@ -53,11 +54,8 @@ class LFBM(nn.Module):
             device_type=x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
             x_hat = self.generator(z)
-        residual = x.float() - x_hat.float()  # (B, C, H, W)
-        if mask is not None:
-            residual = residual * mask
-        sq_err = residual.pow(2).flatten(1).sum(1)  # (B,)
-        loss_generator = sq_err.mean() / (2.0 * self.sigma**2)
+        sq_err = squared_error(x, x_hat, mask)  # (B,)
+        loss_generator = gaussian_energy(sq_err.mean(), self.sigma)
         loss_prior = self.prior.prior_loss(z, noise=prior_noise)  # prior_noise: the EBM's negative chains
         with torch.no_grad():
             visible = mask.expand_as(x).flatten(1).sum(1).clamp_min(1) if mask is not None else x[0].numel()
@@ -84,9 +82,9 @@ class LFBM(nn.Module):
             device_type=x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
             x_hat = self.generator(z)
-        sq_err = (x.float() - x_hat.float()).pow(2).flatten(1).sum(1)  # (B,)
+        sq_err = squared_error(x, x_hat)  # (B,)
         log_p_z = self.prior.log_prob(z)
-        loss_generator = sq_err.mean() / (2.0 * self.sigma**2)
+        loss_generator = gaussian_energy(sq_err.mean(), self.sigma)
         loss_prior = -log_p_z.mean()
         kl_term = log_q.mean() + loss_prior  # E_q[log q − log p_α]
         with torch.no_grad():

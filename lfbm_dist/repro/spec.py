@@ -36,10 +36,12 @@ from typing import Any
 
 import yaml
 
+from ..errors import LfbmError
+
 SEED_KEYS = ("train.seed", "eval.seed")
 
 
-class GridError(ValueError):
+class GridError(LfbmError, ValueError):
     """A grid file that cannot be run; str() is the one-line message."""
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import re
 
+from ..errors import LfbmError
+
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?$|^(\d+)$")
 _MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
 _SAFE_VALUE = re.compile(r"^[\w@%+=:,./-]+$")
@@ -24,7 +26,7 @@ def parse_elastic(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
-class LaunchOptionError(ValueError):
+class LaunchOptionError(LfbmError, ValueError):
     pass
 
 

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from ..config import Config
+from ..errors import LfbmError
 from ..files import apply_umask, file_digest, write_atomic
 from . import faults
 
@@ -39,7 +40,7 @@ FULL_STATE = "full_state.safetensors"  # DeepSpeed only: weights + Adam state, u
 _ARCH_KEYS = ("generator", "prior", "inference")  # config sections that change the saved tensors
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LfbmError, RuntimeError):
     pass
 
 

@@ -14,11 +14,11 @@ import yaml
 from .. import logs
 from ..config import Config
 from ..data.plan import Layout
+from ..errors import GracefulStop
 from ..files import write_atomic
 from . import checkpoint, rundir
 from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
 from .engine import Engine, launcher_command
-from .signals import GracefulStop
 from .trainer import Trainer, batch_statistics_warning
 
 log = logging.getLogger("lfbm_dist")

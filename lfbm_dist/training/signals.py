@@ -60,11 +60,3 @@ class StopRequest:
 
     def exit_code(self) -> int:
         return 128 + signal.Signals[self.signal].value if self.signal else 0
-
-
-class GracefulStop(Exception):
-    """Raised after the stop checkpoint was written; str() is the one-line message."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from ..errors import GracefulStop, LfbmError
 from ..inference import batch_coupled
 from ..lifetime import WaitInterrupted
 from ..models import GENERATOR_SPECS
@@ -29,14 +30,14 @@ from . import checkpoint, faults
 from .build import BatchLayout, build_model, build_optimizer, count_parameters, lr_scale
 from .engine import Engine
 from .observe import Observer
-from .signals import GracefulStop, StopRequest
+from .signals import StopRequest
 from .variants import latent_inference
 
 log = logging.getLogger("lfbm_dist")
 SAMPLE_SEED = 12345  # fixed latents for the prior-sample grids
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(LfbmError, RuntimeError):
     pass
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ...config import Config
+from ...errors import LfbmError
 from ..fastpath import FastPath
 from . import zero
 from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command
@@ -34,7 +34,7 @@ __all__ = ["Engine", "LaunchError", "PeerFailure", "consolidate_zero_checkpoint"
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
 
 
-class PeerFailure(RuntimeError):
+class PeerFailure(LfbmError, RuntimeError):
     """A collective failed because another rank is gone; that rank reports the cause."""
 
 
@@ -137,10 +137,6 @@ class Engine:
         except (RuntimeError, ConnectionError) as exc:  # gloo/NCCL: a peer exited or stopped answering
             raise PeerFailure(f"another rank stopped ({type(exc).__name__}); its error is above") from None
 
-    def all_true(self, flag: bool) -> bool:
-        """Logical AND over ranks (one tiny collective)."""
-        return bool(self.all_reduce_sum(torch.tensor([0.0 if flag else 1.0], dtype=torch.float64))[0] == 0)
-
     def reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of a device tensor (call on every rank, once per logging tick)."""
         if self.world_size == 1:
@@ -174,17 +170,6 @@ class Engine:
     def barrier(self) -> None:
         if self.distributed:
             self._collective(torch_dist.barrier)
-
-    @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the body first (e.g. builds a cache), then the others."""
-        if not self.is_main:
-            self.barrier()
-        try:
-            yield
-        finally:
-            if self.is_main:
-                self.barrier()
 
     # ------------------------------------------------------------------ checkpoint I/O
     def save_state(self, directory: Path) -> None:

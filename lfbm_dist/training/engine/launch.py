@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from ...errors import LfbmError
 
-class LaunchError(RuntimeError):
+
+class LaunchError(LfbmError, RuntimeError):
     """The launcher and the process group disagree (e.g. a silent one-process run)."""
 
 
