@@ -131,6 +131,12 @@ class TrainConfig(Section):
     snapshot_every_kimg: Float = Field(0.0, ge=0)  # 0 = only at the end
     image_every_kimg: Float = Field(0.0, ge=0)  # image grids to TensorBoard; 0 = only at the end
     keep_snapshots: Int = Field(3, ge=1)
+    # periodic snapshots are written by a background thread while training goes on (the final one and a
+    # stop's are waited for); off: every snapshot blocks the step until it is on disk
+    snapshot_async: Bool = True
+    snapshot_shard_mb: Float = Field(
+        2048.0, gt=0
+    )  # largest state file; bigger states are split, ranks write in parallel
     resume: Str = "none"  # none | auto | path to a checkpoint directory
     overwrite: Bool = False  # start afresh in a run directory that holds checkpoints (old ones moved aside)
     collective_timeout_min: Float = Field(

@@ -1,8 +1,9 @@
-"""Consolidate a checkpoint (plain / DDP / DeepSpeed ZeRO-1/2) into one safetensors file + config, and
-load checkpoints or exports for inference.
+"""Export a checkpoint's model (whatever backend wrote it) as one safetensors file + config, load
+checkpoints or exports for inference, and convert checkpoints of earlier versions.
 
     lfbm-export --run runs/x --out runs/x/export          # newest complete checkpoint of a run
     lfbm-export --checkpoint runs/x/checkpoints/ckpt-000006030000 --out runs/x/export
+    lfbm-export --upgrade-checkpoint runs/x/checkpoints/ckpt-000006030000   # earlier format, in place
 
 Writes OUT/model.safetensors (float32 weights of generator + prior) and OUT/config.yaml. Sampling
 and evaluation load that pair with `load_exported` — no DeepSpeed, no pickles.
@@ -26,30 +27,21 @@ from lfbm_dist.config import Config, load_config  # noqa: E402
 from lfbm_dist.files import apply_umask, write_atomic  # noqa: E402
 from lfbm_dist.models import LFBM  # noqa: E402
 from lfbm_dist.training.build import build_model  # noqa: E402
-from lfbm_dist.training.checkpoint import CheckpointError, assert_finite, latest, verify  # noqa: E402
+from lfbm_dist.training.checkpoint import (  # noqa: E402
+    CheckpointError,
+    assert_finite,
+    latest,
+    model_state_dict,
+    read_state,
+)
 
 log = logging.getLogger("lfbm_dist")
 
 
 def checkpoint_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """The model's full float32 state dict from any checkpoint layout we write (verified first)."""
-    verify(ckpt_dir)
-    plain = ckpt_dir / "model.safetensors"
-    try:
-        if plain.is_file():
-            from safetensors.torch import load_file
-
-            return load_file(str(plain))
-        if (ckpt_dir / "pytorch_model").is_dir():  # DeepSpeed ZeRO shards, written by accelerate save_state
-            from lfbm_dist.training.engine import consolidate_zero_checkpoint
-
-            return consolidate_zero_checkpoint(ckpt_dir)
-    except Exception as exc:  # a damaged file that the manifest could not catch (e.g. an old checkpoint)
-        raise CheckpointError(
-            f"{ckpt_dir}: cannot read the weights ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
-        ) from None
-    raise CheckpointError(f"{ckpt_dir}: no model.safetensors and no DeepSpeed pytorch_model/ shards")
+    """The model's full float32 state dict from a checkpoint (verified first): the same files for
+    every backend and world size that wrote it (training/checkpoint.py)."""
+    return model_state_dict(read_state(ckpt_dir))
 
 
 def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LFBM:
@@ -123,12 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint directory")
     source.add_argument("--run", type=Path, help="a run directory: its newest complete checkpoint")
-    p.add_argument("--out", type=Path, required=True, help="output directory (model.safetensors + config.yaml)")
+    source.add_argument(
+        "--upgrade-checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="convert a checkpoint written by an earlier lfbm_dist (framework files) to the current format",
+    )
+    p.add_argument("--out", type=Path, help="output directory (model.safetensors + config.yaml)")
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
 
     def body() -> int:
+        if args.upgrade_checkpoint:
+            from lfbm_dist.training.upgrade import upgrade
+
+            kept = upgrade(args.upgrade_checkpoint)
+            log.info("converted %s to the current format; the old files are in %s", args.upgrade_checkpoint, kept)
+            return 0
+        if args.out is None:
+            p.error("--out is required to export")
         ckpt = args.checkpoint or latest(args.run)
         if ckpt is None:
             raise CheckpointError(f"{args.run}: no complete checkpoint")

@@ -180,10 +180,10 @@ def _train(run_dir, *overrides, env=None):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from safetensors.torch import load_file
+    from lfbm_dist.training.checkpoint import model_state_dict, read_state
 
     (ckpt,) = (run_dir / "checkpoints").iterdir()
-    return proc, load_file(str(ckpt / "model.safetensors"))
+    return proc, model_state_dict(read_state(ckpt))
 
 
 @pytest.mark.slow

@@ -15,10 +15,9 @@ import pytest
 import torch
 from conftest import PYTHON, ROOT
 from launch import command, env, run
-from safetensors.torch import load_file
 from shard_helpers import write_shards
 
-from lfbm_dist.training.checkpoint import latest, list_complete
+from lfbm_dist.training.checkpoint import latest, list_complete, read_state
 
 TINY = ["--config", "configs/test_tiny.yaml"]
 pytestmark = pytest.mark.slow
@@ -297,7 +296,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tm
         previous = latest(disk / "r")
         assert previous is not None
         assert line.startswith("error: disk full writing ") and f"previous checkpoint {previous.name} is intact" in line
-        assert all((c / "model.safetensors").is_file() for c in list_complete(disk / "r"))
+        assert all(read_state(c) for c in list_complete(disk / "r"))  # each one whole and verified
     finally:
         subprocess.run(["umount", str(disk)])
 
@@ -308,18 +307,19 @@ def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path):
     ckpt = latest(run_dir)
     from lfbm_dist.training.checkpoint import CheckpointError, verify
 
-    for part in ("data_state_rank0.json", "random_states_0.pkl", "optimizer.bin", "trainer_state.json"):
+    state_file = "state-00000-of-00001.safetensors"
+    for part in ("data_state_rank0.json", state_file, "trainer_state.json", "config.yaml"):
         original = (ckpt / part).read_bytes()
         (ckpt / part).write_bytes(original[: len(original) // 2])
         with pytest.raises(CheckpointError, match=f"cannot load checkpoint: {part} is truncated or altered"):
-            verify(ckpt)  # what a resume checks first (a RNG state would otherwise be skipped silently)
-        if part == "random_states_0.pkl":  # and once end to end: the resume refuses in one line
+            verify(ckpt)  # what a resume checks first
+        if part == "data_state_rank0.json":  # and once end to end: the resume refuses in one line
             proc = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "train.total_kimg=0.128")
             assert proc.returncode == 2
             (line,) = _errors(proc)
             assert f"{part} is truncated or altered" in line, line
         (ckpt / part).write_bytes(original)
-    (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:50])
+    (ckpt / state_file).write_bytes((ckpt / state_file).read_bytes()[:50])
     for cmd in (
         [PYTHON, "-m", "lfbm_dist.export", "--run", str(run_dir), "--out", str(tmp_path / "e")],
         [
@@ -337,7 +337,7 @@ def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path):
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
         assert proc.returncode == 2
         (line,) = _errors(proc)
-        assert "model.safetensors is truncated or altered" in line, line
+        assert f"{state_file} is truncated or altered" in line, line
 
 
 # ------------------------------------------------------------------------------ checkpoint lifecycle
@@ -355,7 +355,7 @@ def test_kill_while_pruning_never_leaves_a_complete_looking_directory_without_fi
     )
     assert proc.returncode == -signal.SIGKILL
     for ckpt in list_complete(run_dir):
-        assert (ckpt / "model.safetensors").is_file() and (ckpt / "optimizer.bin").is_file()
+        assert read_state(ckpt)  # every file there, as its manifest says
     assert latest(run_dir).name == "ckpt-000000000032"
     assert (
         run(
@@ -416,8 +416,8 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_bitwise(tmp_path, kin
     ckpt = latest(stopped)
     assert ckpt is not None and int(ckpt.name.split("-")[1]) < 128
     assert run(kind, *args, f"train.run_dir={stopped}", "train.resume=auto").returncode == 0
-    a, b = load_file(str(latest(straight) / "model.safetensors")), load_file(str(latest(stopped) / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = read_state(latest(straight)), read_state(latest(stopped))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_second_signal_exits_at_once(tmp_path):

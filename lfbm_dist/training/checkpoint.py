@@ -1,20 +1,27 @@
-"""Checkpoints: atomic, sharded the way the backend does it, verified on load, pruned safely.
+"""Checkpoints: one format for every backend, atomic, verified on load, pruned safely.
 
 Layout of one checkpoint (a directory under RUN_DIR/checkpoints/):
 
-    ckpt-000000012800/            name = images seen, zero-padded so names sort by progress
-        model.safetensors ...     the backend's own state (engine.save_state): model, optimizer, RNG
-        trainer_state.json        counters and best metrics (plain JSON)
-        data_state_rank{R}.json   each rank's data-stream positions
-        config.yaml               the resolved config that produced it
-        manifest.json             every file's size and sha256
-        COMPLETE                  written last; a directory without it is never loaded
+    ckpt-000000012800/                    name = images seen, zero-padded so names sort by progress
+        state-00000-of-00002.safetensors  the full training state, unpartitioned, by name:
+        state-00001-of-00002.safetensors    param/<name>, buffer/<name> (the model's state dict),
+                                            exp_avg/<name>, exp_avg_sq/<name>, step/<name> (Adam)
+        trainer_state.json                counters and best metrics (plain JSON)
+        data_state_rank{R}.json           each rank's data-stream positions
+        config.yaml                       the resolved config that produced it
+        manifest.json                     format, shard files, and every file's size and sha256
+        COMPLETE                          written last; a directory without it is never loaded
+
+The state files hold the same bytes whoever wrote them: 1 rank or 8, DDP or ZeRO-1/2 (ZeRO assembles
+the full values from its partitions first), because the split into files depends only on the
+tensors (names and sizes, `train.snapshot_shard_mb`) and never on the world size. Any layout loads
+any checkpoint, and export reads the same files. No RNG state is kept: all training randomness is
+keyed by sample and step (seeding.py), so the state above is all an exact resume needs.
 
 It is written into `ckpt-….tmp` and renamed when complete, so a crash during the write leaves the
 previous checkpoint as the newest usable one; old ones are renamed to `….deleting` before they are
-removed, so a kill while pruning never leaves a directory that looks complete without its files.
-Loading first checks the manifest, so a truncated or altered part (weights, optimizer, RNG state,
-JSON) is refused in one line instead of being half-loaded or silently skipped.
+removed. Loading first checks the manifest, so a truncated or altered part is refused in one line.
+Writing (possibly in the background): training/snapshots.py.
 """
 
 from __future__ import annotations
@@ -30,14 +37,15 @@ import yaml
 
 from ..config import Config
 from ..errors import LfbmError
-from ..files import apply_umask, file_digest, write_atomic
+from ..files import file_digest
 from . import faults
 
+FORMAT = "lfbm_dist-checkpoint/2"
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
-LAYOUT = "layout.json"  # backend, ZeRO stage and world size the native files were written with
-FULL_STATE = "full_state.safetensors"  # DeepSpeed only: weights + Adam state, unpartitioned
+UPGRADE = "lfbm-export --upgrade-checkpoint {}"  # converts the framework-file format of earlier versions
 _ARCH_KEYS = ("generator", "prior", "inference")  # config sections that change the saved tensors
+_KIND_ORDER = ("buffer/", "step/", "param/", "exp_avg/", "exp_avg_sq/")  # buffers first: shard 0, rank 0
 
 
 class CheckpointError(LfbmError, RuntimeError):
@@ -72,83 +80,78 @@ def assert_finite(state: dict[str, torch.Tensor], what: str = "refusing to save"
             raise CheckpointError(f"{what}: non-finite values in '{name}'")
 
 
-def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
+# ---------------------------------------------------------------------------- the state files
+def plan_shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """The state's names split into files of at most max_bytes (one tensor may exceed it alone):
+    a function of the tensors only, so every layout writes the same files."""
+    order = sorted(state, key=lambda k: (next(i for i, p in enumerate(_KIND_ORDER) if k.startswith(p)), k))
+    shards: list[list[str]] = [[]]
+    used = 0
+    for key in order:
+        size = state[key].numel() * state[key].element_size()
+        if shards[-1] and used + size > max_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(key)
+        used += size
+    return shards
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"state-{index:05d}-of-{count:05d}.safetensors"
+
+
+def shard_owner(index: int, keys: list[str], world_size: int) -> int:
+    """Which rank writes a shard: round robin, except that the model's buffers (BatchNorm statistics
+    differ between ranks after a step) are always rank 0's, as in a single-process run."""
+    return 0 if any(k.startswith("buffer/") for k in keys) else index % world_size
+
+
+def write_shard(directory: Path, index: int, keys: list[str], count: int, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    final = directory / shard_name(index, count)
+    partial = final.with_name(f".{final.name}.partial")
+    save_file({k: state[k].contiguous() for k in keys}, str(partial), metadata={"format": FORMAT})
+    partial.replace(final)
+
+
+def manifest_text(directory: Path, shards: int, writer: dict[str, Any]) -> str:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER))
-    return {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files}
+    digests = {
+        p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files
+    }
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "shards": [shard_name(i, shards) for i in range(shards)],
+            "written_by": writer,  # for the record only: loading does not depend on it
+            "files": digests,
+        },
+        indent=1,
+        sort_keys=True,
+    )
 
 
-def _is_disk_full(exc: BaseException, root: Path) -> bool:
+def is_disk_full(exc: BaseException, root: Path) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc)
     if "No space left" in text or "os error 28" in text or "Disk quota exceeded" in text:
         return True
-    try:  # torch.save only says "file write failed": look at the disk itself
+    try:  # some writers only say "file write failed": look at the disk itself
         return shutil.disk_usage(root).free < (1 << 20)
     except OSError:
         return False
 
 
-def _disk_full(path: Path, root: Path) -> CheckpointError:
+def disk_full(path: Path, root: Path) -> CheckpointError:
     previous = latest(root.parent)
     kept = f"previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
     return CheckpointError(f"disk full writing {path}; {kept}; free space, then resume with train.resume=auto")
 
 
-def save(
-    engine,
-    plain: torch.nn.Module,
-    cfg: Config,
-    trainer_state: dict[str, Any],
-    keep: int,
-    data_state: dict[str, Any] | None = None,
-) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
-    root = checkpoint_root(cfg.train.run_dir)
-    name = f"ckpt-{int(trainer_state['images_seen']):012d}"
-    final, tmp = root / name, root / f"{name}.tmp"
-    assert_finite(plain.state_dict())
-    try:
-        if engine.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        engine.barrier()
-        engine.save_state(tmp)
-        if engine.uses_deepspeed:  # ZeRO files are partitioned: keep a full copy that any layout can load
-            full = engine.full_state(plain)  # collective
-            if engine.is_main:
-                from safetensors.torch import save_file
-
-                save_file(full, str(tmp / FULL_STATE))
-        write_atomic(tmp / f"data_state_rank{engine.rank}.json", json.dumps(data_state or {}, sort_keys=True))
-        faults.in_save(int(trainer_state["images_seen"]))
-        engine.barrier()
-        if engine.is_main:
-            state_text = json.dumps(trainer_state, indent=2, sort_keys=True)
-            write_atomic(tmp / "trainer_state.json", state_text)
-            write_atomic(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            write_atomic(tmp / LAYOUT, json.dumps(engine.layout(), sort_keys=True))
-            write_atomic(tmp / MANIFEST, json.dumps(_manifest(tmp), indent=1, sort_keys=True))
-            write_atomic(tmp / COMPLETE_MARKER, "ok\n")
-            apply_umask(tmp)
-            if final.exists():  # same progress saved twice (e.g. final snapshot right after a periodic one)
-                _remove(final)
-            tmp.rename(final)
-            write_atomic(Path(cfg.train.run_dir) / "trainer_state.json", state_text)
-            for old in list_complete(cfg.train.run_dir)[:-keep]:
-                _remove(old)
-            for stale in [*root.glob("*.tmp"), *root.glob("*.deleting")]:
-                shutil.rmtree(stale, ignore_errors=True)
-    except Exception as exc:  # writers report a full disk as OSError, RuntimeError or their own types
-        if _is_disk_full(exc, root):
-            shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the newest complete one stays
-            raise _disk_full(Path(getattr(exc, "filename", None) or tmp), root) from None
-        raise
-    engine.barrier()
-    return final
-
-
-def _remove(directory: Path) -> None:
+def remove(directory: Path) -> None:
     """Rename first (atomic), then delete: no state in between looks like a complete checkpoint."""
     doomed = directory.with_name(directory.name + ".deleting")
     directory.rename(doomed)
@@ -157,6 +160,7 @@ def _remove(directory: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- reading
 def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
@@ -169,14 +173,24 @@ def read_json(path: Path, what: str) -> Any:
         ) from None
 
 
-def verify(ckpt_dir: Path) -> None:
-    """Every part present with the size and content it was written with (one line otherwise)."""
+def _manifest(ckpt_dir: Path) -> dict[str, Any]:
     if not (ckpt_dir / COMPLETE_MARKER).is_file():
         raise CheckpointError(f"{ckpt_dir}: incomplete checkpoint (no {COMPLETE_MARKER} marker)")
-    manifest_path = ckpt_dir / MANIFEST
-    if not manifest_path.is_file():
-        return  # written by lfbm_dist before manifests: the loaders' own checks apply
-    for rel, want in read_json(manifest_path, "checkpoint manifest").items():
+    path = ckpt_dir / MANIFEST
+    manifest = read_json(path, "checkpoint manifest") if path.is_file() else {}
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{ckpt_dir}: written in an earlier lfbm_dist checkpoint format (framework files); "
+            f"convert it once with `{UPGRADE.format(ckpt_dir)}`"
+        )
+    return manifest
+
+
+def verify(ckpt_dir: Path) -> dict[str, Any]:
+    """Every part present with the size and content it was written with (one line otherwise).
+    Returns the manifest."""
+    manifest = _manifest(ckpt_dir)
+    for rel, want in manifest["files"].items():
         path = ckpt_dir / rel
         if not path.is_file():
             raise CheckpointError(
@@ -189,6 +203,26 @@ def verify(ckpt_dir: Path) -> None:
                 f"({path.stat().st_size} bytes, written with {want['bytes']}); resume from an "
                 "earlier checkpoint (train.resume=PATH)"
             )
+    return manifest
+
+
+def read_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """The full training state (verified first): param/, buffer/, exp_avg/, exp_avg_sq/, step/ by name."""
+    from safetensors.torch import load_file
+
+    manifest = verify(ckpt_dir)
+    state: dict[str, torch.Tensor] = {}
+    for name in manifest["shards"]:
+        try:
+            state.update(load_file(str(ckpt_dir / name)))
+        except Exception as exc:  # the digest matched, so the writer itself wrote something unreadable
+            raise CheckpointError(f"{ckpt_dir}: cannot read {name} ({type(exc).__name__})") from None
+    return state
+
+
+def model_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict (parameters and buffers) out of a full training state."""
+    return {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(("param/", "buffer/"))}
 
 
 def check_compatible(ckpt_dir: Path, cfg: Config) -> dict[str, Any]:
@@ -215,57 +249,22 @@ def data_states(ckpt_dir: Path) -> list[dict[str, Any]]:
     return [read_json(f, "data position") for f in files]
 
 
-def saved_layout(ckpt_dir: Path) -> dict[str, Any]:
-    if (ckpt_dir / LAYOUT).is_file():
-        return read_json(ckpt_dir / LAYOUT, "checkpoint layout")
-    # written before layouts were recorded: DeepSpeed's own folder tells the backend, not the world size
-    return {"backend": "deepspeed" if (ckpt_dir / "pytorch_model").is_dir() else "ddp"}
-
-
-def _full_state_of(ckpt_dir: Path, saved: dict[str, Any], group_names: list[list[str]]) -> dict[str, torch.Tensor]:
-    """Weights and Adam state of a checkpoint, unpartitioned, by parameter name."""
-    from safetensors.torch import load_file
-
-    if saved["backend"] == "deepspeed":
-        if not (ckpt_dir / FULL_STATE).is_file():
-            raise CheckpointError(
-                f"{ckpt_dir}: a ZeRO checkpoint without {FULL_STATE} resumes only under "
-                f"ZeRO on its own world size ({saved.get('world_size', 'unknown')} ranks)"
-            )
-        return load_file(str(ckpt_dir / FULL_STATE))
-    weights = load_file(str(ckpt_dir / "model.safetensors"))
-    optim = torch.load(ckpt_dir / "optimizer.bin", weights_only=True, map_location="cpu")
-    names = [n for group in group_names for n in group]  # torch numbers parameters group by group
-    out = {f"param/{n}": weights[n].float() for n in names}
-    for index, name in enumerate(names):
-        st = optim["state"].get(index, {})
-        out[f"step/{name}"] = torch.as_tensor(st.get("step", 0.0)).float()
-        for key in ("exp_avg", "exp_avg_sq"):
-            out[f"{key}/{name}"] = st[key].float() if key in st else torch.zeros_like(out[f"param/{name}"])
-    return out
-
-
 def load(engine, plain, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Collective: restore model and optimizer (and RNG, when the layout is the same) into the prepared
-    objects — natively where the layout allows, else through the full state (another world size or
-    backend). Returns (trainer state, every rank's saved data position)."""
-    state = check_compatible(ckpt_dir, cfg)
+    """Collective: restore model and optimizer into the prepared objects, whatever layout wrote the
+    checkpoint and whatever layout reads it. Returns (trainer state, every rank's data position)."""
+    trainer_state = check_compatible(ckpt_dir, cfg)
     positions = data_states(ckpt_dir)
-    saved = saved_layout(ckpt_dir)
     try:
-        if engine.loads_natively(saved):
-            engine.load_state(ckpt_dir)
-        else:
-            engine.load_full_state(plain, _full_state_of(ckpt_dir, saved, engine.group_names))
+        engine.load_full_state(plain, read_state(ckpt_dir))
     except CheckpointError:
         raise
-    except Exception as exc:  # truncated or foreign files: name the checkpoint, not a stack trace
+    except Exception as exc:  # names that do not match the model, or a failing backend: name the checkpoint
         raise CheckpointError(
             f"{ckpt_dir}: cannot load checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
-    faults.after_load(engine, plain)
-    return state, positions
+    faults.after_load(engine, plain, cfg.train.snapshot_shard_mb)
+    return trainer_state, positions
 
 
 def resolve_resume(cfg: Config) -> Path | None:

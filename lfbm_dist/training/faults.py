@@ -4,7 +4,7 @@ LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non
 LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)
 LFBM_FAULT_KILL_IN_PRUNE=1       SIGKILL this process while it removes an old checkpoint
 LFBM_FAULT_FAIL_IMAGES=1         raise while logging the end-of-run image grids (after the final checkpoint)
-LFBM_TEST_DUMP_LOADED=PATH       after a resume, write the loaded weights and Adam state (full) to PATH
+LFBM_TEST_DUMP_LOADED=DIR        after a resume, write the loaded state (full) to DIR as a checkpoint's state files
 LFBM_TEST_KEYS_DIR=DIR           append each micro-batch's sample keys (and elastic attempt) to DIR/keys_rank{R}.jsonl
 LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 
 def _ints(name: str) -> set[int]:
@@ -59,14 +60,17 @@ def images() -> None:
         raise RuntimeError("injected failure while logging images")
 
 
-def after_load(engine, plain) -> None:
-    path = os.environ.get("LFBM_TEST_DUMP_LOADED")
-    if path:
+def after_load(engine, plain, shard_mb: float) -> None:
+    folder = os.environ.get("LFBM_TEST_DUMP_LOADED")
+    if folder:
         state = engine.full_state(plain)  # collective
-        if engine.is_main:
-            from safetensors.torch import save_file
+        if engine.is_main:  # written as a checkpoint's state files are: the bytes must match the source's
+            from .checkpoint import plan_shards, write_shard
 
-            save_file(state, path)
+            os.makedirs(folder, exist_ok=True)
+            shards = plan_shards(state, int(shard_mb * 2**20))
+            for index, keys in enumerate(shards):
+                write_shard(Path(folder), index, keys, len(shards), state)
 
 
 def record_keys(step: int, rank: int, micro: int, positions: list[int], keys: list[str] | None) -> None:

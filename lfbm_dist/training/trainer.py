@@ -28,9 +28,11 @@ from ..models import GENERATOR_SPECS
 from ..seeding import Stream, Tag, per_sample_normal
 from . import checkpoint, faults
 from .build import BatchLayout, build_model, build_optimizer, count_parameters, lr_scale
+from .checkpoint import CheckpointError
 from .engine import Engine
 from .observe import Observer
 from .signals import StopRequest
+from .snapshots import Snapshots
 from .variants import latent_inference
 
 log = logging.getLogger("lfbm_dist")
@@ -80,6 +82,7 @@ class MicroBatch:
 class Trainer:
     def __init__(self, cfg: Config, engine: Engine, batch: BatchLayout, feed, streams: int):
         self.cfg, self.engine, self.feed = cfg, engine, feed
+        self.snapshots = Snapshots(engine, cfg)  # checkpoints, written in the background
         self.state = TrainerState(global_batch=batch.global_batch, virtual_streams=streams)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg)
@@ -194,12 +197,20 @@ class Trainer:
         # Host–device sync + one tiny all-reduce per step: a step is skipped on every rank or none.
         incomplete = micro_batches is None
         finite = not incomplete and all(bool(torch.isfinite(m.latents).all()) for m in micro_batches)
+        snapshot_error = self.snapshots.failed()  # a background snapshot that could not be written
         votes = self.engine.all_reduce_sum(
             torch.tensor(
-                [0.0 if finite else 1.0, float(self.stop.requested or incomplete), float(incomplete)],
+                [
+                    0.0 if finite else 1.0,
+                    float(self.stop.requested or incomplete),
+                    float(incomplete),
+                    float(snapshot_error is not None),
+                ],
                 dtype=torch.float64,
             )
         )
+        if votes[3] > 0:  # every rank stops here together; the previous checkpoint is the newest
+            raise snapshot_error or CheckpointError("a snapshot failed on another rank; its error is above")
         return bool(votes[0] == 0), bool(votes[1] > 0), bool(votes[2] > 0)
 
     # ------------------------------------------------------------------ phase 3: learn
@@ -272,15 +283,8 @@ class Trainer:
             self._log_tick(now)
         if kimg_due(prev, now, self.cfg.eval.fid_every_kimg) and not done:
             self._fid(now)
-        if kimg_due(prev, now, t.snapshot_every_kimg) or done or stop:
-            checkpoint.save(
-                self.engine,
-                self.plain,
-                self.cfg,
-                self.state_dict(),
-                keep=t.keep_snapshots,
-                data_state=self.feed.state_dict(),
-            )
+        if kimg_due(prev, now, t.snapshot_every_kimg) or done or stop:  # in the background unless the last
+            self.snapshots.save(self.plain, self.state_dict(), self.feed.state_dict(), final=done or stop)
         if done or stop:  # optional work only after the final checkpoint is safe
             self._images(now)
             if done and kimg_due(prev, now, self.cfg.eval.fid_every_kimg):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,15 +22,20 @@ from ...errors import LfbmError
 from ..fastpath import FastPath
 from . import zero
 from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command
-from .zero import consolidate_zero_checkpoint
 
-__all__ = ["Engine", "LaunchError", "PeerFailure", "consolidate_zero_checkpoint", "launcher_command"]
+__all__ = ["Engine", "LaunchError", "PeerFailure", "launcher_command"]
 
 # Nothing executes code from a checkpoint: every torch.load in this process — DeepSpeed's own
 # (it passes weights_only=False) and zero_to_fp32's included — uses the weights-only unpickler.
 # This is torch's documented switch for it; the DeepSpeed data classes its checkpoints hold are
 # allowlisted in zero.allow_deepspeed_classes.
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+
+
+def saved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers a state dict holds (BatchNorm statistics; not the non-persistent index tables)."""
+    params = {n for n, _ in model.named_parameters()}
+    return {n: t for n, t in model.state_dict(keep_vars=True).items() if n not in params}
 
 
 class PeerFailure(LfbmError, RuntimeError):
@@ -171,43 +175,34 @@ class Engine:
         if self.distributed:
             self._collective(torch_dist.barrier)
 
-    # ------------------------------------------------------------------ checkpoint I/O
-    def save_state(self, directory: Path) -> None:
-        """Model, optimizer and every rank's RNG the backend's way (DeepSpeed: its ZeRO shards)."""
-        self.accelerator.save_state(str(directory), safe_serialization=True)
-
-    def load_state(self, directory: Path) -> None:
-        self.accelerator.load_state(str(directory))
-
     # ------------------------------------------------------------------ state of any layout
     def layout(self) -> dict[str, Any]:
-        """What a checkpoint's native files depend on."""
+        """Who wrote a checkpoint (recorded in its manifest; loading does not depend on it)."""
         backend = "deepspeed" if self.uses_deepspeed else "ddp"
         return {"backend": backend, "zero_stage": self.zero_stage, "world_size": self.world_size}
 
-    def loads_natively(self, saved: dict[str, Any]) -> bool:
-        """DDP checkpoints hold full model and optimizer state (any world size, DDP or one process);
-        ZeRO ones are partitioned: native only on the same stage and world size."""
-        if self.uses_deepspeed or saved.get("backend") == "deepspeed":
-            return saved == self.layout()
-        return True
-
     def full_state(self, plain: nn.Module) -> dict[str, torch.Tensor]:
-        """Collective: every parameter's fp32 value, Adam moments and step, whatever the backend."""
+        """Collective: every parameter's fp32 value, Adam moments and step, and the model's buffers,
+        whatever the backend, as CPU copies (training may go on changing the live tensors)."""
+        # host–device sync: a snapshot copies the whole state to the host (snapshot steps only)
+        out = {f"buffer/{n}": b.detach().to("cpu", copy=True) for n, b in saved_buffers(plain).items()}
         if self.uses_deepspeed:
-            return zero.full_state(plain, self._optimizer, self.group_names)
+            return {**out, **zero.full_state(plain, self._optimizer, self.group_names)}
         adam = self._optimizer.optimizer  # Accelerate's wrapper around our torch Adam
-        out = {}
         for name, p in plain.named_parameters():
             st = adam.state.get(p, {})
-            out[f"param/{name}"] = p.detach().float().cpu()
+            out[f"param/{name}"] = p.detach().to("cpu", torch.float32, copy=True)
             for key in zero.ADAM_KEYS:
-                out[f"{key}/{name}"] = st[key].float().cpu() if key in st else torch.zeros_like(p).float().cpu()
+                value = st[key] if key in st else torch.zeros_like(p)
+                out[f"{key}/{name}"] = value.detach().to("cpu", torch.float32, copy=True)
             out[f"step/{name}"] = torch.tensor(float(st.get("step", 0.0)))
         return out
 
     def load_full_state(self, plain: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Load what full_state gave (or a DDP checkpoint's equivalent) into this run's layout."""
+        """Load what full_state gave into this run's layout (any world size, DDP or ZeRO-1/2)."""
+        with torch.no_grad():
+            for name, b in saved_buffers(plain).items():
+                b.copy_(state[f"buffer/{name}"].to(b.device, b.dtype))
         if self.uses_deepspeed:
             zero.load_full_state(plain, self._optimizer, self.group_names, state)
             return

@@ -1,0 +1,183 @@
+"""Writing checkpoints without stopping training.
+
+A snapshot is taken at a step boundary on every rank at once: the full state is copied off the
+training path (`engine.full_state`: ZeRO gathers its partitions, DDP clones; the only collective
+part), then each rank writes its share of the state files and its data position in a background
+thread while training continues. Rank 0's thread waits for every rank's part (marker files: no
+collective may run outside the training thread), writes the manifest and COMPLETE and renames the
+directory into place, then prunes. At most one snapshot is in flight: the next one first waits for it.
+
+A failed write (disk full, a rank that could not write its part) removes the unfinished directory
+and is reported at the next step: every rank votes on it in the step's guard, so all of them stop
+together with one line; a half checkpoint is never visible, and the previous one stays the newest.
+The final snapshot of a run (and a stop's) is waited for before the process exits.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import Config
+from ..files import apply_umask, write_atomic
+from . import checkpoint, faults
+from .checkpoint import COMPLETE_MARKER, MANIFEST, CheckpointError
+
+
+@dataclass
+class _Job:
+    """Everything one rank's writer needs: plain values and CPU tensors, no live training object."""
+
+    tmp: Path
+    final: Path
+    state: dict
+    shards: list[list[str]]
+    rank: int
+    world_size: int
+    texts: dict[str, str]  # rank 0's small files: trainer_state.json, config.yaml
+    writer: dict[str, Any]
+    keep: int
+    run_dir: Path
+    images_seen: int
+    data_state: dict = field(default_factory=dict)
+    timeout_s: float = 1800.0
+
+    def write_my_part(self) -> None:
+        count = len(self.shards)
+        for index, keys in enumerate(self.shards):
+            if checkpoint.shard_owner(index, keys, self.world_size) == self.rank:
+                checkpoint.write_shard(self.tmp, index, keys, count, self.state)
+        write_atomic(self.tmp / f"data_state_rank{self.rank}.json", json.dumps(self.data_state, sort_keys=True))
+        write_atomic(self.tmp / f".done-rank{self.rank}", "")
+
+    def wait_for_ranks(self) -> None:
+        """Rank 0: until every rank's part is on disk (or one says it failed, or the timeout)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            failed = sorted(self.tmp.glob(".failed-rank*"))
+            if failed:
+                raise CheckpointError(f"{failed[0].read_text().strip()}")
+            if all((self.tmp / f".done-rank{r}").exists() for r in range(self.world_size)):
+                break
+            if time.monotonic() > deadline:
+                raise CheckpointError(f"{self.tmp}: not every rank wrote its part within {self.timeout_s:.0f} s")
+            time.sleep(0.05)
+        for marker in self.tmp.glob(".done-rank*"):
+            marker.unlink()
+
+    def commit(self) -> None:
+        """Rank 0: manifest, COMPLETE, rename into place, prune."""
+        faults.in_save(self.images_seen)
+        for name, text in self.texts.items():
+            write_atomic(self.tmp / name, text)
+        write_atomic(self.tmp / MANIFEST, checkpoint.manifest_text(self.tmp, len(self.shards), self.writer))
+        write_atomic(self.tmp / COMPLETE_MARKER, "ok\n")
+        apply_umask(self.tmp)
+        if self.final.exists():  # same progress saved twice (e.g. final snapshot right after a periodic one)
+            checkpoint.remove(self.final)
+        self.tmp.rename(self.final)
+        write_atomic(self.run_dir / "trainer_state.json", self.texts["trainer_state.json"])
+        for old in checkpoint.list_complete(self.run_dir)[: -self.keep]:
+            checkpoint.remove(old)
+        root = checkpoint.checkpoint_root(self.run_dir)
+        for stale in [*root.glob("*.tmp"), *root.glob("*.deleting")]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def run(self) -> None:
+        try:
+            self.write_my_part()
+            if self.rank == 0:
+                self.wait_for_ranks()
+                self.commit()
+        except Exception as exc:  # writers report a full disk as OSError, RuntimeError or their own types
+            root = checkpoint.checkpoint_root(self.run_dir)
+            if checkpoint.is_disk_full(exc, root):
+                error = checkpoint.disk_full(Path(getattr(exc, "filename", None) or self.tmp), root)
+            elif isinstance(exc, CheckpointError):
+                error = exc
+            else:
+                error = CheckpointError(
+                    f"rank {self.rank} could not write {self.tmp.name} ({type(exc).__name__}: {exc})"
+                )
+            try:  # tell rank 0's writer at once (best effort: the disk may be the problem)
+                write_atomic(self.tmp / f".failed-rank{self.rank}", str(error))
+            except OSError:
+                pass
+            if self.rank == 0:
+                shutil.rmtree(self.tmp, ignore_errors=True)  # give the space back; the newest complete one stays
+            raise error from None
+
+
+class Snapshots:
+    """The run's checkpoint writer (one per rank). `save` is collective: every rank calls it."""
+
+    def __init__(self, engine, cfg: Config):
+        self.engine, self.cfg = engine, cfg
+        self._thread: threading.Thread | None = None
+        self._error: CheckpointError | None = None
+
+    def save(self, plain, trainer_state: dict, data_state: dict, final: bool) -> None:
+        """Snapshot now. In the background unless `final` (end of run, stop) or snapshot_async is off;
+        a background write's failure is reported by `failed()` at the next step, a foreground one raises."""
+        t = self.cfg.train
+        self.wait()  # at most one in flight; its failure, if any, is raised here
+        state = self.engine.full_state(plain)  # collective; copies, so training may change the live tensors
+        checkpoint.assert_finite(state)
+        root = checkpoint.checkpoint_root(t.run_dir)
+        name = f"ckpt-{int(trainer_state['images_seen']):012d}"
+        job = _Job(
+            tmp=root / f"{name}.tmp",
+            final=root / name,
+            state=state,
+            shards=checkpoint.plan_shards(state, int(t.snapshot_shard_mb * 2**20)),
+            rank=self.engine.rank,
+            world_size=self.engine.world_size,
+            texts={
+                "trainer_state.json": json.dumps(trainer_state, indent=2, sort_keys=True),
+                "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+            },
+            writer=self.engine.layout(),
+            keep=t.keep_snapshots,
+            run_dir=Path(t.run_dir),
+            images_seen=int(trainer_state["images_seen"]),
+            data_state=data_state,
+            timeout_s=t.collective_timeout_min * 60,
+        )
+        if self.engine.is_main:
+            shutil.rmtree(job.tmp, ignore_errors=True)  # a crashed attempt's leftovers
+            job.tmp.mkdir(parents=True)
+        self.engine.barrier()  # the directory exists before any rank writes into it
+        if final or not t.snapshot_async:
+            job.run()
+            self.engine.barrier()  # every rank returns once the checkpoint is in place
+            return
+        self._thread = threading.Thread(target=self._background, args=(job,), name=f"snapshot {name}", daemon=True)
+        self._thread.start()
+
+    def _background(self, job: _Job) -> None:
+        try:
+            job.run()
+        except CheckpointError as exc:
+            self._error = exc
+
+    def failed(self) -> CheckpointError | None:
+        """This rank's finished background write's failure (no wait): the step's guard votes on it."""
+        if self._thread is not None and not self._thread.is_alive():
+            self._thread = None
+        return self._error if self._thread is None else None
+
+    def wait(self) -> None:
+        """Until the snapshot in flight is on disk; raises its failure."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
