@@ -85,6 +85,7 @@ def _run(grid, args) -> int:
 
 
 def _summary(grid, args) -> int:
+    from ..grids import write_summary
     from .figures import write_figures
     from .report import collect, summarize
 
@@ -95,8 +96,7 @@ def _summary(grid, args) -> int:
     figures = write_figures(grid, args.scale, collect(grid, args.scale, roots), out)
     if figures:
         markdown += "\n" + "\n\n".join(figures) + "\n"
-    (out / "summary.md").write_text(markdown)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_summary(out, markdown, summary)
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else markdown, end="")
     return 0
 

@@ -27,9 +27,7 @@ a grid interrupted half-way already holds one complete seed.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 import yaml
 
 from ..errors import LfbmError
+from ..grids import expand, point_label
 
 SEED_KEYS = ("train.seed", "eval.seed")
 
@@ -116,19 +115,15 @@ class Grid:
 
     def points(self, scale_name: str) -> list[Point]:
         scale = self.scale(scale_name)
-        axes = self.axis_values(scale_name)
-        names = list(axes)
         points = []
         for seed in scale.seeds:
-            for combo in itertools.product(*(axes[n] for n in names)):
-                values = dict(zip(names, combo))
+            for values in expand(self.axis_values(scale_name)):
                 overrides = (
                     *scale.overrides,
                     *(o for k, v in values.items() for o in self._axis_overrides(k, v)),
                     *(f"{k}={seed}" for k in SEED_KEYS),
                 )
-                label = "_".join(f"{k.split('.')[-1]}-{_text(v)}" for k, v in values.items())
-                label = re.sub(r"[^\w.=-]", "-", label)  # a directory name: no ':' or '/' from values
+                label = point_label([(k, _text(v)) for k, v in values.items()])
                 points.append(
                     Point(
                         f"{label}_seed-{seed}" if label else f"seed-{seed}",

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .. import cli, logs
+from ..grids import write_summary
 from .jobs import ElasticTrainJob, EvalJob, TrainJob
 from .options import LaunchOptionError, parse_elastic, parse_grid, point_name, sbatch_lines, slurm_parameters
 
@@ -188,14 +189,13 @@ def cmd_summary(args) -> int:
             check_comparable(with_fid[0], r)
         except ValueError as exc:
             raise LaunchOptionError(f"{with_fid[0]['point']} vs {r['point']}: {exc}") from None
-    (root / "summary.json").write_text(json.dumps(rows, indent=2))
     keys = ["point"] + sorted({k for r in rows for k in r} - {"point"})
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append(
             "| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |"
         )
-    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(root, "\n".join(lines) + "\n", rows)
     print(json.dumps(rows, indent=2) if args.json else "\n".join(lines))
     return 0
 

@@ -3,10 +3,10 @@ parameters (Slurm's own names), and shown by --dry-run as the #SBATCH lines they
 
 from __future__ import annotations
 
-import itertools
 import re
 
 from ..errors import LfbmError
+from ..grids import expand, point_label
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?$|^(\d+)$")
 _MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
@@ -63,19 +63,18 @@ def parse_sbatch(pairs: list[str]) -> dict[str, str]:
 
 def parse_grid(items: list[str]) -> list[list[str]]:
     """['a.b=1,2', 'c=x,y'] -> the cartesian product as override lists."""
-    axes = []
+    axes = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise LaunchOptionError(f"--grid: expected key=v1,v2,..., got {item!r}")
-        axes.append([f"{key}={v}" for v in values.split(",") if v != ""])
-    return [list(point) for point in itertools.product(*axes)]
+        axes[key] = [v for v in values.split(",") if v != ""]
+    return [[f"{k}={v}" for k, v in point.items()] for point in expand(axes)]
 
 
 def point_name(overrides: list[str]) -> str:
     """'langevin.num_steps=20' + 'langevin.step_size=0.05' -> 'num_steps-20_step_size-0.05'."""
-    parts = [f"{o.partition('=')[0].split('.')[-1]}-{o.partition('=')[2]}" for o in overrides]
-    return re.sub(r"[^\w.=-]", "_", "_".join(parts)) or "default"
+    return point_label([o.partition("=")[::2] for o in overrides]) or "default"
 
 
 def slurm_parameters(args, name: str, array_parallelism: int | None = None, dependency: str | None = None) -> dict:

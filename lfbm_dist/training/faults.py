@@ -1,5 +1,9 @@
 """Fault injection for the test suite, driven by environment variables (all unset in normal runs).
 
+The training loop knows nothing of it: `install(trainer)` is its one seam, called once when the
+trainer is built; with no variable set it changes nothing. The checkpoint writer's kill points
+(in_save, in_prune) and the loaded-state dump (after_load) are called where the writer is.
+
 LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non-finite guard tests)
 LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)
 LFBM_FAULT_KILL_IN_PRUNE=1       SIGKILL this process while it removes an old checkpoint
@@ -36,6 +40,44 @@ RAISE_ONCE = tuple(int(v) for v in os.environ.get("LFBM_FAULT_RAISE_ONCE", "").s
 
 class InjectedFailure(RuntimeError):
     pass
+
+
+def install(trainer) -> None:
+    """Wrap the trainer's phases (on this instance only) with the faults the environment asks for."""
+    if NAN_STEPS or os.environ.get("LFBM_TEST_KEYS_DIR"):
+        infer = trainer.infer_latents
+
+        def infer_latents():
+            micro_batches = infer()
+            if micro_batches is not None:
+                for micro, m in enumerate(micro_batches):
+                    record_keys(trainer.state.step, trainer.engine.rank, micro, m.batch.positions, m.batch.keys)
+                if trainer.state.step in NAN_STEPS:  # a non-finite latent
+                    micro_batches[0].latents[0, 0] = float("nan")
+            return micro_batches
+
+        trainer.infer_latents = infer_latents
+    if NAN_GRAD_STEPS:  # every gradient of the step becomes NaN (any backend: through the loss)
+        backward = trainer.engine.backward
+        trainer.engine.backward = lambda loss: backward(
+            loss * float("nan") if trainer.state.step in NAN_GRAD_STEPS else loss
+        )
+    if STEP_SLEEP > 0 or RAISE_ONCE:
+        learn = trainer.learn
+
+        def learn_then_fault(micro_batches, finite):
+            learn(micro_batches, finite)
+            after_step(trainer.state.step, trainer.engine.rank)
+
+        trainer.learn = learn_then_fault
+    if FAIL_IMAGES:
+        show = trainer._images
+
+        def images_then_fail(now):
+            images()
+            show(now)
+
+        trainer._images = images_then_fail
 
 
 def after_step(step: int = -1, rank: int = 0) -> None:

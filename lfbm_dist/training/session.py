@@ -16,7 +16,7 @@ from ..config import Config
 from ..data.plan import Layout
 from ..errors import GracefulStop
 from ..files import write_atomic
-from . import checkpoint, rundir
+from . import checkpoint, faults, rundir
 from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
 from .engine import Engine, launcher_command
 from .trainer import Trainer, batch_statistics_warning
@@ -72,6 +72,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     streams = saved.get("virtual_streams") or default_streams(cfg, layout)
     feed = build_feed(cfg, engine.rank, layout, batch, engine.device, streams)
     trainer = Trainer(cfg, engine, batch, feed, streams)
+    faults.install(trainer)  # the test suite's fault injection: nothing unless its variables are set
     if state.checkpoint is not None:
         trainer.resume(state.checkpoint)
     _start_line(cfg, engine, batch, trainer, feed, state, layout)

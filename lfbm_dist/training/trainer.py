@@ -26,7 +26,7 @@ from ..inference import batch_coupled
 from ..lifetime import WaitInterrupted
 from ..models import GENERATOR_SPECS
 from ..seeding import Stream, Tag, per_sample_normal
-from . import checkpoint, faults
+from . import checkpoint
 from .build import BatchLayout, build_model, build_optimizer, count_parameters, lr_scale
 from .checkpoint import CheckpointError
 from .engine import Engine
@@ -152,7 +152,6 @@ class Trainer:
                         self.stop.exit_code() or 143,
                     )
                 self.learn(micro_batches, finite)
-                faults.after_step(self.state.step, self.engine.rank)
                 self.maintain(prev, stop)
                 if stop:
                     raise GracefulStop(
@@ -175,7 +174,6 @@ class Trainer:
                 batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
             except WaitInterrupted:
                 return None
-            faults.record_keys(self.state.step, self.engine.rank, micro, batch.positions, batch.keys)
             batch.x = self.engine.fast.images(batch.x)  # the generator's memory format (channels-last on GPU)
             if self.fixed_x is None:
                 self.fixed_x = batch.x[:8].clone()
@@ -186,8 +184,6 @@ class Trainer:
             noises.append(noise)
         # All micro-batches' chains at once, chain_batch at a time (variants.LangevinInference).
         inferred = self.inference.infer_step(self.plain, batches, noises)
-        if self.state.step in faults.NAN_STEPS:  # test hook: inject a non-finite latent
-            inferred[0][0][0, 0] = float("nan")
         return [MicroBatch(b, latents, stats) for b, (latents, stats) in zip(batches, inferred)]
 
     # ------------------------------------------------------------------ phase 2: guard
@@ -230,8 +226,6 @@ class Trainer:
                         autocast_dtype=self.engine.autocast_dtype,
                         prior_noise=prior_noise,
                     )
-                    if self.state.step in faults.NAN_GRAD_STEPS:  # test hook: every gradient becomes NaN
-                        loss = loss * float("nan")
                     self.engine.backward(loss)  # scaled by 1/accumulation_steps inside
                 stats.update(m.stats)
                 for key, value in stats.items():
@@ -326,7 +320,6 @@ class Trainer:
         """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
         if not self.engine.is_main or self.fixed_x is None:
             return
-        faults.images()
         from ..metrics.sampling import infer, sample_images
 
         lv = self.cfg.langevin
