@@ -17,7 +17,7 @@ Variants, timed in the same process on the same inputs, their timed steps interl
     --chain-batch images at once, learning still in micro-batches of --batch-per-gpu)), so each
     change is kept only where it shows a gain. Steps that cannot apply on the device
     (CUDA-only ones on CPU) are left out of the ladder and listed under "not_applicable".
-FLOPs are counted analytically from the generator's convolutions (lfbm_dist/flops.py, stated in the
+FLOPs are counted analytically from the generator's convolutions (benchmarks/flops.py, stated in the
 output); images/s and TFLOP/s come from the median step time; data loading is excluded. Every
 variant is built and warmed up first (--warmup steps: compilation and autotuning happen there and
 are reported as first_step_s), then the timed steps run round-robin across variants.
@@ -39,9 +39,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # flops.py: only the benchmarks count FLOPs
+
+from flops import iteration_flops_per_image  # noqa: E402  (benchmarks/flops.py)
 
 from lfbm_dist.config import load_config  # noqa: E402
-from lfbm_dist.flops import iteration_flops_per_image  # noqa: E402
 from lfbm_dist.inference import langevin_posterior  # noqa: E402
 from lfbm_dist.training.build import build_model, build_optimizer  # noqa: E402
 from lfbm_dist.training.fastpath import FastPath  # noqa: E402

@@ -4,6 +4,7 @@ ran, that the derived figures are consistent with the raw ones, and the FLOP cou
 
 import json
 import subprocess
+import sys
 
 import pytest
 from conftest import PYTHON, ROOT
@@ -65,7 +66,9 @@ def test_train_step_benchmark_prints_every_variant_of_the_ladder():
 
 def test_flop_count_of_the_256_generator_matches_a_hand_count():
     """Table 12 generator, nz 128: ≈ 4.94 GMAC per image, the issue's ≈ 5 GMAC; K = 60 → 1.214 TFLOP."""
-    from lfbm_dist.flops import iteration_flops_per_image
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from flops import iteration_flops_per_image
+
     from lfbm_dist.models import build_generator
 
     widths = [128 * m for m in (16, 8, 4, 2, 2, 1)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _cells, _paper
+from .report import _cells, _paper, shown_tables
 from .spec import Grid, Table, _text
 
 CURVE_TAGS = ("recovery_mse", "recon_mse", "aggpost/gap_nats", "log_p_z")  # first two found are drawn
@@ -30,6 +30,12 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _title(fig, text: str) -> None:
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(text, 90)), fontsize=9)
 
 
 def _keys(table: Table) -> tuple[str, ...]:
@@ -72,19 +78,30 @@ def table_figure(table: Table, records: list[dict], path: Path, title: str) -> b
     if has_paper:
         _grouped(axes[0][1], rows, cols, lambda r, c: _paper(table, r, c), table.paper_label)
     axes[0][0].legend(fontsize=7, title=table.rows.split(".")[-1], title_fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def _scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """tag -> (kimg, value) of the run's TensorBoard scalars (the last write of a step wins, as TB shows)."""
+def _events(folder: Path, kind: str):
+    """The run's TensorBoard events, read back; a resumed run's purged steps are dropped, as TB does
+    (quietly: that is expected after a resume)."""
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
+    events = EventAccumulator(str(folder), size_guidance={kind: 0})
     events.Reload()
+    return events
+
+
+def _scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tag -> (kimg, value) of the run's TensorBoard scalars (the last write of a step wins, as TB shows)."""
+
+    events = _events(run_dir / "tensorboard", "scalars")
     found = {}
     for tag in tags:
         if tag in events.Tags()["scalars"]:
@@ -94,13 +111,14 @@ def _scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray
     return found
 
 
-def curves_figure(grid: Grid, records: list[dict], path: Path, title: str) -> bool:
+def curves_figure(grid: Grid, scale: str, records: list[dict], path: Path, title: str) -> bool:
     """The logged training metrics against kimg, one line per point (its seeds averaged)."""
+    varies = {a for a, v in grid.axis_values(scale).items() if len(v) > 1}
     lines: dict[str, list[dict]] = {}
     for rec in records:
         run_dir = rec.get("run_dir")
         if run_dir and (Path(run_dir) / "tensorboard").is_dir():
-            label = ", ".join(f"{k.split('.')[-1]}={_text(v)}" for k, v in rec["values"].items() if _varies(grid, k))
+            label = ", ".join(f"{k.split('.')[-1]}={_text(v)}" for k, v in rec["values"].items() if k in varies)
             lines.setdefault(label or rec["point"], []).append(_scalars(Path(run_dir), CURVE_TAGS))
     tags = [t for t in CURVE_TAGS if any(t in s for runs in lines.values() for s in runs)][:2]
     if not tags:
@@ -112,29 +130,21 @@ def curves_figure(grid: Grid, records: list[dict], path: Path, title: str) -> bo
             series = [r[tag] for r in runs if tag in r]
             if not series:
                 continue
-            n = min(len(k) for k, _ in series)  # seeds are cut to their common length (a run may be short)
-            kimg = series[0][0][:n]
-            ax.plot(kimg, np.mean([v[:n] for _, v in series], axis=0), color=f"C{i % 10}", label=label)
+            common = sorted(set.intersection(*(set(k.tolist()) for k, _ in series)))  # logged by every seed
+            mean = [np.mean([v[k == c][-1] for k, v in series]) for c in common]
+            ax.plot(common, mean, color=f"C{i % 10}", label=label)
         ax.set_xlabel("kimg")
         ax.set_title(f"{tag} (training batches; mean over seeds)", fontsize=9)
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def _varies(grid: Grid, axis: str) -> bool:
-    values = {_text(v) for v in grid.axes[axis]} if not isinstance(grid.axes[axis], dict) else set(grid.axes[axis])
-    return len(values) > 1
-
-
 def _last_image(run_dir: Path, prefer: tuple[str, ...]):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
-    events.Reload()
+    events = _events(run_dir / "tensorboard", "images")
     tags = events.Tags()["images"]
     for want in prefer:
         tag = next((t for t in tags if t.endswith(want)), None)
@@ -174,7 +184,7 @@ def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> b
                 ax.imshow(shown[(row, col)])
                 where = f", {table.columns.split('.')[-1]} = {col}" if table.columns else ""
                 ax.set_title(f"{table.rows.split('.')[-1]} = {row}{where}", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    _title(fig, title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -184,8 +194,10 @@ def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> b
 def write_figures(grid: Grid, scale: str, records: list[dict], out: Path) -> list[str]:
     """Every figure of the summary into `out`; returns summary.md's lines that show them."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{grid.name}_{scale}_*.png"):  # an earlier summary's figures (other tables)
+        stale.unlink()
     lines, sheets = [], set()
-    for i, table in enumerate(grid.tables, 1):
+    for i, table in shown_tables(grid, scale):
         name = f"{grid.name}_{scale}_table{i}.png"
         heading = table.label or _keys(table)[0]
         if table_figure(table, records, out / name, f"{grid.title}: {heading}"):
@@ -196,6 +208,6 @@ def write_figures(grid: Grid, scale: str, records: list[dict], out: Path) -> lis
             sheets.add(sheet)
             lines.append(f"![{heading}: images of the first seed]({name})")
     name = f"{grid.name}_{scale}_curves.png"
-    if curves_figure(grid, records, out / name, f"{grid.title}: logged training metrics"):
+    if curves_figure(grid, scale, records, out / name, f"{grid.title}: logged training metrics"):
         lines.append(f"![logged training metrics against kimg]({name})")
     return lines

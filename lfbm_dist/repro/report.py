@@ -132,6 +132,19 @@ def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[
     return lines, found
 
 
+def shown_tables(grid: Grid, scale: str) -> list[tuple[int, Table]]:
+    """(number, table) of the tables this scale fills: a table whose rows (and columns) axis keeps one
+    value here while another axis varies belongs to another scale's panel (Figure 3's)."""
+    values = grid.axis_values(scale)
+    varies = {a for a, v in values.items() if len(v) > 1}
+    out = []
+    for i, table in enumerate(grid.tables, 1):
+        mine = {table.rows, *([table.columns] if table.columns else [])}
+        if not varies or mine & varies:
+            out.append((i, table))
+    return out
+
+
 def environment_note(records: list[dict]) -> list[str]:
     """Names the environments when the points come from more than one: bitwise agreement (and the
     resume guarantee) holds within one; across them the numbers differ like another seed's."""
@@ -162,7 +175,7 @@ def summarize(grid: Grid, scale: str, roots: Path | list[Path], command: str) ->
     lines += [f"Command: `{command}`", ""]
     lines += environment_note(records)
     orderings = []
-    for table in grid.tables:
+    for _, table in shown_tables(grid, scale):
         body, found = table_markdown(grid, table, records)
         lines += body + [""]
         orderings += found

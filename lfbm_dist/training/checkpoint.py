@@ -263,7 +263,14 @@ def load(engine, plain, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], li
             f"{ckpt_dir}: cannot load checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
-    faults.after_load(engine, plain, cfg.train.snapshot_shard_mb)
+    dump = faults.dump_loaded_dir()
+    if dump:  # a test compares what was loaded with what was saved, as state files
+        loaded = engine.full_state(plain)  # collective
+        if engine.is_main:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            shards = plan_shards(loaded, int(cfg.train.snapshot_shard_mb * 2**20))
+            for index, keys in enumerate(shards):
+                write_shard(Path(dump), index, keys, len(shards), loaded)
     return trainer_state, positions
 
 

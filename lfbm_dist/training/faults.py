@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 
 def _ints(name: str) -> set[int]:
@@ -102,17 +101,9 @@ def images() -> None:
         raise RuntimeError("injected failure while logging images")
 
 
-def after_load(engine, plain, shard_mb: float) -> None:
-    folder = os.environ.get("LFBM_TEST_DUMP_LOADED")
-    if folder:
-        state = engine.full_state(plain)  # collective
-        if engine.is_main:  # written as a checkpoint's state files are: the bytes must match the source's
-            from .checkpoint import plan_shards, write_shard
-
-            os.makedirs(folder, exist_ok=True)
-            shards = plan_shards(state, int(shard_mb * 2**20))
-            for index, keys in enumerate(shards):
-                write_shard(Path(folder), index, keys, len(shards), state)
+def dump_loaded_dir() -> str | None:
+    """Where a resume writes the state it loaded (checkpoint.load), if a test asks."""
+    return os.environ.get("LFBM_TEST_DUMP_LOADED") or None
 
 
 def record_keys(step: int, rank: int, micro: int, positions: list[int], keys: list[str] | None) -> None:
