@@ -605,7 +605,7 @@ def test_sigterm_while_waiting_on_a_stalled_shard_checkpoints_and_exits(tmp_path
     finally:
         server.close()
     assert proc.returncode == 143, err[-3000:]
-    assert took < 15, took  # not the 4 × 120 s the stalled read would take
+    assert took < 30, took  # seconds (a loaded 2-core CI machine included), not the 4 × 120 s of the stalled read
     assert "while waiting for data" in err and "resume with:" in err, err[-2000:]
     ckpt = latest(run_dir)
     assert ckpt is not None
