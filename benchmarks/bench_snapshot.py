@@ -8,7 +8,7 @@ first step), the real checkpoint writer (training/snapshots.py) through a single
 A "step" is the learning step at --batch images (generator forward and backward in fp32, both Adam
 updates): the part of training a snapshot competes with. Three phases of --steps steps each, in one
 run: none (no snapshot: the reference step time), foreground and background (a snapshot every
---every steps). Lost per snapshot = (phase wall time − steps × the reference median step) / snapshots;
+--every steps, never after the last step: training goes on after a snapshot). Lost per snapshot = (phase wall time − steps × the reference median step) / snapshots;
 the time spent inside the save call (what blocks the training thread) is reported beside it, and the
 background phase ends by waiting for its last write, counted in its wall time.
 """
@@ -56,7 +56,7 @@ def _phase(name, engine, plain, optimizer, x, z, steps, every, run_dir, referenc
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
         step_s.append(_step(plain, optimizer, x, z))
-        if name != "none" and i % every == 0:
+        if name != "none" and i % every == 0 and i < steps:  # steps follow every snapshot, as in a run
             s0 = time.perf_counter()
             snapshots.save(plain, {"images_seen": i * len(x), "step": i}, {}, final=False)
             save_s.append(time.perf_counter() - s0)
