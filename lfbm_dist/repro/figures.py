@@ -42,7 +42,7 @@ def _keys(table: Table) -> tuple[str, ...]:
     return table.metric if isinstance(table.metric, tuple) else (table.metric,)
 
 
-def _grouped(ax, rows, cols, value_of, title, spread_of=None) -> None:
+def _grouped(ax, rows, cols, value_of, title, spread_of=None, whose="ours") -> None:
     """Bars grouped by column, one colour per row; seeds as dots when given."""
     width = 0.8 / max(len(rows), 1)
     for i, row in enumerate(rows):
@@ -55,7 +55,7 @@ def _grouped(ax, rows, cols, value_of, title, spread_of=None) -> None:
                 if len(seeds) > 1:
                     ax.errorbar(x, statistics.fmean(seeds), yerr=statistics.stdev(seeds), color="k", capsize=3)
                 ax.scatter([x] * len(seeds), seeds, color="k", s=10, zorder=3)
-    ax.set_xticks(np.arange(len(cols)), [c or "ours" for c in cols])
+    ax.set_xticks(np.arange(len(cols)), [c or whose for c in cols])
     ax.set_title(title, fontsize=9)
 
 
@@ -76,7 +76,7 @@ def table_figure(table: Table, records: list[dict], path: Path, title: str) -> b
 
     _grouped(axes[0][0], rows, cols, mean, f"ours: {_keys(table)[0]}{direction}", lambda r, c: cells.get((r, c), []))
     if has_paper:
-        _grouped(axes[0][1], rows, cols, lambda r, c: _paper(table, r, c), table.paper_label)
+        _grouped(axes[0][1], rows, cols, lambda r, c: _paper(table, r, c), table.paper_label, whose="paper")
     axes[0][0].legend(fontsize=7, title=table.rows.split(".")[-1], title_fontsize=7)
     _title(fig, title)
     fig.tight_layout()
