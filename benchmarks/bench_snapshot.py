@@ -8,8 +8,9 @@ first step), the real checkpoint writer (training/snapshots.py) through a single
 A "step" is the learning step at --batch images (generator forward and backward in fp32, both Adam
 updates): the part of training a snapshot competes with. Three phases of --steps steps each, in one
 run: none (no snapshot: the reference step time), foreground and background (a snapshot every
---every steps, never after the last step: training goes on after a snapshot). Lost per snapshot = (phase wall time − steps × the reference median step) / snapshots;
-the time spent inside the save call (what blocks the training thread) is reported beside it, and the
+--every steps, never after the last step: training goes on after a snapshot).
+Lost per snapshot = (phase wall time − steps × the reference median step) / snapshots; the time
+spent inside the save call (what blocks the training thread) is reported beside it, and the
 background phase ends by waiting for its last write, counted in its wall time.
 """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _cells, _paper, shown_tables
+from .report import _cells, _paper, metric_keys, shown_tables
 from .spec import Grid, Table, _text
 
 CURVE_TAGS = ("recovery_mse", "recon_mse", "aggpost/gap_nats", "log_p_z")  # first two found are drawn
@@ -36,10 +36,6 @@ def _title(fig, text: str) -> None:
     import textwrap
 
     fig.suptitle("\n".join(textwrap.wrap(text, 90)), fontsize=9)
-
-
-def _keys(table: Table) -> tuple[str, ...]:
-    return table.metric if isinstance(table.metric, tuple) else (table.metric,)
 
 
 def _grouped(ax, rows, cols, value_of, title, spread_of=None, whose="ours") -> None:
@@ -74,7 +70,8 @@ def table_figure(table: Table, records: list[dict], path: Path, title: str) -> b
         values = cells.get((row, col))
         return statistics.fmean(values) if values else None
 
-    _grouped(axes[0][0], rows, cols, mean, f"ours: {_keys(table)[0]}{direction}", lambda r, c: cells.get((r, c), []))
+    seeds = lambda r, c: cells.get((r, c), [])
+    _grouped(axes[0][0], rows, cols, mean, f"ours: {metric_keys(table)[0]}{direction}", seeds)
     if has_paper:
         _grouped(axes[0][1], rows, cols, lambda r, c: _paper(table, r, c), table.paper_label, whose="paper")
     axes[0][0].legend(fontsize=7, title=table.rows.split(".")[-1], title_fontsize=7)
@@ -160,7 +157,7 @@ def _last_image(run_dir: Path, prefer: tuple[str, ...]):
 def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> bool:
     """The last image grid of each cell's first-seed run, rows × columns as the table: inpaintings
     for an inpainting table, prior samples otherwise."""
-    prefer = ("inpainting", "samples/prior") if _keys(table)[0].startswith("inpaint") else ("samples/prior",)
+    prefer = ("inpainting", "samples/prior") if metric_keys(table)[0].startswith("inpaint") else ("samples/prior",)
     shown: dict[tuple[str, str], np.ndarray] = {}
     for rec in sorted(records, key=lambda r: r["seed"]):
         cell = (_text(rec["values"][table.rows]), _text(rec["values"][table.columns]) if table.columns else "")
@@ -199,10 +196,10 @@ def write_figures(grid: Grid, scale: str, records: list[dict], out: Path) -> lis
     lines, sheets = [], set()
     for i, table in shown_tables(grid, scale):
         name = f"{grid.name}_{scale}_table{i}.png"
-        heading = table.label or _keys(table)[0]
+        heading = table.label or metric_keys(table)[0]
         if table_figure(table, records, out / name, f"{grid.title}: {heading}"):
             lines.append(f"![{heading}: ours (seeds as dots) and the paper's values]({name})")
-        sheet = (table.rows, table.columns, _keys(table)[0].startswith("inpaint"))
+        sheet = (table.rows, table.columns, metric_keys(table)[0].startswith("inpaint"))
         name = f"{grid.name}_{scale}_table{i}_samples.png"
         if sheet not in sheets and sample_sheet(table, records, out / name, f"{grid.title}: first seed"):
             sheets.add(sheet)

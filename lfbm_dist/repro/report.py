@@ -35,9 +35,14 @@ def collect(grid: Grid, scale: str, roots: Path | list[Path]) -> list[dict]:
     return records
 
 
+def metric_keys(table: Table) -> tuple[str, ...]:
+    """The metrics.json keys a table reads, first found wins (e.g. digit_fd at cpu scale, fid at paper)."""
+    return table.metric if isinstance(table.metric, tuple) else (table.metric,)
+
+
 def _cells(table: Table, records: list[dict]) -> dict[tuple[str, str], list[float]]:
     cells: dict[tuple[str, str], list[float]] = {}
-    keys = table.metric if isinstance(table.metric, tuple) else (table.metric,)
+    keys = metric_keys(table)
     for rec in records:
         value = next((rec["results"][k] for k in keys if k in rec["results"]), None)
         if not isinstance(value, (int, float)):
@@ -85,7 +90,7 @@ def verdict(better: list[float], worse: list[float], higher_is_better: bool) -> 
 
 
 def table_markdown(grid: Grid, table: Table, records: list[dict]) -> tuple[list[str], list[dict]]:
-    keys = table.metric if isinstance(table.metric, tuple) else (table.metric,)
+    keys = metric_keys(table)
     cells = _cells(table, records)
     rows = list(dict.fromkeys(r for r, _ in cells))
     cols = list(dict.fromkeys(c for _, c in cells))

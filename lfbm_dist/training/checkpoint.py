@@ -116,6 +116,15 @@ def write_shard(directory: Path, index: int, keys: list[str], count: int, state:
     partial.replace(final)
 
 
+def write_state(directory: Path, state: dict[str, torch.Tensor], shard_mb: float) -> int:
+    """Every state file of `state`, written by this one process (a conversion, a test's dump).
+    Returns how many files."""
+    shards = plan_shards(state, int(shard_mb * 2**20))
+    for index, keys in enumerate(shards):
+        write_shard(directory, index, keys, len(shards), state)
+    return len(shards)
+
+
 def manifest_text(directory: Path, shards: int, writer: dict[str, Any]) -> str:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER))
     digests = {
@@ -268,9 +277,7 @@ def load(engine, plain, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], li
         loaded = engine.full_state(plain)  # collective
         if engine.is_main:
             Path(dump).mkdir(parents=True, exist_ok=True)
-            shards = plan_shards(loaded, int(cfg.train.snapshot_shard_mb * 2**20))
-            for index, keys in enumerate(shards):
-                write_shard(Path(dump), index, keys, len(shards), loaded)
+            write_state(Path(dump), loaded, cfg.train.snapshot_shard_mb)
     return trainer_state, positions
 
 

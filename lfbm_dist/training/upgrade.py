@@ -91,13 +91,11 @@ def upgrade(ckpt: Path, shard_mb: float = 2048.0) -> Path:
         raise CheckpointError(f"{kept} exists: remove it, or move it away, before converting again")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    shards = checkpoint.plan_shards(state, int(shard_mb * 2**20))
-    for index, keys in enumerate(shards):
-        checkpoint.write_shard(tmp, index, keys, len(shards), state)
+    shards = checkpoint.write_state(tmp, state, shard_mb)
     for part in ["trainer_state.json", "config.yaml", *(p.name for p in ckpt.glob("data_state_rank*.json"))]:
         shutil.copyfile(ckpt / part, tmp / part)
     writer = {"converted_from": "lfbm_dist checkpoint format 1"}
-    write_atomic(tmp / MANIFEST, checkpoint.manifest_text(tmp, len(shards), writer))
+    write_atomic(tmp / MANIFEST, checkpoint.manifest_text(tmp, shards, writer))
     write_atomic(tmp / COMPLETE_MARKER, "ok\n")
     apply_umask(tmp)
     (ckpt / COMPLETE_MARKER).unlink()  # from here on, the old directory is never taken for a checkpoint
