@@ -219,10 +219,13 @@ def _torchrun(run_dir, *extra, max_restarts=0, **env_extra):
 def test_a_rank_that_fails_once_is_restarted_by_the_agent_and_the_run_ends_bitwise_equal(tmp_path):
     """torchrun --max-restarts 1: rank 1 raises after step 5 of 8 (snapshots every 2 steps); the agent
     restarts both workers, which continue from step 4's checkpoint with no flag and no human, and the
-    final weights and Adam state are bitwise those of a run that never failed."""
+    final weights and Adam state are bitwise those of a run that never failed. The disk is slow
+    (each rank's part of a snapshot takes 1.5 s), so step 4's snapshot is still being written when
+    rank 1 fails: the failing rank finishes its part and rank 0 commits it on their way out."""
     straight = _ok(_torchrun(tmp_path / "straight"))
     assert "2 rank(s)" in straight.stdout
-    failed = _ok(_torchrun(tmp_path / "failed", max_restarts=1, LFBM_FAULT_RAISE_ONCE="5:1"))
+    slow = {"LFBM_FAULT_SLOW_WRITE_S": "1.5"}
+    failed = _ok(_torchrun(tmp_path / "failed", max_restarts=1, LFBM_FAULT_RAISE_ONCE="5:1", **slow))
     assert "injected failure of rank 1 after step 5" in failed.stderr
     assert "resumed from ckpt-000000000064 at kimg 0.064" in failed.stdout  # the agent's restart, no flag
     a, b = latest(tmp_path / "straight"), latest(tmp_path / "failed")
@@ -238,9 +241,9 @@ def test_a_rank_that_fails_once_is_restarted_by_the_agent_and_the_run_ends_bitwi
     import subprocess
 
     proc = _ok(subprocess.run(acc, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                              env=env(LFBM_FAULT_RAISE_ONCE="5:1")))  # fmt: skip
+                              env=env(LFBM_FAULT_RAISE_ONCE="5:1", **slow)))  # fmt: skip
     assert "resumed from ckpt-000000000064 at kimg 0.064" in proc.stdout
     _assert_same_state(a, latest(tmp_path / "acc"))
     # Without the agent's restarts the same failure ends the job (and the checkpoint stays at step 4).
-    plain = _torchrun(tmp_path / "no_restart", LFBM_FAULT_RAISE_ONCE="5:1")
+    plain = _torchrun(tmp_path / "no_restart", LFBM_FAULT_RAISE_ONCE="5:1", **slow)
     assert plain.returncode != 0 and latest(tmp_path / "no_restart").name == "ckpt-000000000064"

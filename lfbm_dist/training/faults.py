@@ -2,7 +2,8 @@
 
 The training loop knows nothing of it: `install(trainer)` is its one seam, called once when the
 trainer is built; with no variable set it changes nothing. The checkpoint writer's kill points
-(in_save, in_prune) and the loaded-state dump (after_load) are called where the writer is.
+(in_save, in_prune), its slow-disk point (before_write) and the loaded-state dump (after_load) are
+called where the writer is.
 
 LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non-finite guard tests)
 LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)
@@ -13,6 +14,7 @@ LFBM_TEST_KEYS_DIR=DIR           append each micro-batch's sample keys (and elas
 LFBM_FAULT_STEP_SLEEP=0.2        sleep this long after each step (lets a test SIGKILL mid-run)
 LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint write at this many
                                  images seen, after the shards are written and before the rename
+LFBM_FAULT_SLOW_WRITE_S=1.5      each rank's snapshot writer waits this long before writing its part (a slow disk)
 LFBM_FAULT_RAISE_ONCE=5:1        rank 1 raises after step 5, in the first attempt of an elastic job only
                                  (TORCHELASTIC_RESTART_COUNT 0): the agent's restart must recover
 """
@@ -34,6 +36,7 @@ KILL_IN_PRUNE = os.environ.get("LFBM_FAULT_KILL_IN_PRUNE") == "1"
 FAIL_IMAGES = os.environ.get("LFBM_FAULT_FAIL_IMAGES") == "1"
 STEP_SLEEP = float(os.environ.get("LFBM_FAULT_STEP_SLEEP", "0") or 0)
 KILL_IN_SAVE = _ints("LFBM_FAULT_KILL_IN_SAVE")
+SLOW_WRITE_S = float(os.environ.get("LFBM_FAULT_SLOW_WRITE_S", "0") or 0)
 RAISE_ONCE = tuple(int(v) for v in os.environ.get("LFBM_FAULT_RAISE_ONCE", "").split(":") if v.strip())
 
 
@@ -89,6 +92,11 @@ def after_step(step: int = -1, rank: int = 0) -> None:
 def in_save(images_seen: int) -> None:
     if images_seen in KILL_IN_SAVE:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def before_write() -> None:
+    if SLOW_WRITE_S > 0:
+        time.sleep(SLOW_WRITE_S)
 
 
 def in_prune() -> None:

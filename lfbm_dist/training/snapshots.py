@@ -10,12 +10,15 @@ directory into place, then prunes. At most one snapshot is in flight: the next o
 A failed write (disk full, a rank that could not write its part) removes the unfinished directory
 and is reported at the next step: every rank votes on it in the step's guard, so all of them stop
 together with one line; a half checkpoint is never visible, and the previous one stays the newest.
-The final snapshot of a run (and a stop's) is waited for before the process exits.
+The final snapshot of a run (and a stop's) is waited for before the process exits. A rank leaving on
+an error first lets its own part of the snapshot in flight reach the disk, and rank 0 its commit if
+every part arrives soon: a crash right after a snapshot began does not cost that snapshot.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -29,6 +32,10 @@ from ..config import Config
 from ..files import apply_umask, write_atomic
 from . import checkpoint, faults
 from .checkpoint import COMPLETE_MARKER, MANIFEST, CheckpointError
+
+log = logging.getLogger("lfbm_dist")
+PART_GRACE_S = 120.0  # how long a failing rank waits for its own part of the snapshot in flight
+COMMIT_GRACE_S = 20.0  # and rank 0 for the other parts (ranks that fail together finish theirs in seconds)
 
 
 @dataclass
@@ -48,8 +55,10 @@ class _Job:
     images_seen: int
     data_state: dict = field(default_factory=dict)
     timeout_s: float = 1800.0
+    part_done: threading.Event = field(default_factory=threading.Event)  # this rank's part written, or failed
 
     def write_my_part(self) -> None:
+        faults.before_write()
         count = len(self.shards)
         for index, keys in enumerate(self.shards):
             if checkpoint.shard_owner(index, keys, self.world_size) == self.rank:
@@ -93,6 +102,7 @@ class _Job:
     def run(self) -> None:
         try:
             self.write_my_part()
+            self.part_done.set()
             if self.rank == 0:
                 self.wait_for_ranks()
                 self.commit()
@@ -113,6 +123,8 @@ class _Job:
             if self.rank == 0:
                 shutil.rmtree(self.tmp, ignore_errors=True)  # give the space back; the newest complete one stays
             raise error from None
+        finally:
+            self.part_done.set()
 
 
 class Snapshots:
@@ -121,6 +133,7 @@ class Snapshots:
     def __init__(self, engine, cfg: Config):
         self.engine, self.cfg = engine, cfg
         self._thread: threading.Thread | None = None
+        self._job: _Job | None = None
         self._error: CheckpointError | None = None
 
     def save(self, plain, trainer_state: dict, data_state: dict, final: bool) -> None:
@@ -158,6 +171,7 @@ class Snapshots:
             job.run()
             self.engine.barrier()  # every rank returns once the checkpoint is in place
             return
+        self._job = job
         self._thread = threading.Thread(target=self._background, args=(job,), name=f"snapshot {name}", daemon=True)
         self._thread.start()
 
@@ -172,6 +186,19 @@ class Snapshots:
         if self._thread is not None and not self._thread.is_alive():
             self._thread = None
         return self._error if self._thread is None else None
+
+    def settle(self) -> None:
+        """On the way out after an error (no collectives: other ranks may be gone). The writer thread is
+        a daemon, so without this the process's exit would cut its part short and rank 0's commit would
+        never see it: the restart would resume from the snapshot before."""
+        thread, job = self._thread, self._job
+        if thread is None or job is None or not thread.is_alive():
+            return
+        job.part_done.wait(PART_GRACE_S)
+        if job.rank == 0:
+            thread.join(COMMIT_GRACE_S)
+        if thread.is_alive() and job.rank == 0:
+            log.warning("lfbm_dist: %s was not complete when this process stopped; it is not used", job.final.name)
 
     def wait(self) -> None:
         """Until the snapshot in flight is on disk; raises its failure."""

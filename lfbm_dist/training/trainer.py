@@ -159,6 +159,9 @@ class Trainer:
                         f"{self.state.step} (kimg {self.state.images_seen / 1000:g})",
                         self.stop.exit_code() or 143,
                     )
+        except BaseException:
+            self.snapshots.settle()  # a snapshot in flight still reaches the disk (a stop's was foreground)
+            raise
         finally:
             self.stop.restore()
             self.observer.close()
