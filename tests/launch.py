@@ -48,6 +48,10 @@ def env(**extra: str) -> dict:
     e.update(
         {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": ext_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     )
+    # The environment's bin/ first, as in an activated shell (README's tests run that way): torch then
+    # builds DeepSpeed's op with the environment's ninja in both, and ninja versions hash their build
+    # commands differently, so mixing the system's ninja with it rebuilt the op (≈ 40 s) at every switch.
+    e["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), e.get("PATH", "")])
     e.update(extra)
     return e
 

@@ -69,6 +69,9 @@ class SlurmCluster:
                     "SlurmdUser=root",
                     "AuthType=auth/munge",
                     "CredType=cred/munge",
+                    # A requeued job may start again only after the step credential's lifetime (120 s by
+                    # default): the preemption test would wait that long for nothing.
+                    "AuthInfo=cred_expire=10",
                     "MpiDefault=none",
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
