@@ -96,6 +96,10 @@ class Engine:
         return self._wrapped, self._optimizer
 
     def unwrap(self, wrapped: Any) -> nn.Module:
+        if not self.zero_stage and not hasattr(wrapped, "_orig_mod"):  # DDP or none, not compiled by Accelerate
+            # Accelerate's unwrap_model would import DeepSpeed to look for its engine (≈ 0.5 s of every
+            # non-DeepSpeed process's start, and the test suite starts hundreds).
+            return wrapped.module if isinstance(wrapped, nn.parallel.DistributedDataParallel) else wrapped
         return self.accelerator.unwrap_model(wrapped)
 
     def accumulate(self, wrapped: Any):
