@@ -29,9 +29,29 @@ def randomize_(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn
     return module
 
 
+# The files that take longest (minutes of real processes each), longest first: pytest-xdist hands
+# out whole files (--dist loadfile) in collection order, so starting these first keeps one worker
+# from finishing a long file alone at the end while the others are idle.
+LONGEST_FIRST = [
+    "test_elastic.py",
+    "test_distributed.py",
+    "test_faults.py",
+    "test_slurm.py",
+    "test_readme.py",
+    "test_multinode.py",
+    "test_fid.py",
+    "test_benchmarks.py",
+    "test_fastpath.py",
+    "test_repro.py",
+    "test_training_cpu.py",
+]
+
+
 def pytest_collection_modifyitems(config, items):
-    """GPU-marked tests run where CUDA is (benchmarks/gpu_proof.py runs them first); elsewhere they
-    are skipped with the reason, never silently passed."""
+    """Longest files first (above). GPU-marked tests run where CUDA is (benchmarks/gpu_proof.py runs
+    them first); elsewhere they are skipped with the reason, never silently passed."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run benchmarks/gpu_proof.py on one)")

@@ -71,14 +71,15 @@ x = torch.rand(4, 3, 16, 16) * 2 - 1
 z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3)
 inference_calls = COUNT["calls"]
 # The fast path's compiled chains must stay local too: the per-step compiled log-posterior, and the
-# whole chain as graphs (3 + 2 steps) at a chain batch of 2 (two calls for the 4 chains).
+# whole chain as graphs of 3 steps (twice: one graph to compile) at a chain batch of 2 (two calls for
+# the 4 chains). The graphs' split into a remainder is test_fastpath's.
 fast = FastPath.resolve(PerfConfig(compile="on", chain_graph="step"), engine.device, deepspeed=engine.uses_deepspeed)
 langevin_posterior(
     plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3, log_posterior_fn=fast.log_posterior
 )
 whole = FastPath.resolve(PerfConfig(compile="on", graph_steps=3), engine.device, deepspeed=engine.uses_deepspeed)
 langevin_posterior(
-    plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3, chain_fn=whole.chain_fn, chain_batch=2
+    plain.generator, plain.prior, x, num_steps=6, step_size=0.1, sigma=0.3, chain_fn=whole.chain_fn, chain_batch=2
 )
 assert whole._checked_shapes, "the whole-chain graph did not run"
 compiled_calls = COUNT["calls"] - inference_calls
