@@ -114,10 +114,17 @@ def _assert_bitwise_equal(a_dir, b_dir):
 RESUME_ARGS = [*TINY, "train.total_kimg=0.128", "train.snapshot_every_kimg=0.064", "langevin.num_steps=5"]
 
 
-def test_exact_resume_after_sigkill_at_a_random_moment(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run both resume tests compare with (read only)."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    _ok(run("single", *RESUME_ARGS, f"train.run_dir={run_dir}"))
+    return run_dir
+
+
+def test_exact_resume_after_sigkill_at_a_random_moment(tmp_path, straight):
     """2N steps straight vs. killed (SIGKILL) at a random moment after step N, then resumed."""
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _ok(run("single", *RESUME_ARGS, f"train.run_dir={straight}"))
+    killed = tmp_path / "killed"
     proc = subprocess.Popen(
         command("single", *RESUME_ARGS, f"train.run_dir={killed}"),
         cwd=ROOT,
@@ -138,9 +145,8 @@ def test_exact_resume_after_sigkill_at_a_random_moment(tmp_path):
     _assert_bitwise_equal(straight, killed)
 
 
-def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _ok(run("single", *RESUME_ARGS, f"train.run_dir={straight}"))
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, straight):
+    killed = tmp_path / "killed"
     proc = run("single", *RESUME_ARGS, f"train.run_dir={killed}", LFBM_FAULT_KILL_IN_SAVE="128")
     assert proc.returncode == -signal.SIGKILL
     assert (killed / "checkpoints/ckpt-000000000128.tmp").is_dir()  # the interrupted write
