@@ -2,8 +2,8 @@
 
 The training loop knows nothing of it: `install(trainer)` is its one seam, called once when the
 trainer is built; with no variable set it changes nothing. The checkpoint writer's kill points
-(in_save, in_prune), its slow-disk point (before_write) and the loaded-state dump (after_load) are
-called where the writer is.
+(in_save, in_prune) and its slow-disk point (before_write) are called where the writer is; the
+loaded-state dump's folder (dump_loaded_dir) is read by checkpoint.load.
 
 LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non-finite guard tests)
 LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)

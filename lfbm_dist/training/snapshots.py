@@ -133,7 +133,7 @@ class Snapshots:
     def __init__(self, engine, cfg: Config):
         self.engine, self.cfg = engine, cfg
         self._thread: threading.Thread | None = None
-        self._job: _Job | None = None
+        self._part_done: threading.Event | None = None  # the thread's own part written (settle)
         self._error: CheckpointError | None = None
 
     def save(self, plain, trainer_state: dict, data_state: dict, final: bool) -> None:
@@ -171,7 +171,7 @@ class Snapshots:
             job.run()
             self.engine.barrier()  # every rank returns once the checkpoint is in place
             return
-        self._job = job
+        self._part_done = job.part_done  # not the job: its state copy is freed when the thread ends
         self._thread = threading.Thread(target=self._background, args=(job,), name=f"snapshot {name}", daemon=True)
         self._thread.start()
 
@@ -191,14 +191,14 @@ class Snapshots:
         """On the way out after an error (no collectives: other ranks may be gone). The writer thread is
         a daemon, so without this the process's exit would cut its part short and rank 0's commit would
         never see it: the restart would resume from the snapshot before."""
-        thread, job = self._thread, self._job
-        if thread is None or job is None or not thread.is_alive():
+        thread, part_done = self._thread, self._part_done
+        if thread is None or part_done is None or not thread.is_alive():
             return
-        job.part_done.wait(PART_GRACE_S)
-        if job.rank == 0:
+        part_done.wait(PART_GRACE_S)
+        if self.engine.rank == 0:
             thread.join(COMMIT_GRACE_S)
-        if thread.is_alive() and job.rank == 0:
-            log.warning("lfbm_dist: %s was not complete when this process stopped; it is not used", job.final.name)
+            if thread.is_alive():
+                log.warning("lfbm_dist: %s was not complete when this process stopped; it is not used", thread.name)
 
     def wait(self) -> None:
         """Until the snapshot in flight is on disk; raises its failure."""
