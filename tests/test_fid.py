@@ -97,7 +97,6 @@ def test_our_fid_equals_torch_fidelity_on_the_same_features():
     class LfbmInception(FeatureExtractorBase):
         def __init__(self, name, features_list, **kwargs):
             super().__init__(name, features_list)
-            self.net = network
 
         @staticmethod
         def get_provided_features_list():
