@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from shard_helpers import write_shards
 
 from lfbm_dist.export import checkpoint_state_dict
-from lfbm_dist.training.checkpoint import latest, read_state
+from lfbm_dist.training.checkpoint import latest, list_complete, read_state
 
 pytestmark = pytest.mark.slow
 TINY = ["--config", "configs/test_tiny.yaml"]
@@ -63,46 +63,61 @@ def _common(shards, total_kimg):
     ]
 
 
+def _stopped_at(run_dir, images: int, dest):
+    """`run_dir` as a run killed right after its snapshot at `images` would have left it: the
+    checkpoints after that one are gone (everything else, logs included, is as it was)."""
+    newer = {c.name for c in list_complete(run_dir) if int(c.name.split("-")[1]) > images}
+    shutil.copytree(run_dir, dest, ignore=lambda folder, names: [n for n in names if n in newer or n == "keys"])
+    assert latest(dest).name == f"ckpt-{images:012d}"
+    return dest
+
+
+@pytest.fixture(scope="module")
+def layout_runs(tmp_path_factory, shards):
+    """Per starting layout, once: 15 uninterrupted steps (epoch 0 and most of epoch 1) with a snapshot
+    every 4 steps and each step's global batch keys. The resume tests stop it at step 4's snapshot
+    (mid-epoch 0) and continue on another layout; they compare with the rest of this same run."""
+    made = {}
+
+    def get(world: int, workers: int, streams: list[str]):
+        key = (world, workers, tuple(streams))
+        if key not in made:
+            straight = tmp_path_factory.mktemp(f"straight{world}x{workers}") / "run"
+            (straight / "keys").mkdir(parents=True)
+            _ok(
+                run(
+                    KIND[world],
+                    *_common(shards, 0.12),
+                    *streams,
+                    f"train.run_dir={straight}",
+                    f"train.batch_per_gpu={8 // world}",
+                    f"data.num_workers={workers}",
+                    "train.snapshot_every_kimg=0.032",
+                    "train.keep_snapshots=8",
+                    LFBM_TEST_KEYS_DIR=str(straight / "keys"),
+                )
+            )
+            made[key] = straight
+        return made[key]
+
+    return get
+
+
 @pytest.mark.parametrize(
     "before,after",
     [((1, 2), (2, 1)), ((2, 1), (1, 1)), ((2, 1), (4, 1))],
     ids=["1x2-to-2x1", "2x1-to-1x1", "2x1-to-4x1"],
 )
-def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_path, shards, before, after):
+def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_path, shards, layout_runs, before, after):
     (w0, k0), (w1, k1) = before, after
     streams = ["data.virtual_streams=4"] if w1 == 4 else []
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    for d in (straight / "keys", resumed / "keys"):
-        d.mkdir(parents=True)
-    full = _common(shards, 0.12)  # 15 steps: epoch 0 and most of epoch 1
-    _ok(
-        run(
-            KIND[w0],
-            *full,
-            *streams,
-            f"train.run_dir={straight}",
-            "train.batch_per_gpu=" + str(8 // w0),
-            f"data.num_workers={k0}",
-            LFBM_TEST_KEYS_DIR=str(straight / "keys"),
-        )
-    )
-    _ok(
-        run(
-            KIND[w0],
-            *_common(shards, 0.032),
-            *streams,
-            f"train.run_dir={resumed}",
-            f"train.batch_per_gpu={8 // w0}",
-            f"data.num_workers={k0}",
-            LFBM_TEST_KEYS_DIR=str(resumed / "keys"),
-        )
-    )  # stops mid-epoch 0, at step 4
-    (resumed / "keys").rename(tmp_path / "keys_before")
+    straight = layout_runs(w0, k0, streams)
+    resumed = _stopped_at(straight, 32, tmp_path / "resumed")  # stopped mid-epoch 0, at step 4
     (resumed / "keys").mkdir()
     proc = _ok(
         run(
             KIND[w1],
-            *full,
+            *_common(shards, 0.12),
             f"train.run_dir={resumed}",
             f"train.batch_per_gpu={8 // w0}",
             "train.resume=auto",
@@ -110,9 +125,10 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
             LFBM_TEST_KEYS_DIR=str(resumed / "keys"),
         )
     )
+    assert "resumed from ckpt-000000000032" in proc.stdout
     assert f"note: global batch 8 on {w1} rank(s)" in proc.stderr  # batch_per_gpu × accumulation adapted
     a = _global_batches(straight / "keys")
-    b = {**_global_batches(tmp_path / "keys_before"), **_global_batches(resumed / "keys")}
+    b = {**{s: keys for s, keys in a.items() if s < 4}, **_global_batches(resumed / "keys")}
     assert sorted(b) == sorted(a) == list(range(15))
     assert all(b[s] == a[s] for s in a)  # the same samples, in the same global order, step by step
     epoch0 = [k for s in range(8) for k in b[s]]
@@ -122,11 +138,9 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
     _assert_close(checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(resumed)))
 
 
-def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_path, shards):
-    _ok(run("ddp2", *_common(shards, 0.032), f"train.run_dir={tmp_path}", "train.batch_per_gpu=4"))  # 2 streams
-    proc = run(
-        "ddp4", *_common(shards, 0.12), f"train.run_dir={tmp_path}", "train.batch_per_gpu=4", "train.resume=auto"
-    )
+def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_path, shards, layout_runs):
+    stopped = _stopped_at(layout_runs(2, 1, []), 32, tmp_path / "r")  # 2 ranks × 1 worker: 2 streams
+    proc = run("ddp4", *_common(shards, 0.12), f"train.run_dir={stopped}", "train.batch_per_gpu=4", "train.resume=auto")
     assert proc.returncode != 0
     line = next(ln for ln in proc.stderr.splitlines() if "error: data plan" in ln)
     assert "2 virtual streams cannot be split evenly over 4 rank(s)" in line and "1×{1,2} 2×{1}" in line, line
@@ -140,23 +154,23 @@ STATE_ARGS = [*TINY, "train.log_every_kimg=0.08", "langevin.num_steps=2", "train
 
 @pytest.fixture(scope="module")
 def source_runs(tmp_path_factory):
-    """Per source backend, once: the uninterrupted run and the first half (its checkpoint at kimg 0.04)."""
+    """Per source backend, once: the uninterrupted run of 10 steps, with a snapshot after step 5 (kimg
+    0.04) that the tests stop it at."""
     made = {}
 
     def get(source: str):
         if source not in made:
-            root = tmp_path_factory.mktemp(source)
-            for name, kimg in (("straight", 0.08), ("half", 0.04)):
-                _ok(
-                    run(
-                        source,
-                        *STATE_ARGS,
-                        f"train.total_kimg={kimg}",
-                        f"train.run_dir={root / name}",
-                        "train.batch_per_gpu=4",
-                    )
+            made[source] = tmp_path_factory.mktemp(source) / "straight"
+            _ok(
+                run(
+                    source,
+                    *STATE_ARGS,
+                    "train.total_kimg=0.08",
+                    "train.snapshot_every_kimg=0.04",
+                    f"train.run_dir={made[source]}",
+                    "train.batch_per_gpu=4",
                 )
-            made[source] = (root / "straight", root / "half")
+            )
         return made[source]
 
     return get
@@ -167,19 +181,16 @@ def source_runs(tmp_path_factory):
 )
 def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source_runs, source, target):
     world = {"zero2_1": 1, "zero2_4": 4}.get(target, 2)
-    per_rank = 8 // world
-    straight, half = source_runs(source)
-    moved = tmp_path / "moved"
-    shutil.copytree(half, moved)
-    args = STATE_ARGS
+    straight = source_runs(source)
+    moved = _stopped_at(straight, 40, tmp_path / "moved")
     dump = tmp_path / "loaded"
     _ok(
         run(
             target,
-            *args,
+            *STATE_ARGS,
             "train.total_kimg=0.08",
             f"train.run_dir={moved}",
-            f"train.batch_per_gpu={per_rank}",
+            f"train.batch_per_gpu={8 // world}",
             "train.resume=auto",
             LFBM_TEST_DUMP_LOADED=str(dump),
         )
