@@ -70,13 +70,20 @@ def _old_format(ckpt, old, deepspeed: bool):
     return state
 
 
-@pytest.mark.parametrize("deepspeed", [False, True], ids=["ddp-files", "zero-without-its-folder"])
-def test_an_earlier_format_is_refused_in_one_line_then_converted_exactly(tmp_path, deepspeed):
-    proc = run("single", *TINY, f"train.run_dir={tmp_path / 'r'}")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run in the current format (read only): the tests rewrite its checkpoint in the earlier one."""
+    run_dir = tmp_path_factory.mktemp("current") / "r"
+    proc = run("single", *TINY, f"train.run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("deepspeed", [False, True], ids=["ddp-files", "zero-without-its-folder"])
+def test_an_earlier_format_is_refused_in_one_line_then_converted_exactly(tmp_path, trained, deepspeed):
     old = tmp_path / "old/checkpoints/ckpt-000000000032"
     old.parent.mkdir(parents=True)
-    state = _old_format(latest(tmp_path / "r"), old, deepspeed)
+    state = _old_format(latest(trained), old, deepspeed)
     with pytest.raises(CheckpointError, match="convert it once with `lfbm-export --upgrade-checkpoint "):
         verify(old)
     resume = run("single", *TINY, f"train.run_dir={tmp_path / 'old'}", "train.resume=auto", "train.total_kimg=0.064")

@@ -3,6 +3,7 @@ splits, exact resume after SIGKILL, non-finite guard, checkpoint refusal, export
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -179,17 +180,16 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tmp_path):
     )
 
 
-def test_resume_refuses_other_config_and_truncated_checkpoint(tmp_path):
+def test_resume_refuses_other_config_and_truncated_checkpoint(tmp_path, straight):
     run_dir = tmp_path / "r"
-    _ok(run("single", *TINY, f"train.run_dir={run_dir}"))
-    proc = run(
-        "single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "generator.nz=10", "train.total_kimg=0.128"
-    )
+    shutil.copytree(straight, run_dir)
+    longer = [*RESUME_ARGS, f"train.run_dir={run_dir}", "train.resume=auto", "train.total_kimg=0.256"]
+    proc = run("single", *longer, "generator.nz=10")
     assert proc.returncode == 2
     assert "checkpoint is from another model config (generator.nz differs)" in proc.stderr.strip().splitlines()[-1]
     weights = latest(run_dir) / "state-00000-of-00001.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    proc = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "train.total_kimg=0.128")
+    proc = run("single", *longer)
     assert proc.returncode == 2 and "cannot load checkpoint" in proc.stderr.strip().splitlines()[-1]
 
 

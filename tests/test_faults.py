@@ -5,6 +5,7 @@ signals, DeepSpeed ZeRO-2."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,15 @@ pytestmark = pytest.mark.slow
 def _errors(proc) -> list[str]:
     """stderr lines that are not counted, logged skips or the I/O retries' progress lines."""
     return [ln for ln in proc.stderr.strip().splitlines() if ln and "skipped " not in ln and "next try in" not in ln]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished test_tiny run (`lfbm-train --config configs/test_tiny.yaml`): tests take a copy."""
+    run_dir = tmp_path_factory.mktemp("finished") / "r"
+    proc = run("single", *TINY, f"train.run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
 
 
 def _retry_lines(proc) -> list[str]:
@@ -301,9 +311,9 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tm
         subprocess.run(["umount", str(disk)])
 
 
-def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path):
+def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path, finished):
     run_dir = tmp_path / "r"
-    assert run("single", *TINY, f"train.run_dir={run_dir}").returncode == 0
+    shutil.copytree(finished, run_dir)
     ckpt = latest(run_dir)
     from lfbm_dist.training.checkpoint import CheckpointError, verify
 
@@ -441,9 +451,9 @@ def test_a_second_signal_exits_at_once(tmp_path):
 # ------------------------------------------------------------------------------ run directories
 
 
-def test_run_directory_rules(tmp_path):
+def test_run_directory_rules(tmp_path, finished):
     run_dir = tmp_path / "r"
-    assert run("single", *TINY, f"train.run_dir={run_dir}").returncode == 0
+    shutil.copytree(finished, run_dir)  # what `lfbm-train` TINY train.run_dir=… left
     # the same command again: the run is finished, it says so and exits 0 (README's promise)
     same = run("single", *TINY, f"train.run_dir={run_dir}")
     assert same.returncode == 0 and "already complete" in same.stdout, same.stderr[-2000:]
