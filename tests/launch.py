@@ -1,8 +1,26 @@
-"""Run the real entry points the way users do: one process, accelerate launch (DDP / DeepSpeed)."""
+"""Run the real entry points the way users do: one process, accelerate launch (DDP / DeepSpeed).
 
+A one-process run (`run("single", …)`, `module(…)`) is a real process of its own — its own pid,
+argv, environment, working directory, stdout/stderr and exit status (negative when a signal killed
+it) — but it starts warm: multiprocessing's fork server has imported torch (and torch._dynamo, which
+the first optimizer step imports), pydantic, Accelerate and TensorBoard once, and forks each run from
+there, so a run does not spend ≈ 3 CPU-s on those imports before its first line. lfbm_dist itself is
+imported fresh in every run, after its environment is set (fault switches are read at import).
+The launcher tests (accelerate launch, torchrun, Slurm, two nodes), the signal tests, the console
+scripts and README's commands start cold, as users start them. LFBM_TEST_COLD=1 starts every run cold.
+"""
+
+import atexit
+import io
+import multiprocessing
 import os
+import runpy
 import socket
 import subprocess
+import sys
+import tempfile
+import threading
+import traceback
 from pathlib import Path
 
 from conftest import PYTHON, ROOT
@@ -57,6 +75,79 @@ def env(**extra: str) -> dict:
 
 
 def run(kind: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    if kind == "single":
+        return module("lfbm_dist.train", *args, timeout=timeout, **extra_env)
     return subprocess.run(
         command(kind, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env)
     )
+
+
+# Imported once in the fork server; none of them reads a variable the tests vary at import time.
+WARM_MODULES = ["torch", "torch._dynamo", "numpy", "pydantic", "yaml", "safetensors.torch", "PIL.Image"]
+WARM_MODULES += ["accelerate", "torch.utils.tensorboard", "torchvision", "tqdm"]
+_server = None
+
+
+def _warm():
+    """The fork-server context, started on first use (None: start cold)."""
+    global _server
+    if os.environ.get("LFBM_TEST_COLD") == "1":
+        return None
+    if _server is None:
+        _server = multiprocessing.get_context("forkserver")
+        _server.set_forkserver_preload(WARM_MODULES)
+    return _server
+
+
+def module(name: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    """`python -m name args` in ROOT with env(**extra_env), as subprocess.run(capture_output=True) would."""
+    cmd = [PYTHON, "-m", name, *args]
+    ctx = _warm()
+    if ctx is None:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        proc = ctx.Process(target=_as_main, args=(name, list(args), env(**extra_env), str(ROOT), str(out), str(err)))
+        proc.start()
+        proc.join(timeout)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+            raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text())
+        return subprocess.CompletedProcess(cmd, proc.exitcode, out.read_text(), err.read_text())
+
+
+def _as_main(name, args, environ, cwd, out_path, err_path):  # in the forked process
+    """What `python -m name args` does, from the fork server's warm interpreter: the environment,
+    working directory, argv and stdout/stderr of the run; on the way out, the non-daemon threads are
+    joined and the atexit functions run, as at interpreter exit; then the exit status."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+    for fd, path in ((1, out_path), (2, err_path)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), encoding="utf-8", write_through=True)
+    sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), encoding="utf-8", write_through=True)
+    sys.argv = [name, *args]
+    sys.path.insert(0, cwd)
+    code = 0
+    try:
+        runpy.run_module(name, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

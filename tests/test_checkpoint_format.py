@@ -4,12 +4,10 @@ one line naming the conversion command until converted."""
 
 import json
 import shutil
-import subprocess
 
 import pytest
 import torch
-from conftest import PYTHON, ROOT
-from launch import env, run
+from launch import module, run
 from safetensors.torch import save_file
 
 from lfbm_dist.config import load_config
@@ -88,8 +86,8 @@ def test_an_earlier_format_is_refused_in_one_line_then_converted_exactly(tmp_pat
         verify(old)
     resume = run("single", *TINY, f"train.run_dir={tmp_path / 'old'}", "train.resume=auto", "train.total_kimg=0.064")
     assert resume.returncode == 2 and "lfbm-export --upgrade-checkpoint" in resume.stderr.strip().splitlines()[-1]
-    cmd = [PYTHON, "-m", "lfbm_dist.export", "--upgrade-checkpoint", str(old)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+    upgrade = ["--upgrade-checkpoint", str(old)]
+    proc = module("lfbm_dist.export", *upgrade, timeout=300)
     if deepspeed:  # the flow's permutation buffers lived in DeepSpeed's own folder, which is not here
         assert proc.returncode == 2 and "pytorch_model/ folder beside it is missing" in proc.stderr, proc.stderr
         return
@@ -97,7 +95,7 @@ def test_an_earlier_format_is_refused_in_one_line_then_converted_exactly(tmp_pat
     converted = read_state(old)
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
     assert (old.parent / "ckpt-000000000032.pre-v2").is_dir() and list_complete(tmp_path / "old") == [old]
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+    again = module("lfbm_dist.export", *upgrade, timeout=300)
     assert again.returncode == 2 and "already in the current format" in again.stderr
     resume = run("single", *TINY, f"train.run_dir={tmp_path / 'old'}", "train.resume=auto", "train.total_kimg=0.064")
     assert resume.returncode == 0 and "resumed from ckpt-000000000032" in resume.stdout, resume.stderr[-2000:]

@@ -1,9 +1,8 @@
 """Config validation: every bad-config class fails before any work, with one line naming key and file."""
 
-import subprocess
-
 import pytest
-from conftest import PYTHON, ROOT
+from conftest import ROOT
+from launch import module
 
 from lfbm_dist.config import ConfigError, load_config
 
@@ -14,21 +13,7 @@ PRESETS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 def test_dry_run_every_preset(preset, tmp_path):
     """Every preset resolves; the dry run then checks its data and run directory: presets whose
     shards are not built here stop with one line naming the missing shard."""
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "lfbm_dist.train",
-            "--config",
-            f"configs/{preset}",
-            "--dry-run",
-            f"train.run_dir={tmp_path}/run",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = module("lfbm_dist.train", "--config", f"configs/{preset}", "--dry-run", f"train.run_dir={tmp_path}/run")
     assert "generator:" in proc.stdout and "langevin:" in proc.stdout
     if proc.returncode == 0:
         assert f"# run dir {tmp_path}/run: new run" in proc.stdout and "# data: " in proc.stdout
@@ -56,9 +41,7 @@ BAD = [
 def test_bad_config_gives_one_line_naming_key_and_file(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    proc = subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.train", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = module("lfbm_dist.train", "--config", str(path), timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -85,20 +68,8 @@ def test_missing_file():
 
 def test_resolved_config_written_to_run_dir(tmp_path):
     run_dir = tmp_path / "r"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "lfbm_dist.train",
-            "--config",
-            "configs/test_tiny.yaml",
-            f"train.run_dir={run_dir}",
-            "langevin.num_steps=3",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = module(
+        "lfbm_dist.train", "--config", "configs/test_tiny.yaml", f"train.run_dir={run_dir}", "langevin.num_steps=3"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     resolved = load_config(run_dir / "config.yaml")

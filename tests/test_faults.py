@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 from conftest import PYTHON, ROOT
-from launch import command, env, run
+from launch import command, env, module, run
 from shard_helpers import write_shards
 
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
@@ -330,21 +330,12 @@ def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path, finished):
             assert f"{part} is truncated or altered" in line, line
         (ckpt / part).write_bytes(original)
     (ckpt / state_file).write_bytes((ckpt / state_file).read_bytes()[:50])
-    for cmd in (
-        [PYTHON, "-m", "lfbm_dist.export", "--run", str(run_dir), "--out", str(tmp_path / "e")],
-        [
-            PYTHON,
-            "-m",
-            "lfbm_dist.evaluate",
-            "--run",
-            str(run_dir),
-            "--metrics",
-            "recon",
-            "eval.recon_samples=8",
-            "langevin.test_num_steps=2",
-        ],
-    ):
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+    for name, args in (
+        ("lfbm_dist.export", ["--run", str(run_dir), "--out", str(tmp_path / "e")]),
+        ("lfbm_dist.evaluate", ["--run", str(run_dir), "--metrics", "recon", "eval.recon_samples=8",
+                                "langevin.test_num_steps=2"]),
+    ):  # fmt: skip
+        proc = module(name, *args, timeout=300)
         assert proc.returncode == 2
         (line,) = _errors(proc)
         assert f"{state_file} is truncated or altered" in line, line
@@ -470,13 +461,7 @@ def test_run_directory_rules(tmp_path, finished):
     assert fresh.returncode == 0
     (old,) = run_dir.glob("old-*")
     assert (old / "checkpoints").is_dir() and len(list((run_dir / "tensorboard").iterdir())) == 1
-    dry = subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.train", *TINY, "--dry-run", f"train.run_dir={run_dir}", "train.resume=auto"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    dry = module("lfbm_dist.train", *TINY, "--dry-run", f"train.run_dir={run_dir}", "train.resume=auto", timeout=120)
     assert dry.returncode == 0 and "already complete" in dry.stdout and "# data: 256 images" in dry.stdout
 
 

@@ -6,6 +6,7 @@ otherwise. Only traffic between the two namespaces this test creates, deleted at
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -13,7 +14,7 @@ import uuid
 import pytest
 import torch
 from conftest import PYTHON, ROOT
-from launch import ACCELERATE, env, free_port, run
+from launch import ACCELERATE, env, free_port, module, run
 
 from lfbm_dist.export import checkpoint_state_dict
 from lfbm_dist.training.checkpoint import latest
@@ -95,8 +96,11 @@ def _two_nodes(nodes, script: str, *args: str, timeout: int = 600) -> list[subpr
 def test_one_node_run_resumes_on_two_nodes_and_their_fid_equals_one_process(tmp_path, nodes):
     args = [*TINY, "train.log_every_kimg=0.08", "langevin.num_steps=2", "train.batch_per_gpu=8"]
     straight, grown = tmp_path / "straight", tmp_path / "grown"
-    assert run("single", *args, "train.total_kimg=0.08", f"train.run_dir={straight}").returncode == 0
-    assert run("single", *args, "train.total_kimg=0.04", f"train.run_dir={grown}").returncode == 0
+    run_args = [*args, "train.total_kimg=0.08", "train.snapshot_every_kimg=0.04", f"train.run_dir={straight}"]
+    assert run("single", *run_args).returncode == 0
+    # the run as one node left it when it stopped after its snapshot at step 5 (kimg 0.04)
+    shutil.copytree(straight, grown, ignore=lambda folder, names: [n for n in names if n == "ckpt-000000000080"])
+    assert latest(grown).name == "ckpt-000000000040"
     out = _two_nodes(
         nodes, "lfbm_dist/train.py", *args, "train.total_kimg=0.08", f"train.run_dir={grown}", "train.resume=auto"
     )
@@ -116,14 +120,7 @@ def test_one_node_run_resumes_on_two_nodes_and_their_fid_equals_one_process(tmp_
         f"eval.cache_dir={tmp_path / 'cache'}",
     ]
     _two_nodes(nodes, "lfbm_dist/evaluate.py", *fid_args, "--out", str(tmp_path / "two.json"))
-    single = subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.evaluate", *fid_args, "--out", str(tmp_path / "one.json")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env(),
-    )
+    single = module("lfbm_dist.evaluate", *fid_args, "--out", str(tmp_path / "one.json"))
     assert single.returncode == 0, single.stderr[-2000:]
     two, one = (json.loads((tmp_path / f).read_text())["fid"] for f in ("two.json", "one.json"))
     assert abs(two - one) <= 1e-6 * max(1.0, abs(one)), (two, one)
