@@ -107,6 +107,8 @@ def module(name: str, *args: str, timeout: int = 600, **extra_env: str) -> subpr
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        out.touch()
+        err.touch()
         proc = ctx.Process(target=_as_main, args=(name, list(args), env(**extra_env), str(ROOT), str(out), str(err)))
         proc.start()
         proc.join(timeout)
@@ -132,6 +134,7 @@ def _as_main(name, args, environ, cwd, out_path, err_path):  # in the forked pro
     sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), encoding="utf-8", write_through=True)
     sys.argv = [name, *args]
     sys.path.insert(0, cwd)
+    multiprocessing.set_start_method(None, force=True)  # the platform's default again (fork), as in a new process
     code = 0
     try:
         runpy.run_module(name, run_name="__main__", alter_sys=True)

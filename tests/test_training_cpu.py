@@ -1,9 +1,8 @@
 """End-to-end training on one CPU process with real packaged images (LFW faces)."""
 
-import subprocess
-
 import pytest
-from conftest import PYTHON, ROOT
+from conftest import ROOT
+from launch import module
 from tb_read import read_events, scalar_series
 
 
@@ -15,14 +14,11 @@ def test_150_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
     # The preset's own shard command, as its comment gives it (only the output folder moved): what it
     # writes must be what the preset reads, so data.on_mismatch=error below stops at nothing.
     (line,) = [ln for ln in (ROOT / "configs/lfw_faces.yaml").read_text().splitlines() if "lfbm-shards demo" in ln]
-    build = [PYTHON, "-m", "data_tools.build_shards", *line.split("lfbm-shards", 1)[1].split(), "--no-progress"]
+    build = [*line.split("lfbm-shards", 1)[1].split(), "--no-progress"]
     build[build.index("--out") + 1] = str(shard_dir)
-    done = subprocess.run(build, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = module("data_tools.build_shards", *build, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     cmd = [
-        PYTHON,
-        "-m",
-        "lfbm_dist.train",
         "--config",
         "configs/lfw_faces.yaml",
         f"data.shards=[{shard_dir}/index.json]",
@@ -34,7 +30,7 @@ def test_150_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
         "train.snapshot_every_kimg=0",
         "data.on_mismatch=error",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = module("lfbm_dist.train", *cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "config.yaml").is_file()
     acc = read_events(run_dir / "tensorboard")
@@ -55,51 +51,30 @@ def test_150_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
 @pytest.mark.slow
 def test_learning_from_occluded_data_logs_recovery_and_samples(tmp_path):
     run_dir = tmp_path / "occ"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "lfbm_dist.train",
-            "--config",
-            "configs/test_tiny.yaml",
-            f"train.run_dir={run_dir}",
-            "data.occlusion=saltpepper:50",
-            "train.total_kimg=0.16",
-            "train.log_every_kimg=0.04",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = module(
+        "lfbm_dist.train",
+        "--config",
+        "configs/test_tiny.yaml",
+        f"train.run_dir={run_dir}",
+        "data.occlusion=saltpepper:50",
+        "train.total_kimg=0.16",
+        "train.log_every_kimg=0.04",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     acc = read_events(run_dir / "tensorboard")
     recovery = [v for _, v in scalar_series(acc, "recovery_mse")]
     assert len(recovery) == 4 and all(0 < v < 1 for v in recovery)
     out = tmp_path / "samples"
-    proc = subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "4", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = module("lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "4", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("sample_*.png"))) == 6 and (out / "grid.png").is_file()
     again = tmp_path / "again"
-    subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "6", "--out", str(again)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    again_proc = module("lfbm_dist.sample", "--run", str(run_dir), "--num", "6", "--batch", "6", "--out", str(again))
+    assert again_proc.returncode == 0, again_proc.stderr[-2000:]
     assert (out / "sample_000005.png").read_bytes() == (again / "sample_000005.png").read_bytes()  # index-seeded
     done = tmp_path / "done"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
+    proc = module(
+        *[
             "lfbm_dist.sample",
             "--run",
             str(run_dir),
@@ -113,9 +88,6 @@ def test_learning_from_occluded_data_logs_recovery_and_samples(tmp_path):
             str(done),
             "langevin.test_num_steps=5",
         ][:-1],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
