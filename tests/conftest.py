@@ -34,10 +34,10 @@ def randomize_(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn
 # from finishing a long file alone at the end while the others are idle.
 LONGEST_FIRST = [
     "test_elastic.py",
-    "test_distributed.py",
-    "test_faults.py",
     "test_slurm.py",
+    "test_distributed.py",
     "test_readme.py",
+    "test_faults.py",
     "test_multinode.py",
     "test_fid.py",
     "test_benchmarks.py",

@@ -2,12 +2,11 @@
 
 import hashlib
 import json
-import subprocess
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import PYTHON, ROOT
+from launch import module
 from PIL import Image
 
 from lfbm_dist.data.index import expand_shard_specs
@@ -19,16 +18,8 @@ def iter_tar_samples(url):
 
 
 def build(*args, timeout=300):
-    proc = subprocess.run(
-        [PYTHON, "-m", "data_tools.build_shards", *map(str, args), "--no-progress"]
-        if args[0] != "verify"
-        else [PYTHON, "-m", "data_tools.build_shards", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return proc
+    extra = ["--no-progress"] if args[0] != "verify" else []
+    return module("data_tools.build_shards", *map(str, args), *extra, timeout=timeout)
 
 
 def digests(folder):

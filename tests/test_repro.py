@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from conftest import PYTHON, ROOT
-from launch import env
+from launch import env, module
 
 from lfbm_dist.repro.report import verdict
 from lfbm_dist.repro.run import record_point
@@ -22,14 +22,7 @@ POINTS = ("prior-flow_seed-0", "prior-gaussian_seed-0")
 
 
 def repro(*args, timeout=600, **extra):
-    return subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.repro", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env(**extra),
-    )
+    return module("lfbm_dist.repro", *args, timeout=timeout, **extra)
 
 
 def _results(root):
