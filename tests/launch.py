@@ -101,7 +101,16 @@ def _warm():
 
 def module(name: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     """`python -m name args` in ROOT with env(**extra_env), as subprocess.run(capture_output=True) would."""
-    cmd = [PYTHON, "-m", name, *args]
+    return _python(["-m", name], list(args), timeout, extra_env)
+
+
+def script(path: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    """`python path args` (path relative to ROOT), likewise."""
+    return _python([path], list(args), timeout, extra_env)
+
+
+def _python(target: list[str], args: list[str], timeout: int, extra_env: dict) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, *target, *args]
     ctx = _warm()
     if ctx is None:
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
@@ -109,7 +118,7 @@ def module(name: str, *args: str, timeout: int = 600, **extra_env: str) -> subpr
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         out.touch()
         err.touch()
-        proc = ctx.Process(target=_as_main, args=(name, list(args), env(**extra_env), str(ROOT), str(out), str(err)))
+        proc = ctx.Process(target=_as_main, args=(target, args, env(**extra_env), str(ROOT), str(out), str(err)))
         proc.start()
         proc.join(timeout)
         if proc.exitcode is None:
@@ -119,25 +128,30 @@ def module(name: str, *args: str, timeout: int = 600, **extra_env: str) -> subpr
         return subprocess.CompletedProcess(cmd, proc.exitcode, out.read_text(), err.read_text())
 
 
-def _as_main(name, args, environ, cwd, out_path, err_path):  # in the forked process
-    """What `python -m name args` does, from the fork server's warm interpreter: the environment,
-    working directory, argv and stdout/stderr of the run; on the way out, the non-daemon threads are
-    joined and the atexit functions run, as at interpreter exit; then the exit status."""
+def _as_main(target, args, environ, cwd, out_path, err_path):  # in the forked process
+    """What `python -m name args` (target ["-m", name]) or `python path args` (target [path]) does,
+    from the fork server's warm interpreter: the environment, working directory, argv and
+    stdout/stderr of the run; on the way out, the non-daemon threads are joined and the atexit
+    functions run, as at interpreter exit; then the exit status."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(environ)
     for fd, path in ((1, out_path), (2, err_path)):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
-        os.close(target)
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
     sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), encoding="utf-8", write_through=True)
     sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), encoding="utf-8", write_through=True)
-    sys.argv = [name, *args]
-    sys.path.insert(0, cwd)
+    script = target[0] != "-m"
+    sys.argv = [target[-1], *args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])) if script else cwd)
     multiprocessing.set_start_method(None, force=True)  # the platform's default again (fork), as in a new process
     code = 0
     try:
-        runpy.run_module(name, run_name="__main__", alter_sys=True)
+        if script:
+            runpy.run_path(target[0], run_name="__main__")
+        else:
+            runpy.run_module(target[1], run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0

@@ -168,17 +168,17 @@ def test_compiled_chain_matches_analytic_posterior():
 
 
 def _train(run_dir, *overrides, env=None):
-    cmd = [
-        PYTHON,
-        "-m",
-        "lfbm_dist.train",
-        "--config",
-        "configs/test_tiny.yaml",
-        f"train.run_dir={run_dir}",
-        "train.total_kimg=0.032",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    """One training run; with `env` (the no-compiler case) it starts cold, so Inductor reads that
+    environment at its import."""
+    from launch import module
+
+    args = ["--config", "configs/test_tiny.yaml", f"train.run_dir={run_dir}", "train.total_kimg=0.032", *overrides]
+    if env is None:
+        proc = module("lfbm_dist.train", *args)
+    else:
+        proc = subprocess.run(
+            [PYTHON, "-m", "lfbm_dist.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from lfbm_dist.training.checkpoint import model_state_dict, read_state
 

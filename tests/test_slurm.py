@@ -5,8 +5,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import PYTHON, ROOT
-from launch import env
+from conftest import PYTHON
+from launch import env, script
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 pytestmark = pytest.mark.slow
@@ -27,9 +27,7 @@ def cluster(tmp_path_factory):
 def launcher(*args, timeout=600, **extra_env):
     import os
 
-    e = env(**extra_env)
-    e["SLURM_CONF"] = os.environ["SLURM_CONF"]
-    return subprocess.run([*LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
+    return script(LAUNCHER[1], *args, timeout=timeout, SLURM_CONF=os.environ["SLURM_CONF"], **extra_env)
 
 
 def _ok(proc):
@@ -134,41 +132,31 @@ def test_bad_options_one_line(tmp_path):
         (["--nodes", "0"], "--nodes, --tasks-per-node and --cpus-per-task must be >= 1"),
         (["langevin.sigma=0"], "langevin.sigma must be > 0"),
     ):
-        proc = subprocess.run(
-            [*LAUNCHER, "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path), "--dry-run", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = script(
+            LAUNCHER[1], "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path), "--dry-run", *args
         )
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
 
 
 def test_dry_run_prints_the_sbatch_script(tmp_path):
-    proc = subprocess.run(
-        [
-            *LAUNCHER,
-            "train",
-            "--config",
-            "configs/celebahq256.yaml",
-            "--nodes",
-            "4",
-            "--gpus-per-node",
-            "8",
-            "--partition",
-            "gpu",
-            "--time",
-            "24:00:00",
-            "--account",
-            "ml",
-            "--out",
-            str(tmp_path),
-            "--dry-run",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = script(
+        LAUNCHER[1],
+        "train",
+        "--config",
+        "configs/celebahq256.yaml",
+        "--nodes",
+        "4",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "gpu",
+        "--time",
+        "24:00:00",
+        "--account",
+        "ml",
+        "--out",
+        str(tmp_path),
+        "--dry-run",
     )
     assert proc.returncode == 0, proc.stderr
     for line in (
@@ -190,9 +178,7 @@ def test_summary_refuses_incomparable_fids(tmp_path):
         (tmp_path / name / "metrics.json").write_text(
             json.dumps({"fid": 10.0, "fid_network": network, "fid_image_resolution": 64, "fid_num_samples": 100})
         )
-    proc = subprocess.run(
-        [*LAUNCHER, "summary", "--root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = script(LAUNCHER[1], "summary", "--root", str(tmp_path))
     assert proc.returncode == 2 and "not comparable: fid_network" in proc.stderr
 
 
