@@ -31,7 +31,9 @@ def randomize_(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn
 
 # The files that take longest (minutes of real processes each), longest first: pytest-xdist hands
 # out whole files (--dist loadfile) in collection order, so starting these first keeps one worker
-# from finishing a long file alone at the end while the others are idle.
+# from finishing a long file alone at the end while the others are idle. xdist would re-order the
+# files by their number of tests (the README test, one test of two minutes, came last):
+# pyproject.toml's addopts turn that off (--no-loadscope-reorder).
 LONGEST_FIRST = [
     "test_elastic.py",
     "test_slurm.py",
