@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +19,18 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+def stopped_at(run_dir: Path, images: int, dest: Path) -> Path:
+    """A copy of `run_dir` as a run killed right after its snapshot at `images` would have left it:
+    the checkpoints after that one are gone (everything else, logs included, is as it was; a
+    LFBM_TEST_KEYS_DIR folder named keys is left out)."""
+    from lfbm_dist.training.checkpoint import latest, list_complete
+
+    newer = {c.name for c in list_complete(run_dir) if int(c.name.split("-")[1]) > images}
+    shutil.copytree(run_dir, dest, ignore=lambda folder, names: [n for n in names if n in newer or n == "keys"])
+    assert latest(dest).name == f"ckpt-{images:012d}"
+    return dest
 
 
 def randomize_(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:

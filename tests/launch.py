@@ -99,19 +99,31 @@ def _warm():
     return _server
 
 
-def module(name: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
-    """`python -m name args` in ROOT with env(**extra_env), as subprocess.run(capture_output=True) would."""
-    return _python(["-m", name], list(args), timeout, extra_env)
+def module(
+    name: str, *args: str, timeout: int = 600, cold: bool = False, **extra_env: str
+) -> subprocess.CompletedProcess:
+    """`python -m name args` in ROOT with env(**extra_env), as subprocess.run(capture_output=True) would.
+    cold=True starts a new interpreter, for runs whose environment a preloaded module reads at its import."""
+    return _python(["-m", name], list(args), timeout, cold, extra_env)
 
 
 def script(path: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     """`python path args` (path relative to ROOT), likewise."""
-    return _python([path], list(args), timeout, extra_env)
+    return _python([path], list(args), timeout, False, extra_env)
 
 
-def _python(target: list[str], args: list[str], timeout: int, extra_env: dict) -> subprocess.CompletedProcess:
+def finished_run(run_dir: Path, *args: str, **extra_env: str) -> Path:
+    """run_dir after a one-process training run with args that must succeed (its stderr's end if not)."""
+    proc = run("single", *args, f"train.run_dir={run_dir}", **extra_env)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    return run_dir
+
+
+def _python(
+    target: list[str], args: list[str], timeout: int, cold: bool, extra_env: dict
+) -> subprocess.CompletedProcess:
     cmd = [PYTHON, *target, *args]
-    ctx = _warm()
+    ctx = None if cold else _warm()
     if ctx is None:
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,13 +154,13 @@ def _as_main(target, args, environ, cwd, out_path, err_path):  # in the forked p
         os.close(opened)
     sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), encoding="utf-8", write_through=True)
     sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), encoding="utf-8", write_through=True)
-    script = target[0] != "-m"
+    is_script = target[0] != "-m"
     sys.argv = [target[-1], *args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])) if script else cwd)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])) if is_script else cwd)
     multiprocessing.set_start_method(None, force=True)  # the platform's default again (fork), as in a new process
     code = 0
     try:
-        if script:
+        if is_script:
             runpy.run_path(target[0], run_name="__main__")
         else:
             runpy.run_module(target[1], run_name="__main__", alter_sys=True)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from launch import module, run
+from launch import finished_run, module, run
 from safetensors.torch import save_file
 
 from lfbm_dist.config import load_config
@@ -71,10 +71,7 @@ def _old_format(ckpt, old, deepspeed: bool):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run in the current format (read only): the tests rewrite its checkpoint in the earlier one."""
-    run_dir = tmp_path_factory.mktemp("current") / "r"
-    proc = run("single", *TINY, f"train.run_dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("current") / "r", *TINY)
 
 
 @pytest.mark.parametrize("deepspeed", [False, True], ids=["ddp-files", "zero-without-its-folder"])

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from launch import command, env, run
+from launch import command, env, finished_run, run
 
 from lfbm_dist.export import checkpoint_state_dict, export, load_exported
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
@@ -133,9 +133,7 @@ RESUME_ARGS = [*TINY, "train.total_kimg=0.128", "train.snapshot_every_kimg=0.064
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The uninterrupted run both resume tests compare with (read only)."""
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    _ok(run("single", *RESUME_ARGS, f"train.run_dir={run_dir}"))
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("straight") / "run", *RESUME_ARGS)
 
 
 def test_exact_resume_after_sigkill_at_a_random_moment(tmp_path, straight):

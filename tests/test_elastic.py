@@ -3,16 +3,16 @@ DataLoader workers, DDP or ZeRO) with the same global batches, sample by sample,
 and Adam state — so its trajectory does not depend on the change."""
 
 import json
-import shutil
 
 import pytest
 import torch
+from conftest import stopped_at
 from launch import run
 from safetensors.torch import load_file
 from shard_helpers import write_shards
 
 from lfbm_dist.export import checkpoint_state_dict
-from lfbm_dist.training.checkpoint import latest, list_complete, read_state
+from lfbm_dist.training.checkpoint import latest, read_state
 
 pytestmark = pytest.mark.slow
 TINY = ["--config", "configs/test_tiny.yaml"]
@@ -63,15 +63,6 @@ def _common(shards, total_kimg):
     ]
 
 
-def _stopped_at(run_dir, images: int, dest):
-    """`run_dir` as a run killed right after its snapshot at `images` would have left it: the
-    checkpoints after that one are gone (everything else, logs included, is as it was)."""
-    newer = {c.name for c in list_complete(run_dir) if int(c.name.split("-")[1]) > images}
-    shutil.copytree(run_dir, dest, ignore=lambda folder, names: [n for n in names if n in newer or n == "keys"])
-    assert latest(dest).name == f"ckpt-{images:012d}"
-    return dest
-
-
 @pytest.fixture(scope="module")
 def layout_runs(tmp_path_factory, shards):
     """Per starting layout, once: 15 uninterrupted steps (epoch 0 and most of epoch 1) with a snapshot
@@ -112,7 +103,7 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
     (w0, k0), (w1, k1) = before, after
     streams = ["data.virtual_streams=4"] if w1 == 4 else []
     straight = layout_runs(w0, k0, streams)
-    resumed = _stopped_at(straight, 32, tmp_path / "resumed")  # stopped mid-epoch 0, at step 4
+    resumed = stopped_at(straight, 32, tmp_path / "resumed")  # stopped mid-epoch 0, at step 4
     (resumed / "keys").mkdir()
     proc = _ok(
         run(
@@ -139,7 +130,7 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
 
 
 def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_path, shards, layout_runs):
-    stopped = _stopped_at(layout_runs(2, 1, []), 32, tmp_path / "r")  # 2 ranks × 1 worker: 2 streams
+    stopped = stopped_at(layout_runs(2, 1, []), 32, tmp_path / "r")  # 2 ranks × 1 worker: 2 streams
     proc = run("ddp4", *_common(shards, 0.12), f"train.run_dir={stopped}", "train.batch_per_gpu=4", "train.resume=auto")
     assert proc.returncode != 0
     line = next(ln for ln in proc.stderr.splitlines() if "error: data plan" in ln)
@@ -160,17 +151,18 @@ def source_runs(tmp_path_factory):
 
     def get(source: str):
         if source not in made:
-            made[source] = tmp_path_factory.mktemp(source) / "straight"
+            straight = tmp_path_factory.mktemp(source) / "straight"
             _ok(
                 run(
                     source,
                     *STATE_ARGS,
                     "train.total_kimg=0.08",
                     "train.snapshot_every_kimg=0.04",
-                    f"train.run_dir={made[source]}",
+                    f"train.run_dir={straight}",
                     "train.batch_per_gpu=4",
                 )
             )
+            made[source] = straight
         return made[source]
 
     return get
@@ -182,7 +174,7 @@ def source_runs(tmp_path_factory):
 def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source_runs, source, target):
     world = {"zero2_1": 1, "zero2_4": 4}.get(target, 2)
     straight = source_runs(source)
-    moved = _stopped_at(straight, 40, tmp_path / "moved")
+    moved = stopped_at(straight, 40, tmp_path / "moved")
     dump = tmp_path / "loaded"
     _ok(
         run(

@@ -2,12 +2,9 @@
 against the eager chain and against the analytic posterior, the trainer end to end, and the clean
 fallback when the compiler is missing. Real torch.compile (Inductor, C++ backend on CPU)."""
 
-import os
-import subprocess
-
 import pytest
 import torch
-from conftest import PYTHON, ROOT, randomize_
+from conftest import ROOT, randomize_
 from helpers_models import LinearGenerator
 from test_langevin import _analytic_posterior, _run_chains
 
@@ -173,12 +170,7 @@ def _train(run_dir, *overrides, env=None):
     from launch import module
 
     args = ["--config", "configs/test_tiny.yaml", f"train.run_dir={run_dir}", "train.total_kimg=0.032", *overrides]
-    if env is None:
-        proc = module("lfbm_dist.train", *args)
-    else:
-        proc = subprocess.run(
-            [PYTHON, "-m", "lfbm_dist.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-        )
+    proc = module("lfbm_dist.train", *args, cold=env is not None, **(env or {}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     from lfbm_dist.training.checkpoint import model_state_dict, read_state
 
@@ -196,7 +188,7 @@ def test_trainer_fast_path_matches_eager_and_falls_back_without_a_compiler(tmp_p
         assert torch.allclose(fast[key], value, rtol=1e-4, atol=1e-5), key
 
     # No working C++ compiler: one line says so, and the run is the eager run exactly.
-    env = dict(os.environ, CXX="/nonexistent/g++", TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
+    env = {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
     proc, fallback = _train(tmp_path / "fallback", "perf.compile=on", env=env)
     lines = [line for line in proc.stderr.splitlines() if "torch.compile failed" in line]
     assert len(lines) == 1 and "C++ compiler" in lines[0] and "runs eagerly" in lines[0], proc.stderr[-2000:]

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 from conftest import PYTHON, ROOT
-from launch import command, env, module, run
+from launch import command, env, finished_run, module, run
 from shard_helpers import write_shards
 
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
@@ -32,10 +32,7 @@ def _errors(proc) -> list[str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished test_tiny run (`lfbm-train --config configs/test_tiny.yaml`): tests take a copy."""
-    run_dir = tmp_path_factory.mktemp("finished") / "r"
-    proc = run("single", *TINY, f"train.run_dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("finished") / "r", *TINY)
 
 
 def _retry_lines(proc) -> list[str]:

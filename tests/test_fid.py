@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from launch import ACCELERATE, env, free_port, module, run
+from launch import ACCELERATE, env, finished_run, free_port, module
 
 from lfbm_dist.metrics import fid as fidlib
 from lfbm_dist.metrics.inception import TorchScriptInception, load_inception
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("fidrun") / "run"
-    proc = run("single", "--config", "configs/test_tiny.yaml", f"train.run_dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("fidrun") / "run", "--config", "configs/test_tiny.yaml")
 
 
 def _evaluate(launcher, run_dir, cache, *extra):
@@ -39,8 +36,6 @@ def _evaluate(launcher, run_dir, cache, *extra):
     ]
     if launcher == "single":
         proc = module("lfbm_dist.evaluate", *args, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads((cache / "metrics.json").read_text())
     else:
         cmd = [
             ACCELERATE,
@@ -59,7 +54,7 @@ def _evaluate(launcher, run_dir, cache, *extra):
             "lfbm_dist/evaluate.py",
             *args,
         ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((cache / "metrics.json").read_text())
 

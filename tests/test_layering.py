@@ -136,9 +136,9 @@ def test_a_cluster_install_without_the_demo_extra_trains_from_shards(tmp_path):
         "            raise ImportError(f'{name} is not installed (no demo extra)')\n"
         "sys.meta_path.insert(0, _NoDemo())\n"
     )
-    from launch import env
+    from launch import module
 
-    e = env(PYTHONPATH=str(blocker))
+    blocked_demo = {"cold": True, "timeout": 300, "PYTHONPATH": str(blocker)}  # sitecustomize runs at start-up
     run_dir = tmp_path / "r"
     common = [
         "--config",
@@ -147,41 +147,13 @@ def test_a_cluster_install_without_the_demo_extra_trains_from_shards(tmp_path):
         "data.resolution=16",
         f"data.shards={tmp_path}/s/train-{{000000..000001}}.tar",
     ]
-    proc = subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.train", *common, f"train.run_dir={run_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=e,
-    )
+    proc = module("lfbm_dist.train", *common, f"train.run_dir={run_dir}", **blocked_demo)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "lfbm_dist.evaluate",
-            "--run",
-            str(run_dir),
-            "--metrics",
-            "recon",
-            "eval.recon_samples=8",
-            "langevin.test_num_steps=2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=e,
-    )
+    recon = ["--run", str(run_dir), "--metrics", "recon", "eval.recon_samples=8", "langevin.test_num_steps=2"]
+    proc = module("lfbm_dist.evaluate", *recon, **blocked_demo)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    blocked = subprocess.run(
-        [PYTHON, "-m", "lfbm_dist.train", "--config", "configs/quickstart.yaml", f"train.run_dir={tmp_path / 'q'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=e,
+    blocked = module(
+        "lfbm_dist.train", "--config", "configs/quickstart.yaml", f"train.run_dir={tmp_path / 'q'}", **blocked_demo
     )
     assert blocked.returncode == 2  # the packaged MNIST needs the extra: one line says so
     assert "pip install 'lfbm_dist[demo]'" in blocked.stderr.strip().splitlines()[-1]

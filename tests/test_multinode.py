@@ -6,15 +6,14 @@ otherwise. Only traffic between the two namespaces this test creates, deleted at
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
 
 import pytest
 import torch
-from conftest import PYTHON, ROOT
-from launch import ACCELERATE, env, free_port, module, run
+from conftest import PYTHON, ROOT, stopped_at
+from launch import ACCELERATE, env, finished_run, free_port, module, run
 
 from lfbm_dist.export import checkpoint_state_dict
 from lfbm_dist.training.checkpoint import latest
@@ -96,11 +95,8 @@ def _two_nodes(nodes, script: str, *args: str, timeout: int = 600) -> list[subpr
 def test_one_node_run_resumes_on_two_nodes_and_their_fid_equals_one_process(tmp_path, nodes):
     args = [*TINY, "train.log_every_kimg=0.08", "langevin.num_steps=2", "train.batch_per_gpu=8"]
     straight, grown = tmp_path / "straight", tmp_path / "grown"
-    run_args = [*args, "train.total_kimg=0.08", "train.snapshot_every_kimg=0.04", f"train.run_dir={straight}"]
-    assert run("single", *run_args).returncode == 0
-    # the run as one node left it when it stopped after its snapshot at step 5 (kimg 0.04)
-    shutil.copytree(straight, grown, ignore=lambda folder, names: [n for n in names if n == "ckpt-000000000080"])
-    assert latest(grown).name == "ckpt-000000000040"
+    finished_run(straight, *args, "train.total_kimg=0.08", "train.snapshot_every_kimg=0.04")
+    stopped_at(straight, 40, grown)  # the run as one node left it when it stopped after step 5's snapshot
     out = _two_nodes(
         nodes, "lfbm_dist/train.py", *args, "train.total_kimg=0.08", f"train.run_dir={grown}", "train.resume=auto"
     )

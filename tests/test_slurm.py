@@ -5,12 +5,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import PYTHON
 from launch import env, script
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 pytestmark = pytest.mark.slow
-LAUNCHER = [PYTHON, "launchers/slurm.py"]
+LAUNCHER = "launchers/slurm.py"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def cluster(tmp_path_factory):
 def launcher(*args, timeout=600, **extra_env):
     import os
 
-    return script(LAUNCHER[1], *args, timeout=timeout, SLURM_CONF=os.environ["SLURM_CONF"], **extra_env)
+    return script(LAUNCHER, *args, timeout=timeout, SLURM_CONF=os.environ["SLURM_CONF"], **extra_env)
 
 
 def _ok(proc):
@@ -133,14 +132,14 @@ def test_bad_options_one_line(tmp_path):
         (["langevin.sigma=0"], "langevin.sigma must be > 0"),
     ):
         proc = script(
-            LAUNCHER[1], "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path), "--dry-run", *args
+            LAUNCHER, "train", "--config", "configs/test_tiny.yaml", "--out", str(tmp_path), "--dry-run", *args
         )
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
 
 
 def test_dry_run_prints_the_sbatch_script(tmp_path):
     proc = script(
-        LAUNCHER[1],
+        LAUNCHER,
         "train",
         "--config",
         "configs/celebahq256.yaml",
@@ -178,7 +177,7 @@ def test_summary_refuses_incomparable_fids(tmp_path):
         (tmp_path / name / "metrics.json").write_text(
             json.dumps({"fid": 10.0, "fid_network": network, "fid_image_resolution": 64, "fid_num_samples": 100})
         )
-    proc = script(LAUNCHER[1], "summary", "--root", str(tmp_path))
+    proc = script(LAUNCHER, "summary", "--root", str(tmp_path))
     assert proc.returncode == 2 and "not comparable: fid_network" in proc.stderr
 
 
