@@ -1,6 +1,7 @@
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,28 @@ PYTHON = sys.executable
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+COMPILE_CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def pytest_configure(config):
+    """Every suite run starts with empty torch compile caches, in a folder of its own (removed at the
+    end), as CI and a new user's machine do: code paths taken only on a cold cache (compile worker
+    pools, first-time codegen) are tested on every run, not only on the first run of a new machine.
+    The controller makes the folder; pytest-xdist's workers (started after this) inherit it."""
+    if hasattr(config, "workerinput"):
+        return
+    folder = tempfile.mkdtemp(prefix="lfbm-suite-compile-cache-")
+    config._lfbm_compile_cache = folder
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_lfbm_compile_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ scripts and README's commands start cold, as users start them. LFBM_TEST_COLD=1 
 """
 
 import atexit
+import faulthandler
 import io
 import multiprocessing
 import os
 import runpy
+import signal
 import socket
 import subprocess
 import sys
@@ -66,6 +68,9 @@ def env(**extra: str) -> dict:
     e.update(
         {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": ext_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     )
+    # A run that hangs is sent SIGABRT at its timeout (captured(), _python()): faulthandler then writes
+    # every thread's stack to its stderr, and the test's failure shows where it hung.
+    e["PYTHONFAULTHANDLER"] = "1"
     # The environment's bin/ first, as in an activated shell (README's tests run that way): torch then
     # builds DeepSpeed's op with the environment's ninja in both, and ninja versions hash their build
     # commands differently, so mixing the system's ninja with it rebuilt the op (≈ 40 s) at every switch.
@@ -77,9 +82,34 @@ def env(**extra: str) -> dict:
 def run(kind: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     if kind == "single":
         return module("lfbm_dist.train", *args, timeout=timeout, **extra_env)
-    return subprocess.run(
-        command(kind, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env)
-    )
+    return captured(command(kind, *args), timeout, env(**extra_env))
+
+
+class HungRun(subprocess.TimeoutExpired):
+    """A run that did not end in time; its message carries the end of its stderr, where faulthandler
+    has written every thread's stack just before the kill, so the failure names what hung."""
+
+    def __str__(self) -> str:
+        err = self.stderr.decode(errors="replace") if isinstance(self.stderr, bytes) else self.stderr or ""
+        return f"{super().__str__()}\n--- its stderr's end (thread stacks at the timeout) ---\n{err[-6000:]}"
+
+
+def captured(cmd: list[str], timeout: float, environ: dict, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), except that a run past
+    its timeout first gets SIGABRT, on which faulthandler (PYTHONFAULTHANDLER, set by env()) dumps
+    every thread's stack to stderr, and then HungRun is raised with that output."""
+    with subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)
+            try:
+                out, err = p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            raise HungRun(cmd, timeout, out, err) from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 # Imported once in the fork server; none of them reads a variable the tests vary at import time.
@@ -125,7 +155,7 @@ def _python(
     cmd = [PYTHON, *target, *args]
     ctx = None if cold else _warm()
     if ctx is None:
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
+        return captured(cmd, timeout, env(**extra_env))
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         out.touch()
@@ -134,17 +164,20 @@ def _python(
         proc.start()
         proc.join(timeout)
         if proc.exitcode is None:
-            proc.kill()
-            proc.join()
-            raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text())
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler (enabled in _as_main) dumps every thread's stack
+            proc.join(10)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
+            raise HungRun(cmd, timeout, out.read_text(), err.read_text())
         return subprocess.CompletedProcess(cmd, proc.exitcode, out.read_text(), err.read_text())
 
 
 def _as_main(target, args, environ, cwd, out_path, err_path):  # in the forked process
     """What `python -m name args` (target ["-m", name]) or `python path args` (target [path]) does,
     from the fork server's warm interpreter: the environment, working directory, argv and
-    stdout/stderr of the run; on the way out, the non-daemon threads are joined and the atexit
-    functions run, as at interpreter exit; then the exit status."""
+    stdout/stderr of the run; on the way out what CPython's exit does, in its order (below); then
+    the exit status."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(environ)
@@ -154,6 +187,8 @@ def _as_main(target, args, environ, cwd, out_path, err_path):  # in the forked p
         os.close(opened)
     sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), encoding="utf-8", write_through=True)
     sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), encoding="utf-8", write_through=True)
+    if environ.get("PYTHONFAULTHANDLER"):  # read at start-up by a new interpreter; this one is already running
+        faulthandler.enable(sys.stderr, all_threads=True)
     is_script = target[0] != "-m"
     sys.argv = [target[-1], *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])) if is_script else cwd)
@@ -173,9 +208,11 @@ def _as_main(target, args, environ, cwd, out_path, err_path):  # in the forked p
     except BaseException:
         traceback.print_exc()
         code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # CPython's exit, in its order (Py_FinalizeEx): threading._shutdown() first runs the hooks registered
+    # with threading._register_atexit — concurrent.futures tells its ThreadPoolExecutor workers to stop
+    # there — and only then joins the non-daemon threads; then the atexit functions. Joining the threads
+    # first waited forever on any executor left alive (torch.compile's, on a cold compile cache).
+    threading._shutdown()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
