@@ -3,7 +3,7 @@
     python benchmarks/bench_chain_compile.py --config quickstart --batch 50 --steps 2,4,8,16,32
 
 For each K: a fresh torch.compile of lfbm_dist.inference.posterior_chain through the trainer's
-FastPath (graph_steps = K, so the chain is one graph), the first call timed (tracing + Inductor +
+ChainRunner (graph_steps = K, so the chain is one graph), the first call timed (tracing + Inductor +
 kernel builds; kernels already built for a smaller K come from Inductor's cache, as they would in a
 real run), then the median of 3 further calls. Run it on the device whose numbers you want.
 """
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lfbm_dist.config import load_config  # noqa: E402
-from lfbm_dist.inference import langevin_posterior  # noqa: E402
+from lfbm_dist.inference import GRAPHS, langevin_posterior  # noqa: E402
 from lfbm_dist.training.build import build_model  # noqa: E402
 from lfbm_dist.training.fastpath import FastPath  # noqa: E402
 
@@ -51,10 +51,12 @@ def main() -> None:
         fast.apply(model)
         noise = torch.randn(args.batch, k + 1, nz, device=device)
 
-        def call(fast=fast, k=k, noise=noise):
+        runner = fast.runner(args.batch, dtype)
+
+        def call(runner=runner, k=k, noise=noise):
             langevin_posterior(
-                model.generator, model.prior, fast.images(x), num_steps=k, step_size=0.1, sigma=cfg.langevin.sigma,
-                z_init=noise[:, 0], noise=noise[:, 1:], autocast_dtype=dtype, chain_fn=fast.chain_fn,
+                model.generator, model.prior, x, num_steps=k, step_size=0.1, sigma=cfg.langevin.sigma,
+                z_init=noise[:, 0], noise=noise[:, 1:], runner=runner,
             )  # fmt: skip
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # timing boundary
@@ -69,7 +71,7 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         run = statistics.median(times)
         rows.append({"steps": k, "first_call_s": round(first, 2), "run_s": round(run, 4),
-                     "compile_s_estimate": round(first - run, 2), "fallback": fast.fallback_reason})  # fmt: skip
+                     "compile_s_estimate": round(first - run, 2), "fallback": GRAPHS.fallback_reason})  # fmt: skip
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = {"benchmark": "chain_compile", "config": path.stem, "batch": args.batch, "device": device_name,
            "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip

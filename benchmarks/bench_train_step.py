@@ -8,12 +8,14 @@ Variants, timed in the same process on the same inputs, their timed steps interl
     PyTorch's default precision settings (TF32 convolutions allowed, no cuDNN autotuning), no
     compilation, NCHW.
   * "lfbm_dist": what `lfbm_dist/train.py` runs for this config on this device — the same
-    lfbm_dist.inference code with lfbm_dist.training.fastpath.FastPath resolved from `perf.*` (override it
-    with key=value arguments, e.g. perf.compile=on) and train.precision's bf16 autocast.
+    lfbm_dist.inference code (its ChainRunner) with lfbm_dist.training.fastpath.FastPath resolved from
+    `perf.*` (override it with key=value arguments, e.g. perf.compile=on) and train.precision's bf16
+    autocast.
   * with --ablate, a ladder that adds one change at a time (no weight gradients + fused update →
     + bf16 autocast → + channels-last → + cuDNN autotuning → + torch.compile of the log-posterior
-    (one graph per Langevin step) → + CUDA graphs of that → + the whole K-step chain as one graph
-    (`perf.chain_graph=whole`, with CUDA graphs on CUDA) → + a large chain batch (the chains of
+    (one graph per Langevin step, the update eager: the earlier fast path, kept here only, in
+    `per_step_compiled_langevin`) → + CUDA graphs of that → + the whole K-step chain as graphs (the
+    product's form, with CUDA graphs on CUDA) → + a large chain batch (the chains of
     --chain-batch images at once, learning still in micro-batches of --batch-per-gpu)), so each
     change is kept only where it shows a gain. Steps that cannot apply on the device
     (CUDA-only ones on CPU) are left out of the ladder and listed under "not_applicable".
@@ -44,7 +46,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # flops.py: only the benchmarks co
 from flops import iteration_flops_per_image  # noqa: E402  (benchmarks/flops.py)
 
 from lfbm_dist.config import load_config  # noqa: E402
-from lfbm_dist.inference import langevin_posterior  # noqa: E402
+from lfbm_dist.inference import (  # noqa: E402
+    GRAPHS,
+    ChainRunner,
+    frozen,
+    langevin_posterior,
+    langevin_update,
+    log_posterior,
+)
 from lfbm_dist.training.build import build_model, build_optimizer  # noqa: E402
 from lfbm_dist.training.fastpath import FastPath  # noqa: E402
 
@@ -75,10 +84,27 @@ def plain_eager_langevin(model, x, z, noise, step_size, sigma):
     return z.detach()
 
 
+def per_step_compiled_langevin(model, x, chains, lv, compiled_log_posterior, autocast_dtype, cuda_graphs):
+    """The earlier fast path, for the ablation only: the log-posterior compiled (one graph per step,
+    its backward taken by autograd.grad), the product's update applied eagerly between graphs."""
+    z = chains[:, 0].float()
+    with frozen(model.generator, model.prior):
+        for k in range(lv.num_steps):
+            if cuda_graphs:  # the previous replay's outputs are dead: z was updated from them
+                torch.compiler.cudagraph_mark_step_begin()
+            z = z.detach().requires_grad_(True)
+            log_post = compiled_log_posterior(model.generator, model.prior, z, x, lv.sigma, None, autocast_dtype)
+            (grad,) = torch.autograd.grad(log_post.sum(), z)
+            with torch.no_grad():
+                z = langevin_update(z.detach(), grad, chains[:, k + 1] if lv.add_noise else None, lv.step_size)
+    return z.detach()
+
+
 class Variant:
     """One implementation of the iteration with its own model, optimizer and inputs.
 
     spec: plain (bool: the authors' loop), bf16 (bool: generator autocast), fast (FastPath or None),
+    per_step (bool: fast's compile mode for the log-posterior alone: per_step_compiled_langevin),
     chain_batch (optional int, a multiple of batch: images per step, their chains run together and
     learning accumulates over micro-batches of `batch`).
     """
@@ -99,6 +125,15 @@ class Variant:
         self.x = torch.rand(self.batch, cfg.generator.image_channels, res, res, device=device) * 2 - 1
         if self.fast is not None:
             self.x = self.fast.images(self.x)
+        self.runner = (
+            self.fast.runner(self.batch, self.autocast_dtype)
+            if self.fast is not None
+            else ChainRunner(batch=self.batch, autocast_dtype=self.autocast_dtype)
+        )
+        self.per_step_fn = None
+        if spec.get("per_step"):  # the earlier fast path: one compiled graph per step
+            self.per_step_fn = torch.compile(log_posterior, mode=self.fast.compile_mode, dynamic=False)
+            self.runner = None
         self.state_bytes = (torch.cuda.memory_allocated(device) - allocated_before) if device.type == "cuda" else 0
         self.langevin_s: list[float] = []
         self.learning_s: list[float] = []
@@ -118,8 +153,12 @@ class Variant:
         t0 = time.perf_counter()
         if self.spec["plain"]:
             z = plain_eager_langevin(self.model, self.x, chains[:, 0], chains[:, 1:], lv.step_size, lv.sigma)
+        elif self.per_step_fn is not None:
+            cuda_graphs = self.fast.compile_mode == "reduce-overhead"
+            z = per_step_compiled_langevin(
+                self.model, self.x, chains, lv, self.per_step_fn, self.autocast_dtype, cuda_graphs
+            )
         else:
-            fast = self.fast
             z = langevin_posterior(
                 self.model.generator,
                 self.model.prior,
@@ -129,10 +168,7 @@ class Variant:
                 sigma=lv.sigma,
                 z_init=chains[:, 0],
                 noise=chains[:, 1:],
-                autocast_dtype=self.autocast_dtype,
-                log_posterior_fn=fast.log_posterior if fast is not None else None,
-                chain_fn=fast.chain_fn if fast is not None else None,
-                chain_batch=self.batch,
+                runner=self.runner,
             )
         _sync(device)
         t1 = time.perf_counter()
@@ -152,6 +188,14 @@ class Variant:
         self.langevin_s.append(t1 - t0)
         self.learning_s.append(t2 - t1)
 
+    def _fast_path(self) -> str:
+        if self.fast is None:
+            return "none"
+        described = self.fast.describe()
+        if self.per_step_fn is not None:  # the product only compiles whole chains; this variant does not
+            described = described.replace(f" (whole chain ≤ {self.fast.graph_steps} steps/graph)", " (per step)")
+        return described
+
     def summary(self, flops: dict[str, int]) -> dict:
         device = self.device
         step_s = statistics.median(a + b for a, b in zip(self.langevin_s, self.learning_s))
@@ -170,13 +214,13 @@ class Variant:
             "peak_memory_bytes": int(peak),
             "peak_memory_kind": kind,
             "generator_autocast": "bfloat16" if self.spec["bf16"] else "float32",
-            "fast_path": self.fast.describe() if self.fast is not None else "none",
+            "fast_path": self._fast_path(),
             "chain_batch": self.batch,
             "learning_micro_batch": self.micro_batch,
             "flops_per_image": flops,
         }
-        if self.fast is not None and self.fast.fallback_reason:
-            out["compile_fallback"] = self.fast.fallback_reason
+        if self.runner is not None and self.runner.compile_mode and GRAPHS.fallback_reason:
+            out["compile_fallback"] = GRAPHS.fallback_reason
         return out
 
 
@@ -194,8 +238,8 @@ def variants(cfg, device: torch.device, ablate: bool, chain_batch: int) -> tuple
             ("+bf16_autocast", True, base, None),
             ("+channels_last", True, replace(base, channels_last=True), None),
             ("+cudnn_benchmark", True, tuned, None),
-            ("+compile", True, replace(tuned, compile_mode="default", chain_graph="step"), None),
-            ("+cuda_graphs", True, replace(tuned, compile_mode="reduce-overhead", chain_graph="step"), None),
+            ("+compile", True, replace(tuned, compile_mode="default"), None),
+            ("+cuda_graphs", True, replace(tuned, compile_mode="reduce-overhead"), None),
             ("+whole_chain_graph", True, replace(tuned, compile_mode=graphs, graph_steps=cfg.perf.graph_steps), None),
             (
                 "+large_chain_batch",
@@ -209,7 +253,14 @@ def variants(cfg, device: torch.device, ablate: bool, chain_batch: int) -> tuple
             if not cuda and name in ("+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"):
                 skipped.append(name)
                 continue
-            out[name] = {"plain": False, "bf16": bf16 and cuda, "fast": fast, "chain_batch": chains}
+            per_step = name in ("+compile", "+cuda_graphs")
+            out[name] = {
+                "plain": False,
+                "bf16": bf16 and cuda,
+                "fast": fast,
+                "chain_batch": chains,
+                "per_step": per_step,
+            }
     out["plain_eager"] = {"plain": True, "bf16": False, "fast": None}
     return out, skipped
 

@@ -177,9 +177,6 @@ class PerfConfig(Section):
     compile: Switch = "auto"  # torch.compile every Langevin chain (training, test-time inference, inpainting)
     # auto = reduce-overhead (CUDA graphs: one graph replay per chain) on CUDA, default on CPU
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
-    # whole = the K-step chain (input gradients by torch.func.grad, updates, noise) as one graph;
-    # step = only the log-posterior compiled, the K-step loop in Python (the earlier fast path)
-    chain_graph: Literal["whole", "step"] = "whole"
     # Steps unrolled into one graph; a chain of K steps is ⌈K/graph_steps⌉ replays with no host round
     # trip between them. Compile time grows linearly with it (docs/PERFORMANCE.md: ≈ 1.5–8 s a step on
     # CPU), a replay's launch costs microseconds: 20 = 3 replays for K = 60, 40 for the 800-step tests.
@@ -187,6 +184,20 @@ class PerfConfig(Section):
     # Chains run this many at a time (Langevin is per-sample: learning keeps batch_per_gpu). 0 = auto:
     # on CUDA all micro-batches of a step at once, capped by free memory; on CPU one micro-batch.
     chain_batch: Int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_chain_graph(cls, data: Any) -> Any:
+        """perf.chain_graph is gone: the whole chain is the one compiled form. Run directories written
+        before say `chain_graph: whole` (the same run: dropped); `step` is refused in one line."""
+        if isinstance(data, dict) and "chain_graph" in data:
+            data = dict(data)
+            if data.pop("chain_graph") != "whole":
+                raise ValueError(
+                    "perf.chain_graph was removed: every chain compiles whole; the per-step compiled form "
+                    "is benchmarks/bench_train_step.py's '+compile' variant. Delete the setting"
+                )
+        return data
 
     @field_validator("channels_last", "cudnn_benchmark", "compile", mode="before")
     @classmethod

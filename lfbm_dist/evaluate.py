@@ -24,6 +24,7 @@ if __name__ == "__main__" and not __package__:
 
 
 from lfbm_dist import cli, logs  # noqa: E402
+from lfbm_dist.inference import GRAPHS  # noqa: E402
 from lfbm_dist.training.evaluation import METRICS, run_metrics, tensorboard_tags  # noqa: E402
 
 log = logging.getLogger("lfbm_dist")
@@ -104,7 +105,7 @@ def _evaluate(args, metrics: list[str]) -> int:
         engine,
         images,
         show_progress=True,
-        chain=fast.test_time_chain(cfg.eval.fid_batch),
+        chain=fast.test_time_runner(cfg.eval.fid_batch),
     )
     if engine.is_main:
         results["images_seen"] = images_seen
@@ -158,6 +159,7 @@ def _summary(results: dict, out: Path, tb: Path | None, wall_s: float) -> None:
     ]
     log.info("results: " + ", ".join(f"{k} {results[k]:.4g}" for k in shown) + f"  ({wall_s:.0f} s)")
     log.info("  all numbers: %s", out)
+    log.info("  %s", GRAPHS.summary())
     if tb is not None:
         log.info("  TensorBoard: tensorboard --logdir %s (scalars and images under eval/)", tb)
 

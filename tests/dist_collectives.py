@@ -12,7 +12,7 @@ import torch.distributed as torch_dist
 
 sys.path.insert(0, ".")
 from lfbm_dist.config import PerfConfig, load_config  # noqa: E402
-from lfbm_dist.inference import langevin_posterior  # noqa: E402
+from lfbm_dist.inference import GRAPHS, langevin_posterior  # noqa: E402
 from lfbm_dist.training.build import build_model, build_optimizer  # noqa: E402
 from lfbm_dist.training.engine import Engine  # noqa: E402
 from lfbm_dist.training.fastpath import FastPath  # noqa: E402
@@ -70,18 +70,12 @@ if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
 x = torch.rand(4, 3, 16, 16) * 2 - 1
 z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3)
 inference_calls = COUNT["calls"]
-# The fast path's compiled chains must stay local too: the per-step compiled log-posterior, and the
-# whole chain as graphs of 3 steps (twice: one graph to compile) at a chain batch of 2 (two calls for
-# the 4 chains). The graphs' split into a remainder is test_fastpath's.
-fast = FastPath.resolve(PerfConfig(compile="on", chain_graph="step"), engine.device, deepspeed=engine.uses_deepspeed)
-langevin_posterior(
-    plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3, log_posterior_fn=fast.log_posterior
-)
+# The fast path's compiled chains must stay local too: the whole chain as graphs of 3 steps (twice:
+# one graph to compile) at a chain batch of 2 (two calls for the 4 chains). The graphs' split into a
+# remainder is test_fastpath's.
 whole = FastPath.resolve(PerfConfig(compile="on", graph_steps=3), engine.device, deepspeed=engine.uses_deepspeed)
-langevin_posterior(
-    plain.generator, plain.prior, x, num_steps=6, step_size=0.1, sigma=0.3, chain_fn=whole.chain_fn, chain_batch=2
-)
-assert whole._checked_shapes, "the whole-chain graph did not run"
+langevin_posterior(plain.generator, plain.prior, x, num_steps=6, step_size=0.1, sigma=0.3, runner=whole.runner(2))
+assert GRAPHS.graphs_compiled == 1, GRAPHS.summary()
 compiled_calls = COUNT["calls"] - inference_calls
 inference_calls = COUNT["calls"]
 with engine.accumulate(wrapped):
@@ -93,7 +87,7 @@ result = {
     "backend": engine.backend_name,
     "inference": inference_calls,
     "inference_compiled": compiled_calls,
-    "compile_fallback": fast.fallback_reason or whole.fallback_reason,
+    "compile_fallback": GRAPHS.fallback_reason,
     "learning": COUNT["calls"] - inference_calls,
 }
 with open(os.path.join(os.environ["LFBM_TEST_OUT"], f"rank{engine.rank}.json"), "w") as f:

@@ -1,6 +1,7 @@
-"""The GPU fast path (lfbm_dist/fastpath.py) keeps the math: compiled and channels-last chains
-against the eager chain and against the analytic posterior, the trainer end to end, and the clean
-fallback when the compiler is missing. Real torch.compile (Inductor, C++ backend on CPU)."""
+"""The GPU fast path (lfbm_dist/training/fastpath.py, lfbm_dist/inference/chain.py) keeps the math:
+compiled and channels-last chains against the eager chain and against the analytic posterior, the
+trainer end to end, and the clean fallback when the compiler is missing. Real torch.compile
+(Inductor, C++ backend on CPU)."""
 
 import pytest
 import torch
@@ -9,24 +10,39 @@ from helpers_models import LinearGenerator
 from test_langevin import _analytic_posterior, _run_chains
 
 from lfbm_dist.config import ConfigError, PerfConfig, load_config
-from lfbm_dist.inference import langevin_posterior, posterior_chain
+from lfbm_dist.inference import (
+    GRAPHS,
+    ChainRunner,
+    chunked_steps,
+    frozen,
+    langevin_posterior,
+    posterior_chain,
+    posterior_steps,
+)
 from lfbm_dist.models import FlowPrior, build_generator
-from lfbm_dist.training.fastpath import FastPath, chain_batch_from_memory, chain_bytes_per_sample, chunked_steps
+from lfbm_dist.training.fastpath import FastPath, chain_batch_from_memory, chain_bytes_per_sample
 
 
 def test_auto_means_on_for_cuda_and_off_on_cpu():
     cpu = FastPath.resolve(PerfConfig(), torch.device("cpu"))
-    assert (cpu.channels_last, cpu.cudnn_benchmark, cpu.compile_mode, cpu.log_posterior) == (False, False, None, None)
-    assert cpu.chain_fn is None and cpu.chain_batch(4, 16, build_generator("tiny16", nz=8), 8) == 4
+    assert (cpu.channels_last, cpu.cudnn_benchmark, cpu.compile_mode) == (False, False, None)
+    assert cpu.runner(4) == ChainRunner(batch=4) and cpu.chain_batch(4, 16, build_generator("tiny16", nz=8), 8) == 4
     # The decision of docs/PERFORMANCE.md: by default on CUDA every chain is the compiled whole chain
     # with CUDA graphs (graphs of 20 steps: no host round trip within a chain), not the per-step form.
     gpu = FastPath.resolve(PerfConfig(), torch.device("cuda", 0))
     assert (gpu.channels_last, gpu.cudnn_benchmark, gpu.compile_mode) == (True, True, "reduce-overhead")
-    assert gpu.chain_graph == "whole" and gpu.log_posterior is None and gpu.chain_fn is not None
+    train = gpu.runner(64, torch.bfloat16)
+    assert (train.compile_mode, train.graph_steps, train.batch, train.channels_last) == (
+        "reduce-overhead",
+        20,
+        64,
+        True,
+    )
+    assert train.autocast_dtype == torch.bfloat16 and gpu.test_time_runner(100).autocast_dtype is None
     assert "compile=reduce-overhead (whole chain ≤ 20 steps/graph) cuda_graphs=on" in gpu.describe()
     preset = load_config(ROOT / "configs" / "celebahq256.yaml")
     hq = FastPath.resolve(preset.perf, torch.device("cuda", 0))
-    assert (hq.compile_mode, hq.chain_graph, hq.chain_batch_setting) == ("reduce-overhead", "whole", 0)
+    assert (hq.compile_mode, hq.chain_batch_setting) == ("reduce-overhead", 0)
     assert chunked_steps(preset.langevin.num_steps, hq.graph_steps) == [20, 20, 20]  # 3 replays, no host trip
     assert chunked_steps(preset.langevin.test_num_steps, hq.graph_steps) == [20] * 40  # the same graph
     # CUDA graphs do not exist on CPU: asking for them there compiles plainly rather than pretending.
@@ -87,46 +103,31 @@ def _watch_weight_grads(*modules):
 
 def test_whole_chain_graph_matches_the_eager_step_loop_and_computes_no_weight_grads():
     """posterior_chain (torch.func.grad, noise up front) compiled as whole-chain graphs — 5 steps as a
-    3-step and a 2-step graph, 6 chains as chain batches of 4 (the last padded), channels-last — equals
-    the eager step loop within 1e-5 in float32, with no weight gradient computed or touched."""
+    3-step and a 2-step graph, 6 chains as chain batches of 4 (the last padded, in channels-last as
+    the rest), channels-last — equals the eager step loop within 1e-5 in float32, with no weight
+    gradient computed or touched, and builds exactly those two graphs."""
     gen, prior, x, kwargs = _chain_inputs()
     eager = langevin_posterior(gen, prior, x, **kwargs)
-    uncompiled = langevin_posterior(gen, prior, x, chain_fn=posterior_chain, **kwargs)
-    assert (uncompiled - eager).abs().max() <= 1e-5
+    with frozen(gen, prior), torch.no_grad():  # the traceable form itself, uncompiled: the same chain
+        args = (gen, prior, x, kwargs["z_init"], kwargs["noise"], 5, 0.1, 0.3, kwargs["mask"], None)
+        assert (posterior_chain(*args)[0] - posterior_steps(*args)[0]).abs().max() <= 1e-5
 
     fast = FastPath.resolve(PerfConfig(channels_last="on", compile="on", graph_steps=3), torch.device("cpu"))
     fast.apply(gen)
     untouched = _watch_weight_grads(gen, prior)
-    chain = fast.test_time_chain(4)
-    z, stats = langevin_posterior(
-        gen, prior, fast.images(x), chain_fn=chain.fn, chain_batch=chain.batch, return_stats=True, **kwargs
-    )
-    assert fast.fallback_reason is None and fast.compile_mode == "default"  # really compiled
-    assert fast._checked_shapes == {((4, 3, 16, 16), 3, True, True), ((4, 3, 16, 16), 2, True, True)}
+    runner, before = fast.test_time_runner(4), GRAPHS.graphs_compiled
+    z, stats = langevin_posterior(gen, prior, x, runner=runner, return_stats=True, **kwargs)
+    assert GRAPHS.fallback_reason is None and runner.compile_mode == "default"  # really compiled
+    assert GRAPHS.graphs_compiled - before == 2  # 3 + 2 steps; the padded chunk met the same graphs
     assert untouched()
     assert (z - eager).abs().max() <= 1e-5, (z - eager).abs().max()
     assert torch.isfinite(stats["langevin_grad_norm"]) and stats["langevin_grad_norm"] > 0
-    # Noise from a generator is drawn up front in the step loop's order: the same chains.
+    # Noise from a generator is drawn up front in the step loop's order: the same chains, no new graph.
     no_noise = {k: v for k, v in kwargs.items() if k != "noise"}
     ref = langevin_posterior(gen, prior, x, rng=torch.Generator().manual_seed(3), **no_noise)
-    up_front = langevin_posterior(
-        gen, prior, x, rng=torch.Generator().manual_seed(3), chain_fn=chain.fn, chain_batch=4, **no_noise
-    )
+    up_front = langevin_posterior(gen, prior, x, rng=torch.Generator().manual_seed(3), runner=runner, **no_noise)
     assert (up_front - ref).abs().max() <= 1e-5
-
-
-def test_step_compiled_log_posterior_still_matches_eager():
-    """perf.chain_graph=step, the earlier fast path (the ablation's comparison point)."""
-    gen, prior, x, kwargs = _chain_inputs()
-    eager = langevin_posterior(gen, prior, x, **kwargs)
-    fast = FastPath.resolve(PerfConfig(channels_last="on", compile="on", chain_graph="step"), torch.device("cpu"))
-    fast.apply(gen)
-    assert fast.chain_fn is None
-    untouched = _watch_weight_grads(gen, prior)
-    compiled = langevin_posterior(gen, prior, fast.images(x), log_posterior_fn=fast.log_posterior, **kwargs)
-    assert fast.fallback_reason is None and fast.compile_mode == "default"
-    assert untouched()
-    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-4), (compiled - eager).abs().max()
+    assert GRAPHS.graphs_compiled - before == 2, GRAPHS.summary()
 
 
 def test_batch_norm_generator_in_training_keeps_the_step_loop():
@@ -140,26 +141,30 @@ def test_batch_norm_generator_in_training_keeps_the_step_loop():
     state = {k: v.clone() for k, v in gen.state_dict().items()}
     ref = langevin_posterior(gen, prior, x, **kwargs)
     gen.load_state_dict(state)
-    z = langevin_posterior(gen, prior, x, chain_fn=posterior_chain, chain_batch=4, **kwargs)
-    assert torch.equal(z, ref)
-    # in evaluation mode (running statistics) the chains are independent again: the whole chain runs
+    before = GRAPHS.graphs_compiled
+    z = langevin_posterior(gen, prior, x, runner=ChainRunner(compile_mode="default", batch=4), **kwargs)
+    assert torch.equal(z, ref) and GRAPHS.graphs_compiled == before  # nothing compiled, nothing re-batched
+    # in evaluation mode (running statistics) the chains are independent again: they may be re-batched
     gen.eval()
     ref = langevin_posterior(gen, prior, x, **kwargs)
-    z = langevin_posterior(gen, prior, x, chain_fn=posterior_chain, chain_batch=4, **kwargs)
+    z = langevin_posterior(gen, prior, x, runner=ChainRunner(batch=4), **kwargs)
     assert (z - ref).abs().max() <= 1e-5
 
 
 def test_compiled_chain_matches_analytic_posterior():
     """The core test's tolerances (mean 0.05, covariance 10 %) hold for the compiled whole chain:
-    1,500 steps as 50 replays of one 30-step graph, 4,000 chains."""
+    1,500 steps as 150 replays of one 10-step graph, 4,000 chains."""
     torch.manual_seed(0)
     gen = LinearGenerator(nz=3, scale=0.6, seed=1)
     sigma = 1.0
     x_one = gen(torch.randn(1, 3, dtype=torch.float64))[0] + sigma * torch.randn(3, 2, 2, dtype=torch.float64)
     mean, cov = _analytic_posterior(gen.weight.detach(), x_one.flatten(), sigma)
-    fast = FastPath.resolve(PerfConfig(compile="on", graph_steps=30), torch.device("cpu"))
-    z = _run_chains(gen, x_one, sigma, chain_fn=fast.chain_fn)
-    assert fast.fallback_reason is None and len(fast._checked_shapes) == 1
+    fast, before = (
+        FastPath.resolve(PerfConfig(compile="on", graph_steps=10), torch.device("cpu")),
+        GRAPHS.graphs_compiled,
+    )
+    z = _run_chains(gen, x_one, sigma, runner=fast.runner(None))
+    assert GRAPHS.fallback_reason is None and GRAPHS.graphs_compiled - before == 1
     assert (z.mean(0) - mean).abs().max() < 0.05
     assert torch.linalg.norm(torch.cov(z.T) - cov) / torch.linalg.norm(cov) < 0.10
 

@@ -9,7 +9,7 @@ import torch
 from conftest import PYTHON, ROOT, randomize_
 
 from lfbm_dist.config import PerfConfig
-from lfbm_dist.inference import langevin_posterior
+from lfbm_dist.inference import GRAPHS, langevin_posterior
 from lfbm_dist.models import FlowPrior, build_generator
 from lfbm_dist.training.fastpath import FastPath
 
@@ -33,14 +33,14 @@ def test_default_cuda_chain_is_one_cuda_graph_and_matches_the_eager_loop():
         gen, prior, x, kwargs = _inputs(device)
         eager = langevin_posterior(gen, prior, x, **kwargs)
         fast = FastPath.resolve(PerfConfig(), device)  # the defaults
-        assert (fast.compile_mode, fast.chain_graph) == ("reduce-overhead", "whole")
+        assert fast.compile_mode == "reduce-overhead"
         fast.apply(gen)
-        chain = fast.test_time_chain(16)
-        z = langevin_posterior(gen, prior, fast.images(x), chain_fn=chain.fn, chain_batch=chain.batch, **kwargs)
-        again = langevin_posterior(gen, prior, fast.images(x), chain_fn=chain.fn, chain_batch=chain.batch, **kwargs)
+        runner, before, skips = fast.test_time_runner(16), GRAPHS.graphs_compiled, GRAPHS.cudagraph_skips
+        z = langevin_posterior(gen, prior, x, runner=runner, **kwargs)
+        again = langevin_posterior(gen, prior, x, runner=runner, **kwargs)
         torch.cuda.synchronize()
-        assert fast.fallback_reason is None and fast.cudagraph_skips == 0, fast.describe()
-        assert len(fast._checked_shapes) == 1  # one graph for the whole 8-step chain, replayed
+        assert GRAPHS.fallback_reason is None and GRAPHS.cudagraph_skips == skips, GRAPHS.summary()
+        assert GRAPHS.graphs_compiled - before == 1  # one graph for the whole 8-step chain, replayed
         assert torch.equal(z, again)  # a replay reproduces the captured run
         assert (z - eager).abs().max() <= 1e-4, (z - eager).abs().max()
     finally:
@@ -53,8 +53,8 @@ def test_bf16_default_chain_stays_close_to_fp32():
     gen, prior, x, kwargs = _inputs(device)
     ref = langevin_posterior(gen, prior, x, **kwargs)
     fast = FastPath.resolve(PerfConfig(), device)
-    z = langevin_posterior(gen, prior, x, chain_fn=fast.chain_fn, autocast_dtype=torch.bfloat16, **kwargs)
-    assert torch.isfinite(z).all() and fast.fallback_reason is None
+    z = langevin_posterior(gen, prior, x, runner=fast.runner(None, torch.bfloat16), **kwargs)
+    assert torch.isfinite(z).all() and GRAPHS.fallback_reason is None
     assert (z - ref).norm() / ref.norm() < 0.02
 
 

@@ -4,7 +4,7 @@ promise not to touch (or even compute) weight gradients."""
 import torch
 from helpers_models import LinearGenerator
 
-from lfbm_dist.inference import langevin_posterior
+from lfbm_dist.inference import EAGER, langevin_posterior
 from lfbm_dist.models import FlowPrior, GaussianPrior, build_generator
 
 
@@ -17,7 +17,7 @@ def _analytic_posterior(weight: torch.Tensor, x_flat: torch.Tensor, sigma: float
     return cov @ weight.T @ x_flat / sigma**2, cov
 
 
-def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, log_posterior_fn=None, chain_fn=None):
+def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, runner=EAGER):
     rng = torch.Generator().manual_seed(seed)
     x = x_one.expand(chains, *x_one.shape).float()
     m = None if mask is None else mask.expand(chains, *mask.shape).float()
@@ -30,8 +30,7 @@ def _run_chains(gen, x_one, sigma, mask=None, chains=4000, steps=1500, seed=0, l
         sigma=sigma,
         mask=m,
         rng=rng,
-        log_posterior_fn=log_posterior_fn,
-        chain_fn=chain_fn,
+        runner=runner,
     ).double()
 
 

@@ -1,14 +1,11 @@
 """Posterior / prior sampling. Pure math: no distributed or launcher imports."""
 
+from .chain import EAGER, GRAPHS, ChainRunner, chunked_steps, langevin_posterior
 from .langevin import (
-    EAGER_CHAIN,
-    ChainFn,
-    ChainOptions,
-    LogPosteriorFn,
     batch_coupled,
     frozen,
-    langevin_posterior,
     langevin_prior,
+    langevin_update,
     log_likelihood,
     log_posterior,
     posterior_chain,
@@ -16,16 +13,17 @@ from .langevin import (
 )
 
 __all__ = [
-    "EAGER_CHAIN",
-    "ChainOptions",
+    "EAGER",
+    "GRAPHS",
+    "ChainRunner",
+    "chunked_steps",
     "langevin_posterior",
     "langevin_prior",
+    "langevin_update",
     "log_likelihood",
     "log_posterior",
     "posterior_chain",
     "posterior_steps",
     "batch_coupled",
-    "ChainFn",
-    "LogPosteriorFn",
     "frozen",
 ]

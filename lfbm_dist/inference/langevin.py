@@ -11,10 +11,11 @@ which is Eq. 8 with ξ = s² / 2 (so √(2ξ) = s). A paper-style ξ converts as
 
 with m the visibility mask (1 = observed) for inpainting / learning from occluded data.
 
-Two forms of the same chain: `langevin_posterior`'s step loop with torch.autograd.grad (the eager
-reference) and `posterior_chain`, the whole K-step chain as one traceable function (the input
-gradient by torch.func.grad, noise drawn up front) that torch.compile turns into one graph — and,
-on CUDA, one CUDA-graph replay per chain (lfbm_dist/training/fastpath.py does the wrapping).
+Two forms of the same chain, sharing one update (`langevin_update`): `posterior_steps`, the step
+loop with torch.autograd.grad (the eager reference), and `posterior_chain`, the whole K-step chain
+as one traceable function (the input gradient by torch.func.grad, noise drawn up front) that
+torch.compile turns into one graph — and, on CUDA, one CUDA-graph replay per chain. How a batch of
+chains runs (chunks, padding, layout, eager or compiled) is chain.py's `ChainRunner`.
 
 No weight gradients are ever computed here: every parameter of the generator and the
 prior has requires_grad switched off for the duration of the chain (and restored after),
@@ -26,14 +27,16 @@ with the plain (unwrapped) modules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 from torch import nn
 
 from .likelihood import gaussian_energy, squared_error
+
+# Every BatchNorm torch has, by its public classes (the lazy ones subclass these).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class Prior(Protocol):
@@ -84,27 +87,11 @@ def log_posterior(
     return prior.log_prob(z) + log_likelihood(generator, z, x, sigma, mask, autocast_dtype)
 
 
-LogPosteriorFn = Callable[..., torch.Tensor]  # same signature as log_posterior
-ChainFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # same signature as posterior_chain
-
-
-@dataclass(frozen=True)
-class ChainOptions:
-    """How a caller's chains run: fn = a whole-chain function such as the compiled `posterior_chain`
-    (None: the eager step loop), batch = chains per call (None: the caller's batch)."""
-
-    fn: ChainFn | None = None
-    batch: int | None = None
-
-
-EAGER_CHAIN = ChainOptions()
-
-
 def batch_coupled(module: nn.Module) -> bool:
     """True if a forward pass reads or writes the batch's statistics (BatchNorm in training mode):
     such a chain depends on how samples are batched and mutates buffers, so it can be neither
     re-batched nor expressed as one functional graph; it runs the step loop instead."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+    return any(isinstance(m, BATCH_NORMS) and m.training for m in module.modules())
 
 
 def posterior_chain(
@@ -133,108 +120,25 @@ def posterior_chain(
         return log_posterior(generator, prior, z_, x, sigma, mask, autocast_dtype).sum()
 
     grad_fn = torch.func.grad(total_log_posterior)
-    half_s2 = 0.5 * step_size**2
     grad_norm = z.new_zeros(z.shape[0])
     for k in range(num_steps):  # unrolled by the compiler: K is static for a graph
         grad = grad_fn(z)
-        z = torch.add(z, grad, alpha=half_s2)
-        if noise is not None:
-            z = torch.add(z, noise[:, k], alpha=step_size)
+        z = langevin_update(z, grad, noise[:, k] if noise is not None else None, step_size)
         if k == num_steps - 1:
             grad_norm = grad.norm(dim=1)
     return z, grad_norm
 
 
-def _langevin_update(
-    z: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor | None, half_s2: float, step_size: float
-) -> torch.Tensor:
-    """z + ½s²∇ + sε as two fused multiply-adds (out-of-place first: z may be a caller's tensor)."""
-    z = torch.add(z, grad, alpha=half_s2)
-    return z.add_(eps, alpha=step_size) if eps is not None else z
+def langevin_update(z: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor | None, step_size: float) -> torch.Tensor:
+    """One step of Eq. 8, z + ½s²∇ + sε, as two multiply-adds; out of place (z may be a caller's
+    tensor, and the graph stays functional). The one update of every chain: eager, compiled, prior."""
+    z = torch.add(z, grad, alpha=0.5 * step_size**2)
+    return torch.add(z, eps, alpha=step_size) if eps is not None else z
 
 
 def _check_noise(noise: torch.Tensor | None, batch: int, num_steps: int, dim: int) -> None:
     if noise is not None and tuple(noise.shape) != (batch, num_steps, dim):
         raise ValueError(f"noise must have shape {(batch, num_steps, dim)}, got {tuple(noise.shape)}")
-
-
-def langevin_posterior(
-    generator: nn.Module,
-    prior: Prior,
-    x: torch.Tensor,
-    *,
-    num_steps: int,
-    step_size: float,
-    sigma: float,
-    mask: torch.Tensor | None = None,
-    z_init: torch.Tensor | None = None,
-    add_noise: bool = True,
-    noise: torch.Tensor | None = None,
-    rng: torch.Generator | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    log_posterior_fn: LogPosteriorFn | None = None,
-    chain_fn: ChainFn | None = None,
-    chain_batch: int | None = None,
-    return_stats: bool = False,
-):
-    """K steps of Eq. 8 on log p(z | x); chains start at z_init, else at N(0, I).
-
-    x: (B, C, H, W) in the generator's range; mask: broadcastable to x, 1 = visible.
-    noise: optional (B, K, nz) pre-drawn ε (the trainer derives it from per-sample seeds so that
-    a global batch gives the same chains on any number of ranks); else drawn from `rng`.
-    log_posterior_fn: a drop-in for `log_posterior` (e.g. its torch.compile'd form); same math.
-    chain_fn: a drop-in for `posterior_chain` (e.g. its compiled, graphed form): the whole chain in one
-    call, with the noise drawn up front (from `rng` in the step loop's order, so results do not change).
-    chain_batch: run the chains chain_batch at a time (chains are independent: only the float
-    reduction order can differ); with chain_fn every call gets exactly chain_batch chains (the last
-    chunk padded, the padding discarded), so a compiled graph never sees a new shape.
-    A batch-coupled generator (BatchNorm in training mode) ignores chain_fn and chain_batch.
-    Returns z (B, nz) detached, and with return_stats a dict of device tensors (no host sync).
-    """
-    if num_steps < 0 or step_size <= 0 or sigma <= 0:
-        raise ValueError(f"need num_steps >= 0, step_size > 0, sigma > 0; got {num_steps}, {step_size}, {sigma}")
-    batch, nz = x.shape[0], generator.nz
-    if z_init is None:
-        z_init = torch.randn(batch, nz, generator=rng, device=x.device)
-    _check_noise(noise if add_noise else None, batch, num_steps, nz)
-    coupled = batch_coupled(generator)
-    chain_fn = None if coupled else chain_fn
-    chunk = batch if (coupled or not chain_batch) else chain_batch
-    if add_noise and noise is None and (chain_fn is not None or chunk < batch):
-        # Drawn up front in the step loop's order (z_init first, then step by step): the same chains.
-        noise = torch.stack([torch.randn(z_init.shape, generator=rng, device=x.device) for _ in range(num_steps)], 1)
-
-    def run(x_, z_init_, noise_, mask_) -> tuple[torch.Tensor, torch.Tensor]:
-        args = (generator, prior, x_, z_init_.detach().float().clone(), noise_ if add_noise else None)
-        args += (num_steps, step_size, sigma, mask_, autocast_dtype)
-        if chain_fn is not None:
-            with torch.no_grad():
-                return chain_fn(*args)
-        return posterior_steps(*args, log_posterior_fn=log_posterior_fn, add_noise=add_noise, rng=rng)
-
-    per_row = mask is not None and mask.dim() == x.dim() and mask.shape[0] == batch and batch > 1
-    zs, norms = [], []
-    with frozen(generator, prior if isinstance(prior, nn.Module) else None):  # once for all the chunks
-        for start in range(0, batch, chunk):
-            rows = slice(start, min(start + chunk, batch))
-            parts = [x[rows], z_init[rows], noise[rows] if add_noise and noise is not None else None]
-            parts.append(mask[rows] if per_row else mask)
-            real = parts[0].shape[0]
-            if chain_fn is not None and real < chunk:  # pad with copies of the last chain: static shapes
-                parts = [
-                    _pad_rows(t, chunk) if t is not None and (i < 3 or per_row) else t for i, t in enumerate(parts)
-                ]
-            z, grad_norm = run(*parts)
-            zs.append(z[:real])
-            norms.append(grad_norm[:real])
-    z = torch.cat(zs) if len(zs) > 1 else zs[0]
-    if return_stats:
-        return z, {"langevin_grad_norm": torch.cat(norms).mean()}
-    return z
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])])
 
 
 def posterior_steps(
@@ -249,7 +153,6 @@ def posterior_steps(
     mask: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
     *,
-    log_posterior_fn: LogPosteriorFn | None = None,
     add_noise: bool | None = None,
     rng: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,20 +160,18 @@ def posterior_steps(
     step with torch.autograd.grad. add_noise defaults to `noise is not None`; with add_noise and no
     noise, each step draws from `rng`. Call it under `frozen(...)`."""
     add_noise = noise is not None if add_noise is None else add_noise
-    log_post_fn = log_posterior_fn or log_posterior
-    half_s2 = 0.5 * step_size**2
     grad_norm = z.new_zeros(z.shape[0])
     with torch.enable_grad():  # also when a caller (a fallen-back compiled chain) is in no_grad mode
         for k in range(num_steps):
             z = z.detach().requires_grad_(True)
-            log_post = log_post_fn(generator, prior, z, x, sigma, mask, autocast_dtype)
+            log_post = log_posterior(generator, prior, z, x, sigma, mask, autocast_dtype)
             # Chains are independent, so the gradient of the sum is each chain's own gradient.
             (grad,) = torch.autograd.grad(log_post.sum(), z)
             with torch.no_grad():
                 eps = None
                 if add_noise:
                     eps = noise[:, k] if noise is not None else torch.randn(z.shape, generator=rng, device=z.device)
-                z = _langevin_update(z.detach(), grad, eps, half_s2, step_size)
+                z = langevin_update(z.detach(), grad, eps, step_size)
             if k == num_steps - 1:
                 grad_norm = grad.detach().norm(dim=1)
     return z.detach(), grad_norm
@@ -290,7 +191,6 @@ def langevin_prior(
     batch, nz = z_init.shape
     _check_noise(noise if add_noise else None, batch, num_steps, nz)
     z = z_init.detach().float().clone()
-    half_s2 = 0.5 * step_size**2
     with frozen(prior if isinstance(prior, nn.Module) else None):
         for k in range(num_steps):
             z.requires_grad_(True)
@@ -299,5 +199,5 @@ def langevin_prior(
                 eps = None
                 if add_noise:
                     eps = noise[:, k] if noise is not None else torch.randn(z.shape, generator=rng, device=z.device)
-                z = _langevin_update(z.detach(), grad, eps, half_s2, step_size)
+                z = langevin_update(z.detach(), grad, eps, step_size)
     return z.detach()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..collectives import SINGLE_PROCESS, Collectives
-from ..inference import EAGER_CHAIN, ChainOptions
+from ..inference import EAGER, ChainRunner
 from ..models import standard_normal_log_prob
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
@@ -28,7 +28,7 @@ def aggregated_posterior(
     step_size: float,
     comm: Collectives = SINGLE_PROCESS,
     progress: Progress = NO_PROGRESS,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)  # Σ log p_α(z), Σ log N(z; 0, I), count
     for x, indices in batches:

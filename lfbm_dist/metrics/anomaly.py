@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..inference import EAGER_CHAIN, ChainOptions
+from ..inference import EAGER, ChainRunner
 from ..inference.likelihood import gaussian_energy, squared_error
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
@@ -51,7 +51,7 @@ def collect_terms(
     add_noise: bool,
     progress: Progress = NO_PROGRESS,
     world_size: int = 1,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> torch.Tensor:
     """(3, N_local) float64: recon term, prior term, is-anomaly flag, for this rank's test images."""
     rows = []

@@ -9,7 +9,7 @@ import torch
 
 from ..collectives import SINGLE_PROCESS, Collectives
 from ..data.masks import make_mask
-from ..inference import EAGER_CHAIN, ChainOptions
+from ..inference import EAGER, ChainRunner
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
@@ -24,7 +24,7 @@ def inpaint(
     num_steps: int,
     step_size: float,
     completion: int,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> torch.Tensor:
     """Completed images m ⊙ x + (1 − m) ⊙ g(z); mask (B, 1, R, R) float, 1 = visible."""
     z = infer(model, x, indices, seed, num_steps, step_size, mask=mask, tag=f"{Tag.INPAINT}-{completion}", chain=chain)
@@ -43,7 +43,7 @@ def inpainting_metrics(
     on_completed=None,
     comm: Collectives = SINGLE_PROCESS,
     progress: Progress = NO_PROGRESS,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> dict:
     sums = torch.zeros(2, dtype=torch.float64)  # Σ squared error in the holes, Σ hole pixels
     for x, indices in batches:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..collectives import SINGLE_PROCESS, Collectives
-from ..inference import EAGER_CHAIN, ChainOptions
+from ..inference import EAGER, ChainRunner
 from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
@@ -24,7 +24,7 @@ def reconstruction_mse(
     step_size: float,
     comm: Collectives = SINGLE_PROCESS,
     progress: Progress = NO_PROGRESS,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> dict:
     """batches: iterable of (x in [−1, 1] on device, global indices) already split by rank."""
     sums = torch.zeros(3, dtype=torch.float64)  # Σ squared error, Σ elements, images

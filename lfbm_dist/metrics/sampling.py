@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..inference import EAGER_CHAIN, ChainOptions, langevin_posterior
+from ..inference import EAGER, ChainRunner, langevin_posterior
 from ..models import LFBM
 from ..seeding import Tag, normal_rows, text_seed
 
@@ -33,11 +33,11 @@ def infer(
     mask: torch.Tensor | None = None,
     tag: str = "infer",
     add_noise: bool = True,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> torch.Tensor:
     """Posterior inference with a per-index chain start (and noise, unless add_noise=False:
-    then the chain is noise-free gradient ascent from its random start). `chain`: the fast path's
-    whole-chain function and chain batch (same math; lfbm_dist/training/fastpath.py)."""
+    then the chain is noise-free gradient ascent from its random start). `chain`: how the chains run
+    (the fast path's compiled whole chain and chain batch; same math, lfbm_dist/inference/chain.py)."""
     rows = num_steps + 1 if add_noise else 1
     chains = seeded_normal(tag, seed, indices, (rows, model.nz)).to(x.device)
     return langevin_posterior(
@@ -51,6 +51,5 @@ def infer(
         z_init=chains[:, 0],
         add_noise=add_noise,
         noise=chains[:, 1:] if add_noise else None,
-        chain_fn=chain.fn,
-        chain_batch=chain.batch,
+        runner=chain,
     )

@@ -9,7 +9,6 @@ from .generator import (
     GeneratorSpec,
     MLPGenerator,
     build_generator,
-    uses_batch_statistics,
 )
 from .lfbm import LFBM
 
@@ -23,6 +22,5 @@ __all__ = [
     "MLPGenerator",
     "GENERATOR_SPECS",
     "build_generator",
-    "uses_batch_statistics",
     "standard_normal_log_prob",
 ]

@@ -121,11 +121,6 @@ class MLPGenerator(nn.Module):
         return self.deconv(h.reshape(z.shape[0], *self.start))  # (B, C, R, R)
 
 
-def uses_batch_statistics(module: nn.Module) -> bool:
-    """True if the module has BatchNorm layers (their training output depends on the batch)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
 def build_generator(arch: str, nz: int, ngf: int | None = None, image_channels: int = 3) -> nn.Module:
     if arch not in GENERATOR_SPECS:
         raise ValueError(f"unknown generator arch {arch!r}; choose from {sorted(GENERATOR_SPECS)}")

@@ -13,7 +13,7 @@ from ..collectives import SINGLE_PROCESS, Collectives
 from ..config import Config, ConfigError
 from ..data import eval_reader
 from ..data.memory import to_model_range
-from ..inference import EAGER_CHAIN, ChainOptions
+from ..inference import EAGER, ChainRunner
 from ..metrics import fid as fidlib
 from ..progress import Progress
 from .build import eval_data
@@ -42,7 +42,7 @@ class Suite:
     device: torch.device
     comm: Collectives = SINGLE_PROCESS
     show_progress: bool = False
-    chain: ChainOptions = EAGER_CHAIN  # how test-time chains run (the fast path's compiled chain)
+    chain: ChainRunner = EAGER  # how test-time chains run (the fast path's compiled chain)
     images: dict = field(default_factory=dict)  # eval image grids for TensorBoard
     results: dict = field(default_factory=dict)
 
@@ -278,10 +278,10 @@ def run_metrics(
     comm: Collectives = SINGLE_PROCESS,
     images: dict | None = None,
     show_progress: bool = False,
-    chain: ChainOptions = EAGER_CHAIN,
+    chain: ChainRunner = EAGER,
 ) -> dict:
     """Compute `metrics` (collective: every rank calls it). `images`, if given, receives eval image grids;
-    `chain`: how the test-time Langevin chains run (FastPath.test_time_chain: compiled, padded batches)."""
+    `chain`: how the test-time Langevin chains run (FastPath.test_time_runner: compiled, padded batches)."""
     suite = Suite(model, cfg, device, comm, show_progress, chain=chain)
     if "fid" in metrics or ("inpaint" in metrics and cfg.eval.inpaint_quality == "fid"):
         suite.fid_reference()

@@ -17,6 +17,8 @@ LFBM_FAULT_KILL_IN_SAVE=12800    SIGKILL this process inside the checkpoint writ
 LFBM_FAULT_SLOW_WRITE_S=1.5      each rank's snapshot writer waits this long before writing its part (a slow disk)
 LFBM_FAULT_RAISE_ONCE=5:1        rank 1 raises after step 5, in the first attempt of an elastic job only
                                  (TORCHELASTIC_RESTART_COUNT 0): the agent's restart must recover
+LFBM_FAULT_COMPILE_FAIL_AT=2     the compiler "fails" at the second Langevin chain graph this process compiles
+                                 (inference.GRAPHS' before_compile hook: inside the fallback, as a real one)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ STEP_SLEEP = float(os.environ.get("LFBM_FAULT_STEP_SLEEP", "0") or 0)
 KILL_IN_SAVE = _ints("LFBM_FAULT_KILL_IN_SAVE")
 SLOW_WRITE_S = float(os.environ.get("LFBM_FAULT_SLOW_WRITE_S", "0") or 0)
 RAISE_ONCE = tuple(int(v) for v in os.environ.get("LFBM_FAULT_RAISE_ONCE", "").split(":") if v.strip())
+COMPILE_FAIL_AT = int(os.environ.get("LFBM_FAULT_COMPILE_FAIL_AT", "0") or 0)
 
 
 class InjectedFailure(RuntimeError):
@@ -46,6 +49,14 @@ class InjectedFailure(RuntimeError):
 
 def install(trainer) -> None:
     """Wrap the trainer's phases (on this instance only) with the faults the environment asks for."""
+    if COMPILE_FAIL_AT:
+        from ..inference import GRAPHS
+
+        def before_compile(ordinal: int) -> None:
+            if ordinal == COMPILE_FAIL_AT:
+                raise InjectedFailure(f"injected compiler failure at chain graph {ordinal}")
+
+        GRAPHS.before_compile = before_compile
     if NAN_STEPS or os.environ.get("LFBM_TEST_KEYS_DIR"):
         infer = trainer.infer_latents
 

@@ -16,6 +16,7 @@ from ..config import Config
 from ..data.plan import Layout
 from ..errors import GracefulStop
 from ..files import write_atomic
+from ..inference import GRAPHS
 from . import checkpoint, faults, rundir
 from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
 from .engine import Engine, launcher_command
@@ -127,5 +128,6 @@ def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float) -> None:
         wall_s,
         checkpoint.latest(run_dir),
     )
+    log.info("  %s", GRAPHS.summary())
     log.info("  TensorBoard: tensorboard --logdir %s", run_dir / "tensorboard")
     log.info("  evaluate:    lfbm-evaluate --run %s --metrics fid,recon", run_dir)

@@ -94,8 +94,9 @@ class Trainer:
         chain_batch = engine.fast.chain_batch(
             micro, micro * batch.accumulation_steps, self.plain.generator, cfg.generator.nz
         )
-        self.inference = latent_inference(cfg, engine.fast, engine.autocast_dtype, chain_batch)
-        self.inference_chain_batch = chain_batch  # the image grids' chains reuse the training chains' shape
+        self.inference = latent_inference(cfg, engine.fast.runner(chain_batch, engine.autocast_dtype))
+        # The image grids' chains: test-time (float32) chains of the training chains' batch.
+        self.grid_runner = engine.fast.test_time_runner(chain_batch)
         self.total_images = int(round(cfg.train.total_kimg * 1000))
         self.stop = StopRequest()
         self.fixed_x: torch.Tensor | None = None
@@ -338,7 +339,7 @@ class Trainer:
                 lv.num_steps,
                 lv.step_size,
                 tag=Tag.TB_RECON,
-                chain=self.engine.fast.test_time_chain(self.inference_chain_batch),
+                chain=self.grid_runner,
             )
             with torch.no_grad():
                 recon = self.plain.generator(z)

@@ -11,9 +11,8 @@ import torch
 
 from ..config import Config
 from ..data.feeds import Batch
-from ..inference import batch_coupled, langevin_posterior
+from ..inference import ChainRunner, batch_coupled, langevin_posterior
 from ..models import LFBM
-from .fastpath import FastPath
 
 
 class LatentInference(Protocol):
@@ -32,13 +31,14 @@ class LatentInference(Protocol):
 class LangevinInference:
     """K steps of Eq. 8 from N(0, I); noise row 0 is the chain start, rows 1..K the step noise.
 
-    The chains of all micro-batches of a step run together, `chain_batch` at a time (learning keeps
+    The chains of all micro-batches of a step run together, `runner.batch` at a time (learning keeps
     its micro-batch): each chain depends only on its own sample and noise, so only the float
     reduction order can change. Not for a batch-coupled generator (BatchNorm in training mode),
     whose chains run per micro-batch, as its learning does."""
 
-    def __init__(self, cfg: Config, fast: FastPath, autocast_dtype: torch.dtype | None, chain_batch: int):
-        self.lv, self.fast, self.autocast_dtype, self.chain_batch = cfg.langevin, fast, autocast_dtype, chain_batch
+    def __init__(self, cfg: Config, runner: ChainRunner):
+        self.lv, self.runner = cfg.langevin, runner
+        self.chain_batch = runner.batch
 
     def noise_shape(self, nz: int) -> tuple[int, ...]:
         return (self.lv.num_steps + 1, nz)
@@ -53,14 +53,15 @@ class LangevinInference:
             positions=[p for b in batches for p in b.positions],
             mask=None if batches[0].mask is None else torch.cat([b.mask for b in batches]),
         )
-        latents, stats = self.infer(plain, whole, torch.cat(noises) if len(noises) > 1 else noises[0], self.chain_batch)
+        latents, stats = self.infer(plain, whole, torch.cat(noises) if len(noises) > 1 else noises[0], self.runner)
         sizes = [len(b.x) for b in batches]
         # One statistic for the step, given to every micro-batch: their tick mean is the step's.
         return [(z, stats) for z in latents.split(sizes)]
 
     def infer(
-        self, plain: LFBM, batch: Batch, noise: torch.Tensor, chain_batch: int | None = None
+        self, plain: LFBM, batch: Batch, noise: torch.Tensor, runner: ChainRunner | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-batch's chains, all at once (runner: the step's, chain_batch at a time)."""
         lv = self.lv
         return langevin_posterior(
             plain.generator,
@@ -73,10 +74,7 @@ class LangevinInference:
             z_init=noise[:, 0],
             noise=noise[:, 1:],
             add_noise=lv.add_noise,
-            autocast_dtype=self.autocast_dtype,
-            log_posterior_fn=self.fast.log_posterior,
-            chain_fn=self.fast.chain_fn,
-            chain_batch=chain_batch,
+            runner=runner or self.runner.with_batch(None),
             return_stats=True,
         )
 
@@ -97,10 +95,8 @@ class AmortizedInference:
         return [self.infer(plain, b, n) for b, n in zip(batches, noises)]
 
 
-def latent_inference(
-    cfg: Config, fast: FastPath, autocast_dtype: torch.dtype | None, chain_batch: int = 0
-) -> LatentInference:
-    """chain_batch: chains per call for a step (0: one micro-batch at a time)."""
+def latent_inference(cfg: Config, runner: ChainRunner) -> LatentInference:
+    """runner: how a step's chains run (its batch: chains per call)."""
     if cfg.inference.kind == "vae":
         return AmortizedInference()
-    return LangevinInference(cfg, fast, autocast_dtype, chain_batch or cfg.train.batch_per_gpu)
+    return LangevinInference(cfg, runner)
