@@ -184,6 +184,9 @@ class PerfConfig(Section):
     # Chains run this many at a time (Langevin is per-sample: learning keeps batch_per_gpu). 0 = auto:
     # on CUDA all micro-batches of a step at once, capped by free memory; on CPU one micro-batch.
     chain_batch: Int = Field(0, ge=0)
+    # Where compiled graphs are kept across processes (lfbm_dist/training/compile_cache.py): auto =
+    # $TORCHINDUCTOR_CACHE_DIR if set, else RUN_DIR/compile_cache; off = torch's per-machine default; or a path.
+    compile_cache: str = Field("auto", min_length=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args, metrics: list[str]) -> int:
     from lfbm_dist.export import load_for_inference
+    from lfbm_dist.training.compile_cache import use_compile_cache
     from lfbm_dist.training.engine import Engine
     from lfbm_dist.training.fastpath import FastPath
 
@@ -83,6 +84,8 @@ def _evaluate(args, metrics: list[str]) -> int:
     fast.apply(model)
     log.info("fast path: %s", fast.describe())
     run_dir = Path(args.run or cfg.train.run_dir)
+    if fast.compile_mode:  # the training run's compiled graphs, if they are there: a warm start
+        log.info(use_compile_cache(cfg.perf.compile_cache, run_dir if run_dir.is_dir() else None))
     minutes = estimate_minutes(cfg, metrics, engine.world_size) if engine.device.type == "cpu" else 0.0
     log.info(
         "evaluating %s on %d rank(s) (%s): %s%s",

@@ -32,7 +32,8 @@ def _changed(what: str) -> LibraryChanged:
 def dynamo_counter(group: str, name: str) -> int:
     """One of torch.compile's own event counters (torch._dynamo.utils.counters), e.g.
     ("stats", "unique_graphs"): the graphs Dynamo captured in this process; ("inductor",
-    "cudagraph_skips"): graphs Inductor declined to capture as CUDA graphs."""
+    "cudagraph_skips"): graphs Inductor declined to capture as CUDA graphs; ("inductor",
+    "fxgraph_cache_hit"): graphs whose compiled code Inductor loaded from its cache."""
     try:
         from torch._dynamo.utils import counters
     except ImportError as exc:

@@ -5,6 +5,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from launch import env, script
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
@@ -80,6 +81,10 @@ def test_array_sweep_and_summary(cluster, tmp_path):
     assert [r["point"] for r in rows] == ["num_steps-1", "num_steps-2", "num_steps-3"]
     assert all(r["step"] == 8 for r in rows)
     assert (tmp_path / "sw/summary.md").read_text().count("| num_steps-") == 3
+    # One compile cache for the whole array: the next task starts with the graphs the others compiled.
+    for point in ("num_steps-1", "num_steps-3"):
+        saved = yaml.safe_load((tmp_path / "sw" / point / "config.yaml").read_text())
+        assert saved["perf"]["compile_cache"] == str(tmp_path / "sw" / "compile_cache")
 
 
 def test_preemption_signal_requeues_and_resumes_to_the_same_step_count(cluster, tmp_path):

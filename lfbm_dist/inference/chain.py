@@ -65,6 +65,7 @@ class ChainGraphs:
         self.graphs_compiled = 0
         self.fallback_reason: str | None = None
         self.eager_over_limit = 0
+        self.from_cache = 0  # graphs whose code Inductor found in its cache (compile_cache.py)
         self.cudagraph_skips = 0
         self.before_compile: Callable[[int], None] | None = None
         self._compiled: dict[str, Callable] = {}
@@ -84,6 +85,7 @@ class ChainGraphs:
             # The previous replay's outputs were copied out below; their buffers may be reused.
             torch.compiler.cudagraph_mark_step_begin()
         before = private_apis.dynamo_counter("stats", "unique_graphs")
+        hits_before = private_apis.dynamo_counter("inductor", "fxgraph_cache_hit")
         try:  # every call: a new signature compiles here, and a known one must not crash the run either
             if new and self.before_compile is not None:
                 self.before_compile(self.graphs_compiled + 1)
@@ -93,6 +95,7 @@ class ChainGraphs:
             self._fall_back(exc)
             return posterior_steps(*args)  # the eager step loop: from here on the run is the eager run
         self.graphs_compiled += private_apis.dynamo_counter("stats", "unique_graphs") - before
+        self.from_cache += private_apis.dynamo_counter("inductor", "fxgraph_cache_hit") - hits_before
         if new:
             self.signatures.add(sig)
             self._check_cudagraphs(mode)
@@ -107,6 +110,8 @@ class ChainGraphs:
             return "Langevin chain graphs compiled: 0"
         text = f"Langevin chain graphs compiled: {self.graphs_compiled}"
         text += f"; fell back to eager: {self.fallback_reason}" if self.fallback_reason else "; no fallback"
+        if self.from_cache:
+            text += f"; {self.from_cache} of them from the compile cache"
         if self.eager_over_limit:
             text += f"; {self.eager_over_limit} chain call(s) eager past the recompile limit"
         return text

@@ -123,17 +123,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _sets(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0] == key for o in overrides)
+
+
 def cmd_sweep(args) -> int:
     from ..config import load_config
 
     root = Path(args.out).resolve() / (args.name or f"{Path(args.config).stem}-sweep")
     jobs = []
+    # Every task compiles the same chain graphs (a grid point rarely changes them): one cache for all.
+    shared = [] if _sets(args.overrides, "perf.compile_cache") else [f"perf.compile_cache={root / 'compile_cache'}"]
     for overrides in parse_grid(args.grid):
         load_config(args.config, [*args.overrides, *overrides])  # every point valid before submitting
         jobs.append(
             TrainJob(
                 str(Path(args.config).resolve()),
-                [*args.overrides, *overrides],
+                [*args.overrides, *shared, *overrides],
                 str(root / point_name(overrides)),
                 args.max_requeues,
             )

@@ -19,6 +19,7 @@ from ..files import write_atomic
 from ..inference import GRAPHS
 from . import checkpoint, faults, rundir
 from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
+from .compile_cache import use_compile_cache
 from .engine import Engine, launcher_command
 from .trainer import Trainer, batch_statistics_warning
 
@@ -69,6 +70,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     logs.setup(engine.rank, engine.world_size, t.run_dir)
     if moved:
         log.info("lfbm_dist: the earlier run's artefacts were moved to %s", moved)
+    cache = use_compile_cache(cfg.perf.compile_cache, t.run_dir) if engine.fast.compile_mode else None
     layout = Layout(engine.world_size, batch.accumulation_steps, cfg.data.num_workers)
     streams = saved.get("virtual_streams") or default_streams(cfg, layout)
     feed = build_feed(cfg, engine.rank, layout, batch, engine.device, streams)
@@ -76,7 +78,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     faults.install(trainer)  # the test suite's fault injection: nothing unless its variables are set
     if state.checkpoint is not None:
         trainer.resume(state.checkpoint)
-    _start_line(cfg, engine, batch, trainer, feed, state, layout)
+    _start_line(cfg, engine, batch, trainer, feed, state, layout, cache)
     started = time.time()
     try:
         result = trainer.run()
@@ -92,7 +94,9 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     return result
 
 
-def _start_line(cfg: Config, engine: Engine, batch, trainer: Trainer, feed, state, layout: Layout) -> None:
+def _start_line(
+    cfg: Config, engine: Engine, batch, trainer: Trainer, feed, state, layout: Layout, cache: str | None
+) -> None:
     if not engine.is_main:
         return
     d, t = cfg.data, cfg.train
@@ -110,6 +114,8 @@ def _start_line(cfg: Config, engine: Engine, batch, trainer: Trainer, feed, stat
     )
     log.info("  data: %s (%s); run dir %s: %s", data, feed.describe(), t.run_dir, state.describe())
     log.info("  %s", trainer.describe())
+    if cache:
+        log.info("  %s", cache)
     for note in (batch.note, batch_statistics_warning(cfg, layout.world_size, layout.accumulation_steps)):
         if note:
             log.warning("note: %s", note)

@@ -1,0 +1,43 @@
+"""Compilation paid once per cluster: where torch.compile keeps what it compiled.
+
+A chain graph costs minutes of Inductor code generation and C++/Triton compilation (docs/PERFORMANCE.md);
+without a persistent cache every requeue, elastic restart, Slurm array task and evaluation of a
+finished run pays it again. Inductor's FX-graph cache (on by default) skips that work when it finds
+the graph's compiled code in TORCHINDUCTOR_CACHE_DIR (Triton's kernels go under it too, unless
+TRITON_CACHE_DIR says otherwise); what remains per process is Dynamo's trace (seconds).
+
+Why a cache *folder on the run's file system* and not torch's portable cache artifacts
+(torch.compiler.save_cache_artifacts): Inductor writes each entry as it is compiled, atomically
+(temporary file + rename), so a process killed by SIGKILL or preemption leaves everything it had
+compiled, while artifacts must be saved by a process that lives to save them; every rank, node and
+array task reads the same folder with no coordination; and the entries are keyed by the graph, the
+torch version, the device and the compiler settings, so one folder is safe across GPU kinds and
+torch versions (a mismatch is a miss, never wrong code).
+
+`perf.compile_cache`: auto = TORCHINDUCTOR_CACHE_DIR if the environment sets it (the operator chose),
+else RUN_DIR/compile_cache (lfbm-slurm sweeps pass SWEEP_ROOT/compile_cache to every task, so the next
+array task starts warm); a path = that folder; off = torch's own per-machine default (a node-local
+temporary folder: warm only on the same node).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def use_compile_cache(setting: str, run_dir: str | Path | None) -> str:
+    """Point torch.compile's caches per `setting` (before the process compiles anything) and say
+    where, for the start line. run_dir None (an exported model evaluated on its own): auto falls
+    back to the environment or torch's default."""
+    if setting == "off":
+        return "compile cache: torch's per-machine default (perf.compile_cache=off)"
+    if setting == "auto" and os.environ.get(ENV):
+        return f"compile cache: {os.environ[ENV]} ({ENV})"
+    if setting == "auto" and run_dir is None:
+        return "compile cache: torch's per-machine default (no run directory)"
+    folder = Path(run_dir) / "compile_cache" if setting == "auto" else Path(setting).expanduser()
+    os.environ[ENV] = str(folder.resolve())  # read by Inductor at each cache access; Triton's goes under it
+    return f"compile cache: {os.environ[ENV]}"
