@@ -279,6 +279,12 @@ def main() -> None:
         "--chain-batch", type=int, default=0, help="the large-chain-batch variant's chains per step (default 4× batch)"
     )
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        help="stream: each variant runs on its own (set-up, warm-up, timed steps, freed) and its numbers are "
+        "appended to this file as soon as they exist, so a run cut short keeps every finished variant",
+    )
     parser.add_argument("overrides", nargs="*", help="config key=value (e.g. perf.compile=on)")
     args = parser.parse_args()
     path = Path(args.config)
@@ -305,7 +311,11 @@ def main() -> None:
     if args.skip_baseline:
         specs.pop("plain_eager")
     if args.only:
-        specs = {name: spec for name, spec in specs.items() if name in args.only.split(",")}
+        specs = {name: specs[name] for name in args.only.split(",") if name in specs}  # in the order given
+    if args.jsonl is not None:
+        out["variants"] = streamed(specs, cfg, args, device)
+        finish(out, skipped, device)
+        return
     built = {}
     for name, spec in specs.items():  # set-up and warm-up (compilation, autotuning) one by one
         built[name] = Variant(spec, cfg, args.batch_per_gpu, device)
@@ -323,6 +333,35 @@ def main() -> None:
     for name in names:
         out["variants"][name] = built[name].summary(flops)
         out["variants"][name]["first_step_note"] = "includes compilation / CUDA-graph capture / autotuning"
+    finish(out, skipped, device)
+
+
+def streamed(specs: dict, cfg, args, device: torch.device) -> dict[str, dict]:
+    """Variant by variant, each written to args.jsonl when its warm-up (compile) ends and when it is timed."""
+
+    def emit(record: dict) -> None:
+        with args.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    results = {}
+    for name, spec in specs.items():
+        variant = Variant(spec, cfg, args.batch_per_gpu, device)
+        for _ in range(args.warmup):
+            variant.step(timed=False)
+        emit({"variant": name, "phase": "warmed_up", "first_step_s": round(variant.first_step_s, 3)})
+        for _ in range(args.steps):
+            variant.step(timed=True)
+        flops = iteration_flops_per_image(variant.model.generator, cfg.generator.nz, cfg.langevin.num_steps)
+        results[name] = variant.summary(flops)
+        results[name]["first_step_note"] = "includes compilation / CUDA-graph capture / autotuning"
+        emit({"variant": name, "phase": "measured", **results[name]})
+        del variant  # its memory back before the next variant (peak memory is per variant)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def finish(out: dict, skipped: list[str], device: torch.device) -> None:
     if skipped:
         out["not_applicable"] = {name: f"needs CUDA (device is {device.type})" for name in skipped}
     if "plain_eager" in out["variants"]:

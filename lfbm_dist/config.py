@@ -187,6 +187,9 @@ class PerfConfig(Section):
     # Where compiled graphs are kept across processes (lfbm_dist/training/compile_cache.py): auto =
     # $TORCHINDUCTOR_CACHE_DIR if set, else RUN_DIR/compile_cache; off = torch's per-machine default; or a path.
     compile_cache: str = Field("auto", min_length=1)
+    # Reproducible kernels (torch.use_deterministic_algorithms, cuDNN deterministic, no autotuning, a
+    # fixed cuBLAS workspace): a resumed CUDA run then repeats the uninterrupted one; slower.
+    deterministic: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,7 @@ with the same math (inference/chain.py); the run's end line counts the graphs co
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,7 @@ class FastPath:
     compile_mode: str | None = None  # None = eager
     graph_steps: int = 20
     chain_batch_setting: int = 0  # perf.chain_batch (0 = auto)
+    deterministic: bool = False  # perf.deterministic: reproducible kernels, no autotuning
     note: str | None = None  # why an `auto` switch stayed off
 
     @classmethod
@@ -112,10 +114,12 @@ class FastPath:
         return cls(
             device=device,
             channels_last=channels_last,
-            cudnn_benchmark=_on(perf.cudnn_benchmark, device) and device.type == "cuda",
+            # Autotuning picks kernels anew in every process: not reproducible across a resume.
+            cudnn_benchmark=_on(perf.cudnn_benchmark, device) and device.type == "cuda" and not perf.deterministic,
             compile_mode=mode if compile_on else None,
             graph_steps=perf.graph_steps,
             chain_batch_setting=perf.chain_batch,
+            deterministic=perf.deterministic,
             note=note,
         )
 
@@ -129,6 +133,8 @@ class FastPath:
         ]
         if self.compile_mode == "reduce-overhead":
             parts.append("cuda_graphs=on")
+        if self.deterministic:
+            parts.append("deterministic=on")
         if self.note:
             parts.append(f"({self.note})")
         return " ".join(parts)
@@ -137,6 +143,11 @@ class FastPath:
         """Process-wide and module settings; call before the model is wrapped (DDP/DeepSpeed)."""
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        if self.deterministic:
+            # cuBLAS needs a fixed workspace for reproducible reductions; read at its first handle.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns, never stops
         if self.channels_last:
             model.to(memory_format=torch.channels_last)  # only 4-D tensors (conv weights) change
         return model
