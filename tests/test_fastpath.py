@@ -3,6 +3,8 @@ compiled and channels-last chains against the eager chain and against the analyt
 trainer end to end, and the clean fallback when the compiler is missing. Real torch.compile
 (Inductor, C++ backend on CPU)."""
 
+import os
+
 import pytest
 import torch
 from conftest import ROOT, randomize_
@@ -56,6 +58,25 @@ def test_auto_means_on_for_cuda_and_off_on_cpu():
     assert not deepspeed.channels_last and "off under DeepSpeed" in deepspeed.describe()
     with pytest.raises(ConfigError, match="cannot run under DeepSpeed"):
         FastPath.resolve(PerfConfig(channels_last="on"), torch.device("cpu"), deepspeed=True)
+
+
+def test_deterministic_kernels_turn_autotuning_off_and_the_deterministic_flags_on(monkeypatch):
+    """perf.deterministic (the GPU proof's resume section): cuDNN autotuning picks kernels anew in every
+    process, so it is off; apply() sets torch's deterministic flags and cuBLAS's fixed workspace."""
+    det = FastPath.resolve(PerfConfig(deterministic=True), torch.device("cuda", 0))
+    assert (det.cudnn_benchmark, det.compile_mode) == (
+        False,
+        "reduce-overhead",
+    ) and "deterministic=on" in det.describe()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cpu = FastPath.resolve(PerfConfig(deterministic=True), torch.device("cpu"))
+    try:
+        cpu.apply(torch.nn.Linear(2, 2))
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
 
 
 def test_chain_segments_and_chain_batch_from_memory():
