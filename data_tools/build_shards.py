@@ -217,10 +217,7 @@ def _common(p: argparse.ArgumentParser, resolution: int, fmt: str) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from lfbm_dist import logs
-
-    logs.setup()
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lfbm-shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -242,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="re-check an index.json: files, per-sample checksums, counts")
     p.add_argument("index", type=Path, help="the index.json of a shard folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lfbm_dist import logs
+
+    logs.setup()
+    args = _parser().parse_args(argv)
 
     if args.source == "verify":
         problems = verify(args.index, progress=not args.no_progress)

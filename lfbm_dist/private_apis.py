@@ -1,8 +1,9 @@
-"""The one seam to library internals that have no public form (torch's compiler counters and
-settings). Everything else in lfbm_dist uses public APIs; what is here is read defensively, checked
-against the versions it was written for, and fails with one line naming the library if it changes.
-
-Tested with torch 2.11 and 2.13 (CI), the GPU machines' and the lock file's versions.
+"""The one seam to library internals that have no public form (torch's compiler counters and settings,
+the DataLoader's worker shutdown; DeepSpeed's optimizer-state relink stays beside the ZeRO code in
+training/engine/zero.py, the one place that wraps DeepSpeed). Everything else in lfbm_dist uses
+public APIs; what is here is read defensively, checked against the versions it was written for, and
+fails with one line naming the library if it changes. Tested with torch 2.11 and 2.13 (CI), the GPU
+machines' and the lock file's versions.
 """
 
 from __future__ import annotations
@@ -60,3 +61,20 @@ def inductor_freezing() -> bool:
     if not hasattr(inductor_config, "freezing"):
         raise _changed("torch._inductor.config.freezing")
     return bool(inductor_config.freezing)
+
+
+def stop_dataloader_workers(iterator) -> None:
+    """End a DataLoader iterator's worker processes now, even one blocked in a stalled read. The
+    DataLoader's own shutdown runs first (done event, a bounded join, SIGTERM: workers that are free
+    exit cleanly, none is killed holding a queue lock); a worker still alive after it gets SIGKILL.
+    An iterator without workers (num_workers=0) has nothing to stop."""
+    if type(iterator).__name__ != "_MultiProcessingDataLoaderIter":
+        return
+    if not hasattr(iterator, "_shutdown_workers") or not hasattr(iterator, "_workers"):
+        raise _changed("DataLoader's _MultiProcessingDataLoaderIter._shutdown_workers/_workers")
+    workers = list(iterator._workers)
+    iterator._shutdown_workers()
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)

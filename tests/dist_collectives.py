@@ -70,11 +70,11 @@ if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
 x = torch.rand(4, 3, 16, 16) * 2 - 1
 z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3)
 inference_calls = COUNT["calls"]
-# The fast path's compiled chains must stay local too: the whole chain as graphs of 3 steps (twice:
+# The fast path's compiled chains must stay local too: the whole chain as graphs of 1 step (twice:
 # one graph to compile) at a chain batch of 2 (two calls for the 4 chains). The graphs' split into a
 # remainder is test_fastpath's.
-whole = FastPath.resolve(PerfConfig(compile="on", graph_steps=3), engine.device, deepspeed=engine.uses_deepspeed)
-langevin_posterior(plain.generator, plain.prior, x, num_steps=6, step_size=0.1, sigma=0.3, runner=whole.runner(2))
+whole = FastPath.resolve(PerfConfig(compile="on", graph_steps=1), engine.device, deepspeed=engine.uses_deepspeed)
+langevin_posterior(plain.generator, plain.prior, x, num_steps=2, step_size=0.1, sigma=0.3, runner=whole.runner(2))
 assert GRAPHS.graphs_compiled == 1, GRAPHS.summary()
 compiled_calls = COUNT["calls"] - inference_calls
 inference_calls = COUNT["calls"]

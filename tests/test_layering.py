@@ -12,7 +12,7 @@ from conftest import PYTHON, ROOT
 PACKAGE = ROOT / "lfbm_dist"
 FRAMEWORKS = ("accelerate", "deepspeed", "torch.distributed")
 ENGINE_PACKAGE = "lfbm_dist/training/engine/"
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
 
 
 def _modules() -> dict[str, Path]:
@@ -99,6 +99,34 @@ def test_functions_stay_small():
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+SEAM = ("lfbm_dist/private_apis.py", ENGINE_PACKAGE)  # the only places that may touch library internals
+LIBRARIES = ("torch", "deepspeed", "accelerate")
+
+
+def test_library_internals_only_behind_the_seam():
+    """No private module of torch, DeepSpeed or Accelerate is imported, and no private attribute is
+    read off anything but the module's own objects (self, cls, its classes), outside the seam."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(SEAM):
+            continue
+        tree = ast.parse(path.read_text())
+        own_names = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                for name in filter(None, names):
+                    parts = name.split(".")
+                    if parts[0] in LIBRARIES and any(p.startswith("_") for p in parts[1:]):
+                        found.append(f"{rel}:{node.lineno} imports {name}")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value.id if isinstance(node.value, ast.Name) else None
+                if owner not in ("self", "cls", "os") and owner not in own_names:
+                    found.append(f"{rel}:{node.lineno} reads {ast.unparse(node)}")
+    assert not found, found
 
 
 def test_ruff_lint_and_format():

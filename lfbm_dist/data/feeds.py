@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from .. import private_apis
 from ..lifetime import interruptible_wait
 from ..seeding import Stream, per_sample_uniform
 from .errors import DataError
@@ -263,14 +264,8 @@ class ShardFeed:
         forwards a stop to the whole process group, and the step must finish first), gets SIGKILL —
         else multiprocessing's join at exit would wait on it for ever."""
         it, self._iter = self._iter, None
-        if it is None or not hasattr(it, "_shutdown_workers"):
-            return
-        workers = list(getattr(it, "_workers", []))
-        it._shutdown_workers()  # DataLoader's own: done event, a bounded join, SIGTERM
-        for worker in workers:
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=5)
+        if it is not None:
+            private_apis.stop_dataloader_workers(it)
 
     def rewind_step(self) -> None:
         """Back to before the last fetched step (a step that no rank learned from: its data is not used)."""

@@ -30,8 +30,6 @@ from ..progress import NO_PROGRESS, Progress
 from ..seeding import Tag
 from .sampling import infer
 
-PROTOCOLS = ("official", "noisy-ap")
-
 
 def score_terms(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: (‖x − g(z)‖²/(2σ²), −log p_α(z)), both (B,) float64 on the CPU."""

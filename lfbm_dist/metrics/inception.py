@@ -21,7 +21,6 @@ FILE_NAME = "fid_inception_v3_default_1.pt"
 # Where `auto` looks: $LFBM_FID_NETWORK, the checkout's .cache (scripts/setup.sh puts it there), then
 # ~/.cache/lfbm_dist/fid (for `pip install .` on a cluster: copy the file there once).
 DEFAULT_PLACES = (ROOT / ".cache/fid" / FILE_NAME, Path.home() / ".cache/lfbm_dist/fid" / FILE_NAME)
-DEFAULT_TORCHSCRIPT = DEFAULT_PLACES[0]
 
 
 def default_network() -> Path:

@@ -33,9 +33,11 @@ def _pyplot():
 
 
 def _title(fig, text: str) -> None:
+    """A title that fits its figure: wrapped at what 9-pt text holds across the figure's width
+    (≈ 11 characters an inch), instead of a fixed width that a one-panel figure cut off."""
     import textwrap
 
-    fig.suptitle("\n".join(textwrap.wrap(text, 90)), fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(text, max(30, int(fig.get_figwidth() * 11)))), fontsize=9)
 
 
 def _grouped(ax, rows, cols, value_of, title, spread_of=None, whose="ours") -> None:

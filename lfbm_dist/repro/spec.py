@@ -163,6 +163,33 @@ def _table(raw: dict, axes: dict, path: Path) -> Table:
     return Table(**{**raw, "metric": metric, "orderings": orderings})
 
 
+def _scale(name: str, s: dict, axes: dict, path: Path) -> Scale:
+    _need(isinstance(s, dict) and s.get("seeds"), path, f"scale {name!r} needs a non-empty 'seeds' list")
+    unknown = set(s) - set(Scale.__dataclass_fields__)
+    _need(
+        not unknown,
+        path,
+        f"scale {name!r}: unknown keys {sorted(unknown)} (valid: {sorted(Scale.__dataclass_fields__)})",
+    )
+    extra = s.get("axes") or {}
+    _need(set(extra) <= set(axes), path, f"scale {name!r}: axes {sorted(set(extra) - set(axes))} are not grid axes")
+    for axis, kept in extra.items():
+        _need(
+            isinstance(kept, list) and kept and all(v in axes[axis] for v in kept),
+            path,
+            f"scale {name!r}: axis {axis!r} keeps values that the grid does not define: {kept!r}",
+        )
+    return Scale(
+        seeds=tuple(int(v) for v in s["seeds"]),
+        overrides=tuple(s.get("overrides") or ()),
+        axes=extra,
+        note=s.get("note", ""),
+        slurm=s.get("slurm") or {},
+        config=s.get("config", ""),
+        metrics=tuple(s.get("metrics") or ()),
+    )
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file; every problem is one GridError line naming the file."""
     path = Path(path)
@@ -188,32 +215,7 @@ def load_grid(path: str | Path) -> Grid:
                 path,
                 f"axis {name!r}: each named value maps to a list of key=value overrides",
             )
-    scales = {}
-    for name, s in raw["scales"].items():
-        _need(isinstance(s, dict) and s.get("seeds"), path, f"scale {name!r} needs a non-empty 'seeds' list")
-        unknown = set(s) - set(Scale.__dataclass_fields__)
-        _need(
-            not unknown,
-            path,
-            f"scale {name!r}: unknown keys {sorted(unknown)} (valid: {sorted(Scale.__dataclass_fields__)})",
-        )
-        extra = s.get("axes") or {}
-        _need(set(extra) <= set(axes), path, f"scale {name!r}: axes {sorted(set(extra) - set(axes))} are not grid axes")
-        for axis, kept in extra.items():
-            _need(
-                isinstance(kept, list) and kept and all(v in axes[axis] for v in kept),
-                path,
-                f"scale {name!r}: axis {axis!r} keeps values that the grid does not define: {kept!r}",
-            )
-        scales[name] = Scale(
-            seeds=tuple(int(v) for v in s["seeds"]),
-            overrides=tuple(s.get("overrides") or ()),
-            axes=extra,
-            note=s.get("note", ""),
-            slurm=s.get("slurm") or {},
-            config=s.get("config", ""),
-            metrics=tuple(s.get("metrics") or ()),
-        )
+    scales = {name: _scale(name, s, axes, path) for name, s in raw["scales"].items()}
     return Grid(
         path=path,
         name=raw["name"],

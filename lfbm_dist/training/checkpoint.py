@@ -4,8 +4,7 @@ Layout of one checkpoint (a directory under RUN_DIR/checkpoints/):
 
     ckpt-000000012800/                    name = images seen, zero-padded so names sort by progress
         state-00000-of-00002.safetensors  the full training state, unpartitioned, by name:
-        state-00001-of-00002.safetensors    param/<name>, buffer/<name> (the model's state dict),
-                                            exp_avg/<name>, exp_avg_sq/<name>, step/<name> (Adam)
+        state-00001-of-00002.safetensors    its keys and layout: training/state_schema.py
         trainer_state.json                counters and best metrics (plain JSON)
         data_state_rank{R}.json           each rank's data-stream positions
         config.yaml                       the resolved config that produced it
@@ -27,6 +26,7 @@ Writing (possibly in the background): training/snapshots.py.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -37,19 +37,23 @@ import yaml
 
 from ..config import Config
 from ..errors import LfbmError
-from ..files import file_digest
-from . import faults
+from ..files import file_digest, write_atomic
+from .hooks import NO_HOOKS, Hooks
+from .state_schema import BUFFER, MODEL_KINDS, file_rank, kind_of, name_of
 
 FORMAT = "lfbm_dist-checkpoint/2"
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
 UPGRADE = "lfbm-export --upgrade-checkpoint {}"  # converts the framework-file format of earlier versions
 _ARCH_KEYS = ("generator", "prior", "inference")  # config sections that change the saved tensors
-_KIND_ORDER = ("buffer/", "step/", "param/", "exp_avg/", "exp_avg_sq/")  # buffers first: shard 0, rank 0
 
 
 class CheckpointError(LfbmError, RuntimeError):
     pass
+
+
+class CheckpointDamaged(CheckpointError):
+    """A part of a complete checkpoint is missing or differs from what was written (its manifest)."""
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -81,14 +85,16 @@ def assert_finite(state: dict[str, torch.Tensor], what: str = "refusing to save"
 
 
 # ---------------------------------------------------------------------------- the state files
-def plan_shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+def plan_shards(state: dict[str, torch.Tensor | int], max_bytes: int) -> list[list[str]]:
     """The state's names split into files of at most max_bytes (one tensor may exceed it alone):
-    a function of the tensors only, so every layout writes the same files."""
-    order = sorted(state, key=lambda k: (next(i for i, p in enumerate(_KIND_ORDER) if k.startswith(p)), k))
+    a function of the tensors' sizes only (tensors, or their sizes in bytes: a snapshot plans before
+    it copies), so every layout writes the same files."""
+    order = sorted(state, key=lambda k: (file_rank(k), k))
     shards: list[list[str]] = [[]]
     used = 0
     for key in order:
-        size = state[key].numel() * state[key].element_size()
+        value = state[key]
+        size = value if isinstance(value, int) else value.numel() * value.element_size()
         if shards[-1] and used + size > max_bytes:
             shards.append([])
             used = 0
@@ -104,16 +110,34 @@ def shard_name(index: int, count: int) -> str:
 def shard_owner(index: int, keys: list[str], world_size: int) -> int:
     """Which rank writes a shard: round robin, except that the model's buffers (BatchNorm statistics
     differ between ranks after a step) are always rank 0's, as in a single-process run."""
-    return 0 if any(k.startswith("buffer/") for k in keys) else index % world_size
+    return 0 if any(kind_of(k) == BUFFER for k in keys) else index % world_size
 
 
-def write_shard(directory: Path, index: int, keys: list[str], count: int, state: dict[str, torch.Tensor]) -> None:
+def write_shard(
+    directory: Path, index: int, keys: list[str], count: int, state: dict[str, torch.Tensor]
+) -> dict[str, dict]:
+    """One state file, written atomically; its manifest entry ({name: {bytes, sha256}}), hashed by its
+    writer straight after writing (from the page cache: safetensors writes from the tensors directly,
+    and serialising to bytes first to hash them cost a 0.6 GB copy), so rank 0 never reads the other
+    ranks' files back."""
     from safetensors.torch import save_file
 
-    final = directory / shard_name(index, count)
-    partial = final.with_name(f".{final.name}.partial")
+    name = shard_name(index, count)
+    partial = directory / f".{name}.partial"
     save_file({k: state[k].contiguous() for k in keys}, str(partial), metadata={"format": FORMAT})
-    partial.replace(final)
+    entry = {"bytes": partial.stat().st_size, "sha256": file_digest(partial)}
+    partial.replace(directory / name)
+    return {name: entry}
+
+
+def write_text(directory: Path, name: str, text: str) -> dict[str, dict]:
+    """A small file of a checkpoint, written atomically; its manifest entry."""
+    write_atomic(directory / name, text)
+    return {name: digest_entry(text.encode())}
+
+
+def digest_entry(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_state(directory: Path, state: dict[str, torch.Tensor], shard_mb: float) -> int:
@@ -125,17 +149,20 @@ def write_state(directory: Path, state: dict[str, torch.Tensor], shard_mb: float
     return len(shards)
 
 
-def manifest_text(directory: Path, shards: int, writer: dict[str, Any]) -> str:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER))
-    digests = {
-        p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files
-    }
+def manifest_text(directory: Path, shards: int, writer: dict[str, Any], digests: dict | None = None) -> str:
+    """The manifest: every file's size and sha256 — as their writers reported them (a snapshot), or
+    read from the folder (digests None: the one-time converter)."""
+    if digests is None:
+        files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER))
+        digests = {
+            p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files
+        }
     return json.dumps(
         {
             "format": FORMAT,
             "shards": [shard_name(i, shards) for i in range(shards)],
             "written_by": writer,  # for the record only: loading does not depend on it
-            "files": digests,
+            "files": dict(sorted(digests.items())),
         },
         indent=1,
         sort_keys=True,
@@ -160,12 +187,12 @@ def disk_full(path: Path, root: Path) -> CheckpointError:
     return CheckpointError(f"disk full writing {path}; {kept}; free space, then resume with train.resume=auto")
 
 
-def remove(directory: Path) -> None:
+def remove(directory: Path, hooks: Hooks = NO_HOOKS) -> None:
     """Rename first (atomic), then delete: no state in between looks like a complete checkpoint."""
     doomed = directory.with_name(directory.name + ".deleting")
     directory.rename(doomed)
     (doomed / COMPLETE_MARKER).unlink(missing_ok=True)
-    faults.in_prune()
+    hooks.in_prune()
     shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -202,12 +229,12 @@ def verify(ckpt_dir: Path) -> dict[str, Any]:
     for rel, want in manifest["files"].items():
         path = ckpt_dir / rel
         if not path.is_file():
-            raise CheckpointError(
+            raise CheckpointDamaged(
                 f"{ckpt_dir}: cannot load checkpoint: {rel} is missing; resume from an earlier "
                 "checkpoint (train.resume=PATH)"
             )
         if path.stat().st_size != want["bytes"] or file_digest(path) != want["sha256"]:
-            raise CheckpointError(
+            raise CheckpointDamaged(
                 f"{ckpt_dir}: cannot load checkpoint: {rel} is truncated or altered "
                 f"({path.stat().st_size} bytes, written with {want['bytes']}); resume from an "
                 "earlier checkpoint (train.resume=PATH)"
@@ -216,7 +243,7 @@ def verify(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def read_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """The full training state (verified first): param/, buffer/, exp_avg/, exp_avg_sq/, step/ by name."""
+    """The full training state (verified first), keyed as training/state_schema.py says."""
     from safetensors.torch import load_file
 
     manifest = verify(ckpt_dir)
@@ -231,7 +258,7 @@ def read_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
 
 def model_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's state dict (parameters and buffers) out of a full training state."""
-    return {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(("param/", "buffer/"))}
+    return {name_of(k): v for k, v in state.items() if kind_of(k) in MODEL_KINDS}
 
 
 def check_compatible(ckpt_dir: Path, cfg: Config) -> dict[str, Any]:
@@ -272,12 +299,6 @@ def load(engine, plain, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], li
             f"{ckpt_dir}: cannot load checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
-    dump = faults.dump_loaded_dir()
-    if dump:  # a test compares what was loaded with what was saved, as state files
-        loaded = engine.full_state(plain)  # collective
-        if engine.is_main:
-            Path(dump).mkdir(parents=True, exist_ok=True)
-            write_state(Path(dump), loaded, cfg.train.snapshot_shard_mb)
     return trainer_state, positions
 
 

@@ -1,9 +1,8 @@
 """Fault injection for the test suite, driven by environment variables (all unset in normal runs).
 
-The training loop knows nothing of it: `install(trainer)` is its one seam, called once when the
-trainer is built; with no variable set it changes nothing. The checkpoint writer's kill points
-(in_save, in_prune) and its slow-disk point (before_write) are called where the writer is; the
-loaded-state dump's folder (dump_loaded_dir) is read by checkpoint.load.
+The product knows nothing of it: `from_env()` gives the run its hooks object (training/hooks.py),
+FaultHooks when a variable below is set, else the no-op hooks; the trainer and the snapshot writer
+call it at their named points. Nothing here patches a method of the product.
 
 LFBM_FAULT_NAN_STEPS=3,4         make the latents of these steps non-finite (non-finite guard tests)
 LFBM_FAULT_NAN_GRAD_STEPS=2      make every gradient of these steps NaN (guarded optimizer step tests)
@@ -27,6 +26,8 @@ import os
 import signal
 import time
 
+from .hooks import NO_HOOKS, Hooks
+
 
 def _ints(name: str) -> set[int]:
     return {int(v) for v in os.environ.get(name, "").split(",") if v.strip()}
@@ -47,82 +48,61 @@ class InjectedFailure(RuntimeError):
     pass
 
 
-def install(trainer) -> None:
-    """Wrap the trainer's phases (on this instance only) with the faults the environment asks for."""
-    if COMPILE_FAIL_AT:
-        from ..inference import GRAPHS
+class FaultHooks(Hooks):
+    """The faults the environment asks for, at the trainer's and the writer's hook points."""
 
-        def before_compile(ordinal: int) -> None:
-            if ordinal == COMPILE_FAIL_AT:
-                raise InjectedFailure(f"injected compiler failure at chain graph {ordinal}")
+    def after_infer(self, step: int, rank: int, micro_batches: list) -> None:
+        for micro, m in enumerate(micro_batches):
+            record_keys(step, rank, micro, m.batch.positions, m.batch.keys)
+        if step in NAN_STEPS:  # a non-finite latent
+            micro_batches[0].latents[0, 0] = float("nan")
 
-        GRAPHS.before_compile = before_compile
-    if NAN_STEPS or os.environ.get("LFBM_TEST_KEYS_DIR"):
-        infer = trainer.infer_latents
+    def loss(self, loss, step: int):
+        return loss * float("nan") if step in NAN_GRAD_STEPS else loss  # every gradient NaN, on any backend
 
-        def infer_latents():
-            micro_batches = infer()
-            if micro_batches is not None:
-                for micro, m in enumerate(micro_batches):
-                    record_keys(trainer.state.step, trainer.engine.rank, micro, m.batch.positions, m.batch.keys)
-                if trainer.state.step in NAN_STEPS:  # a non-finite latent
-                    micro_batches[0].latents[0, 0] = float("nan")
-            return micro_batches
+    def after_step(self, step: int, rank: int) -> None:
+        if STEP_SLEEP > 0:
+            time.sleep(STEP_SLEEP)
+        if RAISE_ONCE and (step, rank) == RAISE_ONCE and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+            raise InjectedFailure(f"injected failure of rank {rank} after step {step}")
 
-        trainer.infer_latents = infer_latents
-    if NAN_GRAD_STEPS:  # every gradient of the step becomes NaN (any backend: through the loss)
-        backward = trainer.engine.backward
-        trainer.engine.backward = lambda loss: backward(
-            loss * float("nan") if trainer.state.step in NAN_GRAD_STEPS else loss
-        )
-    if STEP_SLEEP > 0 or RAISE_ONCE:
-        learn = trainer.learn
+    def before_images(self) -> None:
+        if FAIL_IMAGES:
+            raise RuntimeError("injected failure while logging images")
 
-        def learn_then_fault(micro_batches, finite):
-            learn(micro_batches, finite)
-            after_step(trainer.state.step, trainer.engine.rank)
+    def after_resume(self, engine, plain, cfg) -> None:
+        dump = os.environ.get("LFBM_TEST_DUMP_LOADED")
+        if dump:  # a test compares what was loaded with what was saved, as state files
+            from pathlib import Path
 
-        trainer.learn = learn_then_fault
-    if FAIL_IMAGES:
-        show = trainer._images
+            from . import checkpoint
 
-        def images_then_fail(now):
-            images()
-            show(now)
+            loaded = engine.full_state(plain)  # collective
+            if engine.is_main:
+                Path(dump).mkdir(parents=True, exist_ok=True)
+                checkpoint.write_state(Path(dump), loaded, cfg.train.snapshot_shard_mb)
 
-        trainer._images = images_then_fail
+    def before_compile(self, ordinal: int) -> None:
+        if ordinal == COMPILE_FAIL_AT:
+            raise InjectedFailure(f"injected compiler failure at chain graph {ordinal}")
 
+    def before_write(self) -> None:
+        if SLOW_WRITE_S > 0:
+            time.sleep(SLOW_WRITE_S)
 
-def after_step(step: int = -1, rank: int = 0) -> None:
-    if STEP_SLEEP > 0:
-        time.sleep(STEP_SLEEP)
-    if RAISE_ONCE and (step, rank) == RAISE_ONCE and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
-        raise InjectedFailure(f"injected failure of rank {rank} after step {step}")
+    def in_commit(self, images_seen: int) -> None:
+        if images_seen in KILL_IN_SAVE:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def in_prune(self) -> None:
+        if KILL_IN_PRUNE:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-def in_save(images_seen: int) -> None:
-    if images_seen in KILL_IN_SAVE:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def before_write() -> None:
-    if SLOW_WRITE_S > 0:
-        time.sleep(SLOW_WRITE_S)
-
-
-def in_prune() -> None:
-    if KILL_IN_PRUNE:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def images() -> None:
-    if FAIL_IMAGES:
-        raise RuntimeError("injected failure while logging images")
-
-
-def dump_loaded_dir() -> str | None:
-    """Where a resume writes the state it loaded (checkpoint.load), if a test asks."""
-    return os.environ.get("LFBM_TEST_DUMP_LOADED") or None
+def from_env() -> Hooks:
+    """FaultHooks if any fault variable is set, else the no-op hooks of a normal run."""
+    names = [n for n in os.environ if n.startswith(("LFBM_FAULT_", "LFBM_TEST_DUMP_LOADED", "LFBM_TEST_KEYS_DIR"))]
+    return FaultHooks() if names else NO_HOOKS
 
 
 def record_keys(step: int, rank: int, micro: int, positions: list[int], keys: list[str] | None) -> None:

@@ -26,16 +26,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..config import Config
 from ..files import apply_umask, write_atomic
-from . import checkpoint, faults
+from . import checkpoint
 from .checkpoint import COMPLETE_MARKER, MANIFEST, CheckpointError
+from .hooks import NO_HOOKS, Hooks
 
 log = logging.getLogger("lfbm_dist")
 PART_GRACE_S = 120.0  # how long a failing rank waits for its own part of the snapshot in flight
 COMMIT_GRACE_S = 20.0  # and rank 0 for the other parts (ranks that fail together finish theirs in seconds)
+
+
+def poll_pauses(first_s: float = 0.01, longest_s: float = 1.0):
+    """The commit's waits between looks at the marker files: doubling from first_s, capped at longest_s."""
+    pause = first_s
+    while True:
+        yield pause
+        pause = min(longest_s, pause * 2)
 
 
 @dataclass
@@ -55,46 +65,71 @@ class _Job:
     images_seen: int
     data_state: dict = field(default_factory=dict)
     timeout_s: float = 1800.0
+    hooks: Hooks = NO_HOOKS
+    digests: dict = field(default_factory=dict)  # rank 0: every file's manifest entry, as its writer reported it
     part_done: threading.Event = field(default_factory=threading.Event)  # this rank's part written, or failed
 
     def write_my_part(self) -> None:
-        faults.before_write()
-        count = len(self.shards)
+        """This rank's state files and data position; its marker carries their digests to rank 0."""
+        self.hooks.before_write()
+        count, digests = len(self.shards), {}
         for index, keys in enumerate(self.shards):
             if checkpoint.shard_owner(index, keys, self.world_size) == self.rank:
-                checkpoint.write_shard(self.tmp, index, keys, count, self.state)
-        write_atomic(self.tmp / f"data_state_rank{self.rank}.json", json.dumps(self.data_state, sort_keys=True))
-        write_atomic(self.tmp / f".done-rank{self.rank}", "")
+                digests.update(checkpoint.write_shard(self.tmp, index, keys, count, self.state))
+        data_state = json.dumps(self.data_state, sort_keys=True)
+        digests.update(checkpoint.write_text(self.tmp, f"data_state_rank{self.rank}.json", data_state))
+        write_atomic(self.tmp / f".done-rank{self.rank}", json.dumps(digests))
 
     def wait_for_ranks(self) -> None:
-        """Rank 0: until every rank's part is on disk (or one says it failed, or the timeout)."""
+        """Rank 0: until every rank's part is on disk (or one says it failed, or the timeout). Marker
+        files, not a collective: the training thread owns the process group. Polls back off from 10 ms
+        to 1 s (a part takes seconds; 64 ranks' markers on a parallel file system are then a few
+        metadata calls a second, not a thousand), so the wait is bounded in time and in load."""
         deadline = time.monotonic() + self.timeout_s
+        pauses = poll_pauses()
         while True:
             failed = sorted(self.tmp.glob(".failed-rank*"))
             if failed:
                 raise CheckpointError(f"{failed[0].read_text().strip()}")
-            if all((self.tmp / f".done-rank{r}").exists() for r in range(self.world_size)):
+            waiting = [r for r in range(self.world_size) if not (self.tmp / f".done-rank{r}").exists()]
+            if not waiting:
                 break
             if time.monotonic() > deadline:
-                raise CheckpointError(f"{self.tmp}: not every rank wrote its part within {self.timeout_s:.0f} s")
-            time.sleep(0.05)
+                raise CheckpointError(
+                    f"{self.tmp}: rank(s) {', '.join(map(str, waiting[:8]))} did not write their part within "
+                    f"{self.timeout_s:g} s (train.collective_timeout_min); the previous checkpoint is the newest"
+                )
+            time.sleep(min(next(pauses), max(0.0, deadline - time.monotonic())))
+        for marker in sorted(self.tmp.glob(".done-rank*")):
+            try:
+                self.digests.update(json.loads(marker.read_text()))
+            except ValueError:
+                pass  # a marker without its digests: its files count as missing below
+        missing = [checkpoint.shard_name(i, len(self.shards)) for i in range(len(self.shards))]
+        missing = [name for name in missing if name not in self.digests or not (self.tmp / name).is_file()]
+        if missing:  # a rank said done but its file is not here: it wrote somewhere else
+            raise CheckpointError(
+                f"{self.tmp}: {missing[0]} is missing though its rank reported it written; train.run_dir "
+                "must be one folder shared by every node"
+            )
         for marker in self.tmp.glob(".done-rank*"):
             marker.unlink()
 
     def commit(self) -> None:
         """Rank 0: manifest, COMPLETE, rename into place, prune."""
-        faults.in_save(self.images_seen)
+        self.hooks.in_commit(self.images_seen)
         for name, text in self.texts.items():
-            write_atomic(self.tmp / name, text)
-        write_atomic(self.tmp / MANIFEST, checkpoint.manifest_text(self.tmp, len(self.shards), self.writer))
+            self.digests.update(checkpoint.write_text(self.tmp, name, text))
+        manifest = checkpoint.manifest_text(self.tmp, len(self.shards), self.writer, self.digests)
+        write_atomic(self.tmp / MANIFEST, manifest)
         write_atomic(self.tmp / COMPLETE_MARKER, "ok\n")
         apply_umask(self.tmp)
         if self.final.exists():  # same progress saved twice (e.g. final snapshot right after a periodic one)
-            checkpoint.remove(self.final)
+            checkpoint.remove(self.final, self.hooks)
         self.tmp.rename(self.final)
         write_atomic(self.run_dir / "trainer_state.json", self.texts["trainer_state.json"])
         for old in checkpoint.list_complete(self.run_dir)[: -self.keep]:
-            checkpoint.remove(old)
+            checkpoint.remove(old, self.hooks)
         root = checkpoint.checkpoint_root(self.run_dir)
         for stale in [*root.glob("*.tmp"), *root.glob("*.deleting")]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -130,8 +165,8 @@ class _Job:
 class Snapshots:
     """The run's checkpoint writer (one per rank). `save` is collective: every rank calls it."""
 
-    def __init__(self, engine, cfg: Config):
-        self.engine, self.cfg = engine, cfg
+    def __init__(self, engine, cfg: Config, hooks: Hooks = NO_HOOKS):
+        self.engine, self.cfg, self.hooks = engine, cfg, hooks
         self._thread: threading.Thread | None = None
         self._part_done: threading.Event | None = None  # the thread's own part written (settle)
         self._error: CheckpointError | None = None
@@ -141,15 +176,20 @@ class Snapshots:
         a background write's failure is reported by `failed()` at the next step, a foreground one raises."""
         t = self.cfg.train
         self.wait()  # at most one in flight; its failure, if any, is raised here
-        state = self.engine.full_state(plain)  # collective; copies, so training may change the live tensors
-        checkpoint.assert_finite(state)
+        # The file plan from the tensors' sizes, then a copy of only this rank's files' tensors
+        # (collective: ZeRO gathers everything); training may then change the live tensors.
+        shards = checkpoint.plan_shards(self.engine.state_sizes(plain), int(t.snapshot_shard_mb * 2**20))
+        rank, world = self.engine.rank, self.engine.world_size
+        mine = {k for i, keys in enumerate(shards) if checkpoint.shard_owner(i, keys, world) == rank for k in keys}
+        state = self.engine.full_state(plain, keep=mine)
+        self._assert_finite_everywhere(state)
         root = checkpoint.checkpoint_root(t.run_dir)
         name = f"ckpt-{int(trainer_state['images_seen']):012d}"
         job = _Job(
             tmp=root / f"{name}.tmp",
             final=root / name,
             state=state,
-            shards=checkpoint.plan_shards(state, int(t.snapshot_shard_mb * 2**20)),
+            shards=shards,
             rank=self.engine.rank,
             world_size=self.engine.world_size,
             texts={
@@ -162,6 +202,7 @@ class Snapshots:
             images_seen=int(trainer_state["images_seen"]),
             data_state=data_state,
             timeout_s=t.collective_timeout_min * 60,
+            hooks=self.hooks,
         )
         if self.engine.is_main:
             shutil.rmtree(job.tmp, ignore_errors=True)  # a crashed attempt's leftovers
@@ -174,6 +215,17 @@ class Snapshots:
         self._part_done = job.part_done  # not the job: its state copy is freed when the thread ends
         self._thread = threading.Thread(target=self._background, args=(job,), name=f"snapshot {name}", daemon=True)
         self._thread.start()
+
+    def _assert_finite_everywhere(self, state: dict) -> None:
+        """No checkpoint may hold NaN/Inf. Each rank checks its own part; one vote, so all refuse together."""
+        try:
+            checkpoint.assert_finite(state)
+            own = None
+        except CheckpointError as exc:
+            own = exc
+        votes = self.engine.all_reduce_sum(torch.tensor([float(own is not None)], dtype=torch.float64))
+        if votes[0] > 0:
+            raise own or CheckpointError("refusing to save: non-finite values in another rank's part of the state")
 
     def _background(self, job: _Job) -> None:
         try:

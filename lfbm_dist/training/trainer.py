@@ -22,7 +22,7 @@ import torch
 
 from ..config import Config
 from ..errors import GracefulStop, LfbmError
-from ..inference import batch_coupled
+from ..inference import GRAPHS, batch_coupled
 from ..lifetime import WaitInterrupted
 from ..models import GENERATOR_SPECS
 from ..seeding import Stream, Tag, per_sample_normal
@@ -30,6 +30,7 @@ from . import checkpoint
 from .build import BatchLayout, build_model, build_optimizer, count_parameters, lr_scale
 from .checkpoint import CheckpointError
 from .engine import Engine
+from .hooks import NO_HOOKS, Hooks
 from .observe import Observer
 from .signals import StopRequest
 from .snapshots import Snapshots
@@ -80,9 +81,9 @@ class MicroBatch:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, engine: Engine, batch: BatchLayout, feed, streams: int):
-        self.cfg, self.engine, self.feed = cfg, engine, feed
-        self.snapshots = Snapshots(engine, cfg)  # checkpoints, written in the background
+    def __init__(self, cfg: Config, engine: Engine, batch: BatchLayout, feed, streams: int, hooks: Hooks = NO_HOOKS):
+        self.cfg, self.engine, self.feed, self.hooks = cfg, engine, feed, hooks
+        self.snapshots = Snapshots(engine, cfg, hooks)  # checkpoints, written in the background
         self.state = TrainerState(global_batch=batch.global_batch, virtual_streams=streams)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg)
@@ -97,6 +98,7 @@ class Trainer:
         self.inference = latent_inference(cfg, engine.fast.runner(chain_batch, engine.autocast_dtype))
         # The image grids' chains: test-time (float32) chains of the training chains' batch.
         self.grid_runner = engine.fast.test_time_runner(chain_batch)
+        GRAPHS.before_compile = None if hooks is NO_HOOKS else hooks.before_compile
         self.total_images = int(round(cfg.train.total_kimg * 1000))
         self.stop = StopRequest()
         self.fixed_x: torch.Tensor | None = None
@@ -119,6 +121,7 @@ class Trainer:
         saved.setdefault("virtual_streams", self.state.virtual_streams)
         self.load_state_dict(saved)
         self.feed.load_state_dicts(positions)
+        self.hooks.after_resume(self.engine, self.plain, self.cfg)
 
     def describe(self) -> str:
         p = self.plain
@@ -153,6 +156,7 @@ class Trainer:
                         self.stop.exit_code() or 143,
                     )
                 self.learn(micro_batches, finite)
+                self.hooks.after_step(self.state.step, self.engine.rank)
                 self.maintain(prev, stop)
                 if stop:
                     raise GracefulStop(
@@ -188,7 +192,9 @@ class Trainer:
             noises.append(noise)
         # All micro-batches' chains at once, chain_batch at a time (variants.LangevinInference).
         inferred = self.inference.infer_step(self.plain, batches, noises)
-        return [MicroBatch(b, latents, stats) for b, (latents, stats) in zip(batches, inferred)]
+        micro_batches = [MicroBatch(b, latents, stats) for b, (latents, stats) in zip(batches, inferred)]
+        self.hooks.after_infer(self.state.step, self.engine.rank, micro_batches)
+        return micro_batches
 
     # ------------------------------------------------------------------ phase 2: guard
     def guard(self, micro_batches: list[MicroBatch] | None) -> tuple[bool, bool, bool]:
@@ -210,8 +216,17 @@ class Trainer:
             )
         )
         if votes[3] > 0:  # every rank stops here together; the previous checkpoint is the newest
-            raise snapshot_error or CheckpointError("a snapshot failed on another rank; its error is above")
+            raise self._shared_snapshot_error(snapshot_error)
         return bool(votes[0] == 0), bool(votes[1] > 0), bool(votes[2] > 0)
+
+    def _shared_snapshot_error(self, own: CheckpointError | None) -> CheckpointError:
+        """The failing rank's own error, on every rank: each rank's first `error:` line is then the cause
+        (disk full, …), whichever rank's output reaches the terminal first. Error path only: collective."""
+        flags = torch.zeros(self.engine.world_size, dtype=torch.float64)
+        flags[self.engine.rank] = float(own is not None)
+        source = int(torch.nonzero(self.engine.all_reduce_sum(flags))[0])  # the lowest failing rank
+        text = self.engine.broadcast_object(str(own) if own is not None else None, src=source)
+        return own or CheckpointError(f"{text} (rank {source}'s snapshot)")
 
     # ------------------------------------------------------------------ phase 3: learn
     def learn(self, micro_batches: list[MicroBatch], finite: bool) -> None:
@@ -230,7 +245,7 @@ class Trainer:
                         autocast_dtype=self.engine.autocast_dtype,
                         prior_noise=prior_noise,
                     )
-                    self.engine.backward(loss)  # scaled by 1/accumulation_steps inside
+                    self.engine.backward(self.hooks.loss(loss, self.state.step))  # ÷ accumulation_steps inside
                 stats.update(m.stats)
                 for key, value in stats.items():
                     self.tick_sums[key] = self.tick_sums.get(key, 0.0) + value.detach().float()
@@ -324,6 +339,7 @@ class Trainer:
         """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
         if not self.engine.is_main or self.fixed_x is None:
             return
+        self.hooks.before_images()
         from ..metrics.sampling import infer, sample_images
 
         lv = self.cfg.langevin

@@ -19,10 +19,9 @@ import torch
 from ..config import load_config
 from ..files import apply_umask, file_digest, write_atomic
 from . import checkpoint
+from . import state_schema as schema
 from .build import build_model, build_optimizer
 from .checkpoint import COMPLETE_MARKER, FORMAT, MANIFEST, CheckpointError
-
-_STEP_KEYS = ("exp_avg", "exp_avg_sq")
 
 
 def _verify_old(ckpt: Path) -> dict:
@@ -62,7 +61,7 @@ def _old_state(ckpt: Path) -> dict[str, torch.Tensor]:
             from .engine.zero import consolidate_zero_checkpoint
 
             weights = consolidate_zero_checkpoint(ckpt)
-            state.update({f"buffer/{n}": weights[n] for n in buffers})
+            state.update({schema.key(schema.BUFFER, n): weights[n] for n in buffers})
         return state
     if not (ckpt / "model.safetensors").is_file() or not (ckpt / "optimizer.bin").is_file():
         raise CheckpointError(
@@ -71,13 +70,15 @@ def _old_state(ckpt: Path) -> dict[str, torch.Tensor]:
         )
     weights = load_file(str(ckpt / "model.safetensors"))
     optim = torch.load(ckpt / "optimizer.bin", weights_only=True, map_location="cpu")
-    state = {f"buffer/{n}": weights[n] for n in buffers}
+    state = {schema.key(schema.BUFFER, n): weights[n] for n in buffers}
     for index, name in enumerate(n for group in groups for n in group):  # torch numbers them group by group
         st = optim["state"].get(index, {})
-        state[f"param/{name}"] = weights[name].float()
-        state[f"step/{name}"] = torch.as_tensor(st.get("step", 0.0)).float()
-        for key in _STEP_KEYS:
-            state[f"{key}/{name}"] = st[key].float() if key in st else torch.zeros_like(state[f"param/{name}"])
+        state[schema.key(schema.PARAM, name)] = weights[name].float()
+        state[schema.key(schema.STEP, name)] = torch.as_tensor(st.get("step", 0.0)).float()
+        for moment in schema.ADAM_MOMENTS:  # torch Adam's names in the old optimizer.bin as in the state
+            state[schema.key(moment, name)] = (
+                st[moment].float() if moment in st else torch.zeros_like(weights[name].float())
+            )
     return state
 
 

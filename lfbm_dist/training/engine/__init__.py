@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from ...config import Config
 from ...errors import LfbmError
+from .. import state_schema as schema
 from ..fastpath import FastPath
 from . import zero
 from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command
@@ -143,7 +145,17 @@ class Engine:
         try:
             return fn(*args)
         except (RuntimeError, ConnectionError) as exc:  # gloo/NCCL: a peer exited or stopped answering
-            raise PeerFailure(f"another rank stopped ({type(exc).__name__}); its error is above") from None
+            raise PeerFailure(self._peer_lost(exc)) from None
+
+    def _peer_lost(self, exc: Exception) -> str:
+        """What is known when a collective fails: which rank if there is one other, that it left while
+        this one waited, and that a rank killed outright (SIGKILL, the OOM killer, a lost node) prints nothing."""
+        who = f"rank {1 - self.rank}" if self.world_size == 2 else "another rank"
+        return (
+            f"{who} left the job while rank {self.rank} waited for it ({type(exc).__name__} in a collective): "
+            "if no other rank printed an error, it was killed without a word (SIGKILL, the OOM killer or a lost "
+            "node: see the launcher's exit codes and the node's kernel log); continue with train.resume=auto"
+        )
 
     def reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of a device tensor (call on every rank, once per logging tick)."""
@@ -185,38 +197,55 @@ class Engine:
         backend = "deepspeed" if self.uses_deepspeed else "ddp"
         return {"backend": backend, "zero_stage": self.zero_stage, "world_size": self.world_size}
 
-    def full_state(self, plain: nn.Module) -> dict[str, torch.Tensor]:
+    def state_sizes(self, plain: nn.Module) -> dict[str, int]:
+        """The bytes of every key full_state gives, copying nothing (a snapshot plans its files first)."""
+        out = {schema.key(schema.BUFFER, n): b.numel() * b.element_size() for n, b in saved_buffers(plain).items()}
+        for name, p in plain.named_parameters():
+            for kind in (schema.PARAM, *schema.ADAM_MOMENTS):
+                out[schema.key(kind, name)] = p.numel() * 4  # float32, as full_state copies them
+            out[schema.key(schema.STEP, name)] = 4
+        return out
+
+    def full_state(self, plain: nn.Module, keep: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Collective: every parameter's fp32 value, Adam moments and step, and the model's buffers,
-        whatever the backend, as CPU copies (training may go on changing the live tensors)."""
-        # host–device sync: a snapshot copies the whole state to the host (snapshot steps only)
-        out = {f"buffer/{n}": b.detach().to("cpu", copy=True) for n, b in saved_buffers(plain).items()}
+        whatever the backend, as CPU copies (training may go on changing the live tensors). keep: copy
+        only these keys (a snapshot's writer copies what it writes; ZeRO still gathers everything, as
+        its gathers are collectives)."""
+        wanted = (lambda k: True) if keep is None else keep.__contains__
+        # host–device sync: a snapshot copies its part of the state to the host (snapshot steps only)
+        out = {
+            k: b.detach().to("cpu", copy=True)
+            for k, b in ((schema.key(schema.BUFFER, n), b) for n, b in saved_buffers(plain).items())
+            if wanted(k)
+        }
         if self.uses_deepspeed:
-            return {**out, **zero.full_state(plain, self._optimizer, self.group_names)}
+            return {**out, **zero.full_state(plain, self._optimizer, self.group_names, wanted)}
         adam = self._optimizer.optimizer  # Accelerate's wrapper around our torch Adam
         for name, p in plain.named_parameters():
             st = adam.state.get(p, {})
-            out[f"param/{name}"] = p.detach().to("cpu", torch.float32, copy=True)
-            for key in zero.ADAM_KEYS:
-                value = st[key] if key in st else torch.zeros_like(p)
-                out[f"{key}/{name}"] = value.detach().to("cpu", torch.float32, copy=True)
-            out[f"step/{name}"] = torch.tensor(float(st.get("step", 0.0)))
+            for kind in (schema.PARAM, *schema.ADAM_MOMENTS):
+                if wanted(schema.key(kind, name)):
+                    value = p if kind == schema.PARAM else st[kind] if kind in st else torch.zeros_like(p)
+                    out[schema.key(kind, name)] = value.detach().to("cpu", torch.float32, copy=True)
+            if wanted(schema.key(schema.STEP, name)):
+                out[schema.key(schema.STEP, name)] = torch.tensor(float(st.get("step", 0.0)))
         return out
 
     def load_full_state(self, plain: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load what full_state gave into this run's layout (any world size, DDP or ZeRO-1/2)."""
         with torch.no_grad():
             for name, b in saved_buffers(plain).items():
-                b.copy_(state[f"buffer/{name}"].to(b.device, b.dtype))
+                b.copy_(state[schema.key(schema.BUFFER, name)].to(b.device, b.dtype))
         if self.uses_deepspeed:
             zero.load_full_state(plain, self._optimizer, self.group_names, state)
             return
         adam = self._optimizer.optimizer
         with torch.no_grad():
             for name, p in plain.named_parameters():
-                p.copy_(state[f"param/{name}"].to(p.device, p.dtype))
+                p.copy_(state[schema.key(schema.PARAM, name)].to(p.device, p.dtype))
                 adam.state[p] = {
-                    "step": state[f"step/{name}"].clone().float(),
-                    **{k: state[f"{k}/{name}"].to(p.device, p.dtype).clone() for k in zero.ADAM_KEYS},
+                    "step": state[schema.key(schema.STEP, name)].clone().float(),
+                    **{m: state[schema.key(m, name)].to(p.device, p.dtype).clone() for m in schema.ADAM_MOMENTS},
                 }
 
     def end(self) -> None:

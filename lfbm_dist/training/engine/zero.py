@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from ...config import Config, ConfigError
+from .. import state_schema as schema
 
 _SAFE_GLOBALS = (  # plain data holders DeepSpeed pickles into ZeRO checkpoints
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
     "deepspeed.runtime.zero.config.ZeroStageEnum",
     "deepspeed.utils.tensor_fragment.fragment_address",
 )
-ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 
 def allow_deepspeed_classes() -> None:
@@ -91,8 +91,9 @@ def _relink(zero) -> None:
     zero._lazy_init_hp_params_optimizer_state()
 
 
-def full_state(plain: nn.Module, optimizer, groups: list[list[str]]) -> dict[str, torch.Tensor]:
-    """Collective: every parameter's fp32 value and Adam moments, assembled from the ZeRO partitions."""
+def full_state(plain: nn.Module, optimizer, groups: list[list[str]], wanted=lambda key: True) -> dict:
+    """Collective: every parameter's fp32 value and Adam moments, assembled from the ZeRO partitions
+    (every rank gathers every tensor: the gathers are collectives); only `wanted` keys are copied out."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     zero, adam = _zero_optimizer(optimizer)
@@ -101,11 +102,16 @@ def full_state(plain: nn.Module, optimizer, groups: list[list[str]]) -> dict[str
     steps = [_group_step(adam, i) for i in range(len(groups))]
     out = {}
     for name, p in plain.named_parameters():
-        out[f"param/{name}"] = safe_get_full_fp32_param(p).detach().float().cpu()
-        for key in ADAM_KEYS:
-            value = safe_get_full_optimizer_state(p, key)
-            out[f"{key}/{name}"] = (torch.zeros_like(p, dtype=torch.float32) if value is None else value).float().cpu()
-        out[f"step/{name}"] = torch.tensor(float(steps[_group_of(name, groups)]))
+        value = safe_get_full_fp32_param(p)  # collective
+        if wanted(schema.key(schema.PARAM, name)):
+            out[schema.key(schema.PARAM, name)] = value.detach().float().cpu()
+        for moment in schema.ADAM_MOMENTS:
+            value = safe_get_full_optimizer_state(p, moment)  # collective
+            if wanted(schema.key(moment, name)):
+                full = torch.zeros_like(p, dtype=torch.float32) if value is None else value
+                out[schema.key(moment, name)] = full.float().cpu()
+        if wanted(schema.key(schema.STEP, name)):
+            out[schema.key(schema.STEP, name)] = torch.tensor(float(steps[_group_of(name, groups)]))
     return out
 
 
@@ -117,17 +123,20 @@ def load_full_state(plain: nn.Module, optimizer, groups: list[list[str]], state:
     params = dict(plain.named_parameters())
     with torch.no_grad():
         for name, p in params.items():
-            value = state[f"param/{name}"].to(p.device, p.dtype)
+            value = state[schema.key(schema.PARAM, name)].to(p.device, p.dtype)
             p.copy_(value)  # the module's (low-precision side) copy ...
             safe_set_full_fp32_param(p, value.float())  # ... and ZeRO's fp32 master partition
     for i, group in enumerate(adam.param_groups):  # Adam's state lives on the flat partitions
-        step = next(state[f"step/{n}"] for n in groups[i])
+        step = next(state[schema.key(schema.STEP, n)] for n in groups[i])
         for flat in group["params"]:
-            adam.state[flat] = {"step": step.clone().float(), **{k: torch.zeros_like(flat) for k in ADAM_KEYS}}
+            adam.state[flat] = {
+                "step": step.clone().float(),
+                **{m: torch.zeros_like(flat) for m in schema.ADAM_MOMENTS},
+            }
     _relink(zero)  # link each parameter's fragment of the new state
     for name, p in params.items():
-        for key in ADAM_KEYS:
-            safe_set_full_optimizer_state(p, state[f"{key}/{name}"].to(p.device, torch.float32), key)
+        for moment in schema.ADAM_MOMENTS:
+            safe_set_full_optimizer_state(p, state[schema.key(moment, name)].to(p.device, torch.float32), moment)
 
 
 def _group_step(adam: torch.optim.Optimizer, index: int) -> float:

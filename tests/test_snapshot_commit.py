@@ -1,0 +1,119 @@
+"""The snapshot commit on its own: each rank's writer job (training/snapshots.py `_Job`) with plain
+values in place of an engine, two ranks as two threads over a real folder. A writer error, a missing
+part and a timeout each end in one line, the unfinished directory is gone, and the previous
+checkpoint stays the newest and intact."""
+
+import itertools
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from lfbm_dist.training import checkpoint
+from lfbm_dist.training.checkpoint import CheckpointError, latest, list_complete, read_state
+from lfbm_dist.training.hooks import Hooks
+from lfbm_dist.training.snapshots import _Job, poll_pauses
+
+STATE = {f"param/w{i}": torch.full((64,), float(i)) for i in range(4)}
+
+
+def _job(run_dir: Path, images: int, rank: int, world: int = 2, **kw) -> _Job:
+    root = checkpoint.checkpoint_root(run_dir)
+    name = f"ckpt-{images:012d}"
+    return _Job(
+        tmp=root / f"{name}.tmp",
+        final=root / name,
+        state=STATE,
+        shards=checkpoint.plan_shards(STATE, 300),  # 4 files of one tensor: two per rank
+        rank=rank,
+        world_size=world,
+        texts={"trainer_state.json": f'{{"images_seen": {images}}}', "config.yaml": "train: {}\n"},
+        writer={"world_size": world},
+        keep=5,
+        run_dir=run_dir,
+        images_seen=images,
+        data_state={"rank": rank},
+        **kw,
+    )
+
+
+def _snapshot(run_dir: Path, images: int, rank1=None, **kw) -> tuple[Exception | None, Exception | None]:
+    """Both ranks' jobs; rank1(job) replaces rank 1's run. (rank 0's error, rank 1's error)."""
+    jobs = [_job(run_dir, images, 0, **kw), _job(run_dir, images, 1, **kw)]
+    jobs[0].tmp.mkdir(parents=True)
+    errors: list[Exception | None] = [None, None]
+
+    def go(rank):
+        try:
+            (rank1 or _Job.run)(jobs[1]) if rank == 1 else jobs[0].run()
+        except CheckpointError as exc:
+            errors[rank] = exc
+
+    threads = [threading.Thread(target=go, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return errors[0], errors[1]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    assert _snapshot(run_dir, 64) == (None, None)  # the previous checkpoint, whole
+    assert [c.name for c in list_complete(run_dir)] == ["ckpt-000000000064"]
+    return run_dir
+
+
+def _previous_intact(run_dir: Path) -> None:
+    assert latest(run_dir).name == "ckpt-000000000064"
+    assert torch.equal(read_state(latest(run_dir))["param/w3"], STATE["param/w3"])
+    assert not list(checkpoint.checkpoint_root(run_dir).glob("*.tmp")), "the unfinished directory stays"
+
+
+class FailingDisk(Hooks):
+    def before_write(self) -> None:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_writer_error_on_another_rank_ends_the_commit_in_its_line(run_dir):
+    err0, err1 = _snapshot(run_dir, 128, rank1=lambda job: _Job.run(_with(job, hooks=FailingDisk())))
+    assert err1 is not None and str(err1).startswith("rank 1 could not write ckpt-000000000128.tmp (OSError")
+    assert err0 is not None and str(err0) == str(err1)  # rank 0 ends with rank 1's own line
+    assert "\n" not in str(err0)
+    _previous_intact(run_dir)
+
+
+def test_a_part_reported_written_but_not_in_the_folder_is_named(run_dir):
+    def elsewhere(job):  # a node whose run_dir is another folder: its files land there
+        other = _with(job, tmp=run_dir.parent / "node-local" / job.tmp.name)
+        other.tmp.mkdir(parents=True)
+        other.write_my_part()
+        (job.tmp / ".done-rank1").write_text("")  # the marker alone reaches rank 0
+
+    err0, _ = _snapshot(run_dir, 128, rank1=elsewhere)
+    assert err0 is not None and "state-00001-of-00004.safetensors is missing" in str(err0)
+    assert "train.run_dir must be one folder shared by every node" in str(err0)
+    _previous_intact(run_dir)
+
+
+def test_a_rank_that_never_writes_its_part_ends_the_commit_at_the_timeout(run_dir):
+    err0, _ = _snapshot(run_dir, 128, rank1=lambda job: None, timeout_s=0.5)
+    assert err0 is not None and "rank(s) 1 did not write their part within 0.5 s" in str(err0)
+    assert "the previous checkpoint is the newest" in str(err0)
+    _previous_intact(run_dir)
+
+
+def test_the_wait_backs_off_instead_of_polling_every_50_ms():
+    """Bounded load on a shared file system: the commit looks at the markers after 10 ms, 20 ms, …,
+    then once a second — 12 looks in a 5-s wait instead of 100."""
+    pauses = list(itertools.islice(poll_pauses(), 12))
+    assert pauses[:4] == [0.01, 0.02, 0.04, 0.08] and pauses[-1] == 1.0
+    assert sum(pauses) > 5.0
+
+
+def _with(job: _Job, **changes) -> _Job:
+    import dataclasses
+
+    return dataclasses.replace(job, **changes)
