@@ -54,7 +54,7 @@ def plan(args) -> dict[str, dict]:
     chain = [py, "benchmarks/bench_chain_compile.py", "--config", args.config, *o, "--batch", str(s["batch"])]
     chain += ["--chain-steps", str(s["chain_k"])]
     more = [
-        [*bench, "--batch-per-gpu", str(s["batch"]), "--only", "+large_chain_batch,+cuda_graphs"],
+        *([[*bench, "--batch-per-gpu", str(s["batch"]), "--only", "+large_chain_batch,+cuda_graphs"]] * s["large"]),
         *([*bench, "--batch-per-gpu", str(b), "--only", "lfbm_dist,plain_eager"] for b in s["more_batches"]),
     ]
     k, g = s["chain_k"], s["graph"]
@@ -180,13 +180,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     if args.smoke:  # test_tiny, K = 2; compile on CPU costs ≈ 15 s a graph; chain graphs of 1 step, shared
         args.config, args.compile_s_per_step = "test_tiny", 8.0
-        args.sizes = dict(batch=4, steps=1, graph=1, chain_k=1, more_batches=[8], plain_step_s=0.1, chain_run_s=0.1,
-                          resume_graph=1, resume_steps_s=10, fid_samples=16, fid_batch=8,
+        # (+large_chain_batch is left to tests/test_benchmarks.py's ladder: one compile less in CI)
+        args.sizes = dict(batch=4, steps=1, graph=1, chain_k=1, more_batches=[8], large=0, plain_step_s=0.1,
+                          chain_run_s=0.1, resume_graph=1, resume_steps_s=10, fid_samples=16, fid_batch=8,
                           train_batch=4, train_steps=8, train_images=32, resolution=16)  # fmt: skip
         args.overrides = ["langevin.num_steps=2"]
     else:
         args.config = "celebahq256"
-        args.sizes = dict(batch=64, steps=3, graph=20, chain_k=60, more_batches=[128, 256], plain_step_s=3.5,
+        args.sizes = dict(batch=64, steps=3, graph=20, chain_k=60, more_batches=[128, 256], large=1, plain_step_s=3.5,
                           chain_run_s=0.3, resume_graph=10, resume_steps_s=20, fid_samples=10_000, fid_batch=250,
                           train_batch=16, train_steps=40, train_images=640, resolution=256)  # fmt: skip
         args.overrides = []

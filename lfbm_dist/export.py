@@ -5,8 +5,9 @@ checkpoints or exports for inference, and convert checkpoints of earlier version
     lfbm-export --checkpoint runs/x/checkpoints/ckpt-000006030000 --out runs/x/export
     lfbm-export --upgrade-checkpoint runs/x/checkpoints/ckpt-000006030000   # earlier format, in place
 
-Writes OUT/model.safetensors (float32 weights of generator + prior) and OUT/config.yaml. Sampling
-and evaluation load that pair with `load_exported` — no DeepSpeed, no pickles.
+Writes OUT/model.safetensors (float32 weights of generator + prior) and OUT/config.yaml, and for the
+Hugging Face Hub OUT/config.json, a README.md model card and samples.png (lfbm_dist/hub.py). Sampling
+and evaluation load it with `load_exported` or `hub.load_pretrained` — no DeepSpeed, no pickles.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...]
     )
     tmp.replace(out_dir / "model.safetensors")
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from lfbm_dist.hub import write_hub_files  # config.json, README.md model card, samples.png
+
+    seen = json.loads((ckpt_dir / "trainer_state.json").read_text()).get("images_seen")
+    write_hub_files(out_dir, model, cfg, ckpt_dir, seen)
     apply_umask(out_dir)
     return out_dir / "model.safetensors"
 
@@ -91,13 +96,27 @@ def load_exported(
     return _model_from(state, cfg, folder).eval().to(map_location), cfg
 
 
+def load_pretrained(
+    id_or_path: str, map_location: str | torch.device = "cpu", overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[LFBM, Config]:
+    """(model in eval mode, config) from a Hub-ready model folder or a Hugging Face repository id."""
+    from lfbm_dist.hub import resolve
+
+    return load_exported(resolve(id_or_path), map_location, overrides)
+
+
 def load_for_inference(
     run: str | None = None,
     checkpoint: str | None = None,
     export_dir: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    model_id: str | None = None,
 ) -> tuple[LFBM, Config, int | None]:
-    """(model in eval mode, config, images seen or None) from an export, a checkpoint or a run's newest one."""
+    """(model in eval mode, config, images seen or None) from a Hub model (repository id or folder),
+    an export, a checkpoint or a run's newest one."""
+    if model_id:
+        model, cfg = load_pretrained(model_id, overrides=overrides)
+        return model, cfg, None
     if export_dir:
         model, cfg = load_exported(export_dir, overrides=overrides)
         return model, cfg, None

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", help="run directory (its newest complete checkpoint)")
     p.add_argument("--checkpoint", help="a specific checkpoint directory")
     p.add_argument("--export", help="an export directory (model.safetensors + config.yaml)")
+    p.add_argument("--model", help="a Hub-ready model: a Hugging Face repository id (OWNER/NAME) or its folder")
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--batch", type=int, default=64, help="samples generated at once (default 64)")
     p.add_argument("--seed", type=int, default=0, help="sample i is drawn from a generator seeded by (seed, i)")
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
-    if not (args.run or args.checkpoint or args.export):
-        print("error: give --run, --checkpoint or --export", file=sys.stderr)
+    if not (args.run or args.checkpoint or args.export or args.model):
+        print("error: give --run, --checkpoint, --export or --model", file=sys.stderr)
         return 2
     if args.num < 1 or args.batch < 1 or args.completions < 1:
         print("error: --num, --batch and --completions must be >= 1", file=sys.stderr)
@@ -113,7 +114,7 @@ def _run(args) -> int:
     from lfbm_dist.data.masks import make_mask
     from lfbm_dist.export import load_for_inference
 
-    model, cfg, _ = load_for_inference(args.run, args.checkpoint, args.export, args.overrides)
+    model, cfg, _ = load_for_inference(args.run, args.checkpoint, args.export, args.overrides, args.model)
     if args.complete:
         make_mask(args.mask, cfg.data.resolution)  # validates the spec before any work
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -308,6 +308,49 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tm
         subprocess.run(["umount", str(disk)])
 
 
+def test_disk_full_on_two_ranks_gives_every_rank_the_cause_as_its_first_error_line(tmp_path):
+    """Background snapshot, 2 DDP ranks, a disk that fills: whichever rank's output comes first, its
+    first `error:` line is the disk-full line (not "failed on another rank"), and the previous
+    checkpoint stays intact."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "600k")
+    try:
+        proc = run(
+            "ddp2", *TINY, f"train.run_dir={disk / 'r'}", "train.batch_per_gpu=4", "train.total_kimg=0.64",
+            "train.snapshot_every_kimg=0.064", "train.keep_snapshots=50", "train.log_every_kimg=0.64",
+        )  # fmt: skip
+        assert proc.returncode != 0
+        errors = [ln for ln in proc.stderr.splitlines() if "error: " in ln and ln.lstrip().startswith("[rank")]
+        assert len(errors) == 2, proc.stderr[-3000:]
+        assert all("error: disk full writing " in ln and "is intact" in ln for ln in errors), errors
+        assert all(read_state(c) for c in list_complete(disk / "r"))
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_a_resume_that_changes_the_run_or_meets_a_damaged_final_checkpoint_is_refused_in_one_line(tmp_path, finished):
+    run_dir = tmp_path / "r"
+    shutil.copytree(finished, run_dir)
+    # another seed (or step size, learning rate, …) would continue the run as a different one
+    proc = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "train.total_kimg=0.128",
+               "train.seed=1", "langevin.step_size=0.2")  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = _errors(proc)
+    assert "resuming would change train.seed (0 → 1)" in line and "train.seed=0" in line, line
+    # the final checkpoint damaged: named both by resume=auto and by the run's own command, with the fix
+    ckpt = latest(run_dir)
+    state_file = ckpt / "state-00000-of-00001.safetensors"
+    state_file.write_bytes(state_file.read_bytes()[:100])
+    earlier = [c for c in list_complete(run_dir) if c != ckpt]
+    for args in (["train.resume=auto"], []):
+        proc = run("single", *TINY, f"train.run_dir={run_dir}", *args)
+        assert proc.returncode == 2, proc.stdout[-1000:]
+        (line,) = _errors(proc)
+        assert "state-00000-of-00001.safetensors is truncated or altered" in line, line
+        fix = f"train.resume={earlier[-1]}" if earlier else "no earlier checkpoint exists"
+        assert fix in line and "earlier run" not in line, line
+
+
 def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path, finished):
     run_dir = tmp_path / "r"
     shutil.copytree(finished, run_dir)

@@ -21,7 +21,15 @@ from pathlib import Path
 import yaml
 
 from ..config import Config
-from .checkpoint import CheckpointError, check_compatible, latest, list_complete, resolve_resume
+from .checkpoint import (
+    CheckpointDamaged,
+    CheckpointError,
+    check_compatible,
+    latest,
+    list_complete,
+    resolve_resume,
+    verify,
+)
 
 _ARTEFACTS = ("checkpoints", "tensorboard", "logs", "trainer_state.json", "metrics.json", "config.yaml")
 
@@ -67,6 +75,7 @@ def inspect(cfg: Config) -> RunState:
     newest = latest(run_dir)
     if t.resume == "none":
         if newest is not None and not t.overwrite and _finished_same_run(newest, cfg):
+            _verified(newest)  # the run's own final checkpoint, damaged: named, not taken for another run's
             return RunState("complete", newest, _images_seen(newest))
         if newest is not None and not t.overwrite:
             raise CheckpointError(
@@ -78,22 +87,74 @@ def inspect(cfg: Config) -> RunState:
     ckpt = resolve_resume(cfg)
     if ckpt is None:  # resume=auto in a fresh directory
         return RunState("new", None)
+    _verified(ckpt)  # a damaged checkpoint is named here, not called complete or loaded half-way
+    _refuse_other_trajectory(ckpt, cfg)
     seen = _images_seen(ckpt)
     total = int(round(t.total_kimg * 1000))
     return RunState("complete" if seen >= total else "resuming", ckpt, seen)
 
 
+# Settings that change what a run is (its trajectory), beyond the architecture (checked by
+# check_compatible): a resume may change the length, the layout, the logging and the fast path, not these.
+TRAJECTORY = {
+    "train": ("seed", "precision"),
+    "langevin": ("num_steps", "step_size", "sigma", "add_noise"),
+    "optim": ("lr_generator", "lr_prior", "lr_encoder", "beta1", "beta2", "lr_decay", "lr_decay_every_kimg",
+              "grad_clip"),
+    "data": ("dataset", "resolution", "hflip", "shuffle_buffer", "occlusion", "mask_seed", "max_samples",
+             "heldout_class"),
+}  # fmt: skip
+
+
+def _refuse_other_trajectory(ckpt: Path, cfg: Config) -> None:
+    try:
+        saved = yaml.safe_load((ckpt / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # check_compatible names an unreadable config when the checkpoint is loaded
+    current = cfg.to_dict()
+    for section, keys in TRAJECTORY.items():
+        for key in keys:
+            before, now = saved.get(section, {}).get(key), current[section][key]
+            if key in saved.get(section, {}) and before != now:
+                raise CheckpointError(
+                    f"{ckpt}: resuming would change {section}.{key} ({before!r} → {now!r}), which changes what "
+                    f"the run is; resume with {section}.{key}={before}, or start a new run with train.run_dir=NEW_DIR"
+                )
+
+
 def _finished_same_run(ckpt: Path, cfg: Config) -> bool:
     """The newest checkpoint is this very run's, finished: the same model config (check_compatible),
-    seed and length, and it reached the end. Anything else in the directory is another run."""
+    seed and length, and it reached the end. Anything else in the directory is another run. A damaged
+    one with this run's seed and length counts as this run's (the caller names the damage)."""
     try:
-        check_compatible(ckpt, cfg)
         saved = yaml.safe_load((ckpt / "config.yaml").read_text())["train"]
-    except (CheckpointError, OSError, KeyError, TypeError, yaml.YAMLError):
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
         return False
     t = cfg.train
-    same = saved.get("seed") == t.seed and saved.get("total_kimg") == t.total_kimg
-    return same and _images_seen(ckpt) >= int(round(t.total_kimg * 1000))
+    if saved.get("seed") != t.seed or saved.get("total_kimg") != t.total_kimg:
+        return False
+    try:
+        check_compatible(ckpt, cfg)
+    except CheckpointDamaged:
+        return True
+    except CheckpointError:
+        return False
+    return _images_seen(ckpt) >= int(round(t.total_kimg * 1000))
+
+
+def _verified(ckpt: Path) -> None:
+    """verify(ckpt), naming the previous complete checkpoint to resume from if it is damaged."""
+    try:
+        verify(ckpt)
+    except CheckpointDamaged as exc:
+        what = str(exc).split("; resume from an earlier")[0]
+        earlier = [c for c in list_complete(ckpt.parent.parent) if c.name < ckpt.name]
+        fix = (
+            f"resume from the one before with train.resume={earlier[-1]}"
+            if earlier
+            else "no earlier checkpoint exists: start again with train.overwrite=true"
+        )
+        raise CheckpointDamaged(f"{what}; {fix}") from None
 
 
 def move_aside(run_dir: Path) -> Path | None:

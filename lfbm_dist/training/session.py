@@ -4,15 +4,17 @@ rules, build engine, data and trainer, resume, train, and report. Entry point: l
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from .. import logs
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.plan import Layout
 from ..errors import GracefulStop
 from ..files import write_atomic
@@ -67,6 +69,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
         Path(t.run_dir).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(t.run_dir) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     engine.barrier()
+    check_shared_run_dir(engine, Path(t.run_dir))
     logs.setup(engine.rank, engine.world_size, t.run_dir)
     if moved:
         log.info("lfbm_dist: the earlier run's artefacts were moved to %s", moved)
@@ -74,8 +77,8 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     layout = Layout(engine.world_size, batch.accumulation_steps, cfg.data.num_workers)
     streams = saved.get("virtual_streams") or default_streams(cfg, layout)
     feed = build_feed(cfg, engine.rank, layout, batch, engine.device, streams)
-    trainer = Trainer(cfg, engine, batch, feed, streams)
-    faults.install(trainer)  # the test suite's fault injection: nothing unless its variables are set
+    # The test suite's fault injection (training/faults.py): the no-op hooks unless its variables are set.
+    trainer = Trainer(cfg, engine, batch, feed, streams, faults.from_env())
     if state.checkpoint is not None:
         trainer.resume(state.checkpoint)
     _start_line(cfg, engine, batch, trainer, feed, state, layout, cache)
@@ -92,6 +95,29 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     _summary(cfg, engine, result, time.time() - started)
     engine.end()
     return result
+
+
+def check_shared_run_dir(engine: Engine, run_dir: Path) -> None:
+    """Every rank must see the one run directory (snapshots are written by all, committed by rank 0):
+    rank 0 writes a token there, every rank looks for it, one line if some rank does not see it."""
+    if engine.world_size == 1:
+        return
+    token = engine.broadcast_object(f".shared-check-{os.getpid()}-{time.time_ns()}" if engine.is_main else None)
+    if engine.is_main:
+        write_atomic(run_dir / token, "")
+    engine.barrier()
+    unseen = torch.zeros(engine.world_size, dtype=torch.float64)
+    unseen[engine.rank] = float(not (run_dir / token).exists())
+    unseen = engine.all_reduce_sum(unseen)
+    engine.barrier()
+    if engine.is_main:
+        (run_dir / token).unlink(missing_ok=True)
+    if unseen.sum() > 0:
+        ranks = ", ".join(str(r) for r in torch.nonzero(unseen).flatten().tolist()[:8])
+        raise ConfigError(
+            f"train.run_dir {run_dir} is not shared: rank(s) {ranks} do not see what rank 0 wrote there; "
+            "put it on a file system every node mounts at the same path"
+        )
 
 
 def _start_line(

@@ -1,0 +1,93 @@
+"""The one-shot GPU proof (benchmarks/gpu_proof.py) in its CPU smoke mode: every section runs and
+reports; with a budget too small for the later sections every section still has a status and the
+finished ones keep their numbers; the plan puts the decisive sections first."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import PYTHON, ROOT
+
+
+def _proof(out, *args):
+    proc = subprocess.run(
+        [PYTHON, "benchmarks/gpu_proof.py", "--smoke", "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "gpu_proof.json").read_text())
+
+
+def _measured(section):
+    return [r for part in section["parts"] for r in part["rows"] if r.get("phase", "measured") == "measured"]
+
+
+@pytest.mark.slow
+def test_gpu_proof_smoke_runs_every_section_on_cpu(tmp_path):
+    """The one-shot GPU proof, in its CPU smoke mode: every section runs and reports, the SIGKILL
+    lands between the snapshot and the end, the resumed weights are bitwise those of the uninterrupted
+    run, the chain variants match the eager loop, and the markdown rows are written."""
+    report = _proof(tmp_path)
+    sections = report["sections"]
+    names = ("gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more")
+    assert {k: v["status"] for k, v in sections.items()} == {k: "ok" for k in names}
+    assert "skipped" in sections["gpu_tests"]["parts"][0]["summary"]
+    assert [v["variant"] for v in _measured(sections["ablation"])] == ["lfbm_dist", "plain_eager"]
+    more = _measured(sections["ablation_more"])  # smoke: batch 8 only (the ladder test covers the rest)
+    assert [(v["variant"], v["chain_batch"]) for v in more] == [("lfbm_dist", 8), ("plain_eager", 8)]
+    chains = _measured(sections["chain_variants"]) + _measured(sections["chain_long"])
+    assert [r["variant"] for r in chains] == ["cudagraph_one_step", "graph:1", "graph:1"]
+    assert all(r["status"] == "ok" and r["max_abs_diff_vs_eager"] < 1e-5 for r in chains), chains
+    resume = sections["resume"]
+    assert resume["killed_after"] == "ckpt-000000000016" and resume["bitwise_equal"] is True
+    assert "resumed from ckpt-000000000016" in resume["resumed_from"]
+    fid = sections["fid"]["parts"][0]["result"]
+    assert fid["samples"] == 16 and fid["extrapolated_50k_seconds"] > 0
+    rows = (tmp_path / "gpu_proof.md").read_text()
+    assert "| test_tiny | CPU | 8 (8) | lfbm_dist |" in rows and "Resume after SIGKILL: ok" in rows
+    assert "| cudagraph_one_step | 1 | 1 |" in rows
+
+
+@pytest.mark.slow
+def test_gpu_proof_out_of_budget_keeps_what_it_measured(tmp_path):
+    """--budget-s too small for the later sections: every section still has a status, the last ones
+    say they were skipped, a cut section keeps the rows it streamed, and the finished ones their numbers."""
+    started = time.monotonic()
+    report = _proof(tmp_path, "--budget-s", "40")
+    assert time.monotonic() - started < 40 + 30  # the budget, plus the proof's own start and report
+    sections = report["sections"]
+    assert list(sections) == ["gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more"]
+    assert sections["gpu_tests"]["status"] == "ok"
+    assert sections["ablation_more"]["status"].startswith("skipped: out of time")
+    for name, section in sections.items():
+        status = section["status"]
+        assert status == "ok" or status.startswith(("incomplete: ", "skipped: out of time")), (name, status)
+        if status == "ok" and name in ("ablation", "chain_variants"):
+            assert _measured(section), name  # finished: its numbers are in the JSON
+        if status.startswith("incomplete: ") and "timed out" in status and "parts" in section:
+            cut = [p for p in section["parts"] if p["status"].startswith("timed out")]
+            jsonl = tmp_path / f"{name}.{section['parts'].index(cut[0])}.jsonl"
+            on_disk = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+            assert cut[0]["rows"] == on_disk  # whatever it streamed before the kill is kept
+    assert report["total_s"] <= 40 + 2  # sections are cut at the budget; the kill and the report take a moment
+
+
+def test_gpu_proof_plan_puts_the_decisive_sections_first_and_fits_them_at_three_times_the_compile_estimate():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_proof
+
+    args = gpu_proof.parse([])
+    plan = gpu_proof.plan(args)
+    order = args.sections.split(",")
+    assert tuple(order[: len(gpu_proof.PRIORITY)]) == gpu_proof.PRIORITY
+    at_3x = gpu_proof.plan(gpu_proof.parse(["--compile-s-per-step", str(3 * args.compile_s_per_step)]))
+    assert sum(at_3x[name]["estimate_s"] for name in gpu_proof.PRIORITY) <= gpu_proof.DEFAULT_BUDGET_S
+    # the variant decision: the one-step CUDA graph beside graphs of 20 (and 60, later) steps of a K = 60 chain
+    (cmd,) = plan["chain_variants"]["cmds"]
+    assert cmd[cmd.index("--variants") + 1] == "cudagraph_one_step,graph:20" and "60" in cmd
+    assert plan["chain_long"]["cmds"][0][-1] == "graph:60"

@@ -1,0 +1,79 @@
+"""Trained models as Hugging Face Hub folders: lfbm-export writes the Hub layout and a model card, one
+call loads it from a folder or a repository id (offline, from a real local Hub cache), and it samples
+exactly what the checkpoint it came from samples."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from launch import finished_run, module
+
+from lfbm_dist.export import load_for_inference, load_pretrained
+from lfbm_dist.metrics.sampling import sample_images
+from lfbm_dist.training.checkpoint import CheckpointError
+
+TINY = ["--config", "configs/test_tiny.yaml"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    run_dir = finished_run(root / "run", *TINY)
+    out = root / "export"
+    proc = module("lfbm_dist.export", "--run", str(run_dir), "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir, out
+
+
+def test_export_writes_the_hub_layout_and_a_model_card(exported):
+    _, out = exported
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "config.yaml", "README.md",
+                                                "samples.png"}  # fmt: skip
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["model_type"] == "lfbm" and meta["config"]["generator"]["arch"] == "tiny16"
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: lfbm_dist") and "![samples](samples.png)" in card
+    assert "Training data: packaged 'synthetic'" in card and "kimg seen of 0.064 kimg" in card
+
+
+def test_one_call_loads_the_folder_and_samples_what_the_checkpoint_samples(exported):
+    run_dir, out = exported
+    from_checkpoint, _, _ = load_for_inference(str(run_dir))
+    from_folder, cfg = load_pretrained(str(out))
+    with torch.no_grad():
+        a = sample_images(from_checkpoint, list(range(8)), 3, torch.device("cpu"))
+        b = sample_images(from_folder, list(range(8)), 3, torch.device("cpu"))
+    assert torch.equal(a, b) and cfg.generator.arch == "tiny16"
+
+
+def test_a_hub_repository_id_loads_offline_from_the_local_cache_and_bad_sources_are_one_line(exported, tmp_path):
+    _, out = exported
+    # The Hub cache's own layout: models--OWNER--NAME/snapshots/<commit>/… and refs/main naming the commit.
+    repo = tmp_path / "hf" / "hub" / "models--lfbm--tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(out, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    hub_env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    args = ["--num", "4", "--batch", "4"]
+    by_id = module(
+        "lfbm_dist.sample", "--model", "lfbm/tiny", *args, "--out", str(tmp_path / "a"), cold=True, **hub_env
+    )
+    assert by_id.returncode == 0, by_id.stderr[-2000:]
+    by_folder = module("lfbm_dist.sample", "--export", str(out), *args, "--out", str(tmp_path / "b"))
+    assert by_folder.returncode == 0, by_folder.stderr[-2000:]
+    assert (tmp_path / "a" / "grid.png").read_bytes() == (tmp_path / "b" / "grid.png").read_bytes()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "model.safetensors").unlink()
+    for source, expected in (
+        (str(broken), "model.safetensors is missing"),
+        ("lfbm/absent", "not in the local Hub cache"),
+    ):
+        proc = module("lfbm_dist.sample", "--model", source, *args, "--out", str(tmp_path / "c"), cold=True, **hub_env)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        load_pretrained(str(broken))
