@@ -32,4 +32,12 @@ export DS_BUILD_OPS=0   # DeepSpeed: no ahead-of-time CUDA op builds; CPU ops JI
 .venv/bin/pip install -q -c constraints.txt torch torchvision
 .venv/bin/pip install -q -c constraints.txt -e '.[test]'
 fetch_inception
+# DeepSpeed's CPU communication op (its shared-memory all-reduce) is C++ compiled on first use
+# (≈ 45 s): build it now, as part of the install, where the tests and README's DeepSpeed commands
+# look for it (tests/launch.py's TORCH_EXTENSIONS_DIR), with the environment's ninja as they use it.
+(export DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/lfbm_dist/torch_extensions}
+ PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -c "
+from deepspeed.accelerator import get_accelerator
+get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1) \
+    || echo "setup: DeepSpeed's CPU op was not built now; the first DeepSpeed run will build it" >&2
 echo "$WANT" > "$STAMP"

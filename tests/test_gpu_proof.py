@@ -28,16 +28,42 @@ def _measured(section):
 
 
 @pytest.mark.slow
-def test_gpu_proof_smoke_runs_every_section_on_cpu(tmp_path):
-    """The one-shot GPU proof, in its CPU smoke mode: every section runs and reports, the SIGKILL
-    lands between the snapshot and the end, the resumed weights are bitwise those of the uninterrupted
-    run, the chain variants match the eager loop, and the markdown rows are written."""
-    report = _proof(tmp_path)
+def test_gpu_proof_out_of_budget_keeps_what_it_measured(tmp_path):
+    """--budget-s too small for the later sections: every section still has a status, the last ones
+    say they were skipped, a cut section keeps the rows it streamed, and the finished ones their numbers."""
+    started = time.monotonic()
+    report = _proof(tmp_path, "--budget-s", "40")
+    assert time.monotonic() - started < 40 + 30  # the budget, plus the proof's own start and report
     sections = report["sections"]
-    names = ("gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more")
-    assert {k: v["status"] for k, v in sections.items()} == {k: "ok" for k in names}
-    assert "skipped" in sections["gpu_tests"]["parts"][0]["summary"]
+    assert list(sections) == ["gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more"]
+    assert sections["gpu_tests"]["status"] == sections["ablation"]["status"] == "ok"
+    assert "skipped" in sections["gpu_tests"]["parts"][0]["summary"]  # no CUDA here
     assert [v["variant"] for v in _measured(sections["ablation"])] == ["lfbm_dist", "plain_eager"]
+    assert sections["ablation_more"]["status"].startswith("skipped: out of time")
+    for name, section in sections.items():
+        status = section["status"]
+        assert status == "ok" or status.startswith(("incomplete: ", "skipped: out of time")), (name, status)
+        if status == "ok" and name in ("ablation", "chain_variants"):
+            assert _measured(section), name  # finished: its numbers are in the JSON
+        if status.startswith("incomplete: ") and "timed out" in status and "parts" in section:
+            cut = [p for p in section["parts"] if p["status"].startswith("timed out")]
+            jsonl = tmp_path / f"{name}.{section['parts'].index(cut[0])}.jsonl"
+            on_disk = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+            assert cut[0]["rows"] == on_disk  # whatever it streamed before the kill is kept
+    assert report["total_s"] <= 40 + 2  # sections are cut at the budget; the kill and the report take a moment
+
+
+@pytest.mark.slow
+def test_gpu_proof_smoke_runs_every_later_section_on_cpu(tmp_path):
+    """The one-shot GPU proof, in its CPU smoke mode, the sections the budgeted run above does not reach
+    (it runs the first two fully; this file runs it first, so the chain graphs come from the suite's
+    compile cache): every section runs and reports, the SIGKILL lands between the snapshot and the
+    end, the resumed weights are bitwise those of the uninterrupted run, the chain variants match the
+    eager loop, and the markdown rows are written."""
+    names = ("chain_variants", "resume", "chain_long", "fid", "ablation_more")
+    report = _proof(tmp_path, "--sections", ",".join(names))
+    sections = report["sections"]
+    assert {k: v["status"] for k, v in sections.items()} == {k: "ok" for k in names}
     more = _measured(sections["ablation_more"])  # smoke: batch 8 only (the ladder test covers the rest)
     assert [(v["variant"], v["chain_batch"]) for v in more] == [("lfbm_dist", 8), ("plain_eager", 8)]
     chains = _measured(sections["chain_variants"]) + _measured(sections["chain_long"])
@@ -51,30 +77,6 @@ def test_gpu_proof_smoke_runs_every_section_on_cpu(tmp_path):
     rows = (tmp_path / "gpu_proof.md").read_text()
     assert "| test_tiny | CPU | 8 (8) | lfbm_dist |" in rows and "Resume after SIGKILL: ok" in rows
     assert "| cudagraph_one_step | 1 | 1 |" in rows
-
-
-@pytest.mark.slow
-def test_gpu_proof_out_of_budget_keeps_what_it_measured(tmp_path):
-    """--budget-s too small for the later sections: every section still has a status, the last ones
-    say they were skipped, a cut section keeps the rows it streamed, and the finished ones their numbers."""
-    started = time.monotonic()
-    report = _proof(tmp_path, "--budget-s", "40")
-    assert time.monotonic() - started < 40 + 30  # the budget, plus the proof's own start and report
-    sections = report["sections"]
-    assert list(sections) == ["gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more"]
-    assert sections["gpu_tests"]["status"] == "ok"
-    assert sections["ablation_more"]["status"].startswith("skipped: out of time")
-    for name, section in sections.items():
-        status = section["status"]
-        assert status == "ok" or status.startswith(("incomplete: ", "skipped: out of time")), (name, status)
-        if status == "ok" and name in ("ablation", "chain_variants"):
-            assert _measured(section), name  # finished: its numbers are in the JSON
-        if status.startswith("incomplete: ") and "timed out" in status and "parts" in section:
-            cut = [p for p in section["parts"] if p["status"].startswith("timed out")]
-            jsonl = tmp_path / f"{name}.{section['parts'].index(cut[0])}.jsonl"
-            on_disk = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-            assert cut[0]["rows"] == on_disk  # whatever it streamed before the kill is kept
-    assert report["total_s"] <= 40 + 2  # sections are cut at the budget; the kill and the report take a moment
 
 
 def test_gpu_proof_plan_puts_the_decisive_sections_first_and_fits_them_at_three_times_the_compile_estimate():

@@ -117,3 +117,32 @@ def _with(job: _Job, **changes) -> _Job:
     import dataclasses
 
     return dataclasses.replace(job, **changes)
+
+
+class TwoRankStandIn:
+    """Rank 0 of two, the other rank's answer given: what check_shared_run_dir asks of an engine."""
+
+    world_size, rank, is_main = 2, 0, True
+
+    def __init__(self, other_sees_it: bool):
+        self.other_sees_it = other_sees_it
+
+    def broadcast_object(self, obj, src=0):
+        return obj
+
+    def barrier(self):
+        pass
+
+    def all_reduce_sum(self, flags):
+        return flags + torch.tensor([0.0, 0.0 if self.other_sees_it else 1.0], dtype=flags.dtype)
+
+
+def test_a_run_directory_that_another_rank_does_not_see_is_one_line_at_start(tmp_path):
+    from lfbm_dist.config import ConfigError
+    from lfbm_dist.training.session import check_shared_run_dir
+
+    check_shared_run_dir(TwoRankStandIn(other_sees_it=True), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the token is gone again
+    with pytest.raises(ConfigError, match=r"is not shared: rank\(s\) 1 do not see what rank 0 wrote there"):
+        check_shared_run_dir(TwoRankStandIn(other_sees_it=False), tmp_path)
+    assert list(tmp_path.iterdir()) == []
