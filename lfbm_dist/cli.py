@@ -50,9 +50,9 @@ def run(main: Callable[[], int | None]) -> int:
     except LfbmError as exc:
         if exc.same_on_every_rank:  # a config error: said once, by rank 0
             if int(os.environ.get("RANK", "0")) == 0:
-                print(f"error: {exc}", file=sys.stderr)
+                _say(f"error: {exc}")
         else:
-            print(f"{_rank_prefix()}error: {exc}", file=sys.stderr)
+            _say(f"{_rank_prefix()}error: {exc}")
         _to_log_file()
         return 2
     except KeyboardInterrupt:
@@ -67,8 +67,17 @@ def run(main: Callable[[], int | None]) -> int:
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
         where_text = f" (full traceback in {where})" if where else ""
-        print(f"{_rank_prefix()}error: unexpected {type(exc).__name__}: {first}{where_text}", file=sys.stderr)
+        _say(f"{_rank_prefix()}error: unexpected {type(exc).__name__}: {first}{where_text}")
         return 1
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: ranks sharing the console must not interleave mid-line."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode(errors="replace"))
+    except (AttributeError, OSError, ValueError):  # a stream without a file (a test's capture): print
+        print(line, file=sys.stderr)
 
 
 def _to_log_file() -> Path | None:
