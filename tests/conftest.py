@@ -24,8 +24,13 @@ def pytest_configure(config):
     """Every suite run starts with empty torch compile caches, in a folder of its own (removed at the
     end), as CI and a new user's machine do: code paths taken only on a cold cache (compile worker
     pools, first-time codegen) are tested on every run, not only on the first run of a new machine.
-    The controller makes the folder; pytest-xdist's workers (started after this) inherit it."""
+    The controller makes the folder; each pytest-xdist worker (started after this) takes a sub-folder
+    of its own: torch's CPU code cache writes a kernel's .so in place, and two workers compiling the
+    same kernel into one folder at once loaded a half-written file ("file too short")."""
     if hasattr(config, "workerinput"):
+        base = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        if base:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, config.workerinput["workerid"])
         return
     folder = tempfile.mkdtemp(prefix="lfbm-suite-compile-cache-")
     config._lfbm_compile_cache = folder

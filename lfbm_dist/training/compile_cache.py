@@ -14,10 +14,11 @@ array task reads the same folder with no coordination; and the entries are keyed
 torch version, the device and the compiler settings, so one folder is safe across GPU kinds and
 torch versions (a mismatch is a miss, never wrong code).
 
-`perf.compile_cache`: auto = TORCHINDUCTOR_CACHE_DIR if the environment sets it (the operator chose),
-else RUN_DIR/compile_cache (lfbm-slurm sweeps pass SWEEP_ROOT/compile_cache to every task, so the next
-array task starts warm); a path = that folder; off = torch's own per-machine default (a node-local
-temporary folder: warm only on the same node).
+`perf.compile_cache`: auto = TORCHINDUCTOR_CACHE_DIR if the environment sets it (the operator
+chose), else RUN_DIR/compile_cache (lfbm-slurm sweeps pass SWEEP_ROOT/compile_cache to every task,
+so the next array task starts warm); a path = that folder; either way one sub-folder per local rank
+(below); off = torch's own per-machine default (a node-local temporary folder: warm only on the same
+node).
 """
 
 from __future__ import annotations
@@ -39,5 +40,10 @@ def use_compile_cache(setting: str, run_dir: str | Path | None) -> str:
     if setting == "auto" and run_dir is None:
         return "compile cache: torch's per-machine default (no run directory)"
     folder = Path(run_dir) / "compile_cache" if setting == "auto" else Path(setting).expanduser()
-    os.environ[ENV] = str(folder.resolve())  # read by Inductor at each cache access; Triton's goes under it
+    # One sub-folder per local rank: torch's CPU code cache writes a kernel's .so in place, so
+    # processes compiling the same kernel into one folder at once can load a half-written file
+    # (seen: "ImportError: … .so: file too short", then the eager fallback). Ranks of a first run
+    # compile concurrently anyway; a restart, the next array task or an evaluation reads its rank's.
+    rank = os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
+    os.environ[ENV] = str((folder / f"rank{rank}").resolve())  # read by Inductor at each cache access
     return f"compile cache: {os.environ[ENV]}"
