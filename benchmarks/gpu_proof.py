@@ -144,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             report["sections"][key] = {"status": f"skipped: out of time ({left:.0f} s of the budget left)"}
             continue
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # Cold compiles (first-step times are honest), except in the smoke run, where they only cost CI time.
-        if not (args.smoke and "TORCHINDUCTOR_CACHE_DIR" in env):  # smoke: the caller's cache if it has one
-            env["TORCHINDUCTOR_CACHE_DIR"] = str(args.out / "compile_cache" / ("smoke" if args.smoke else key))
+        # Cold compiles (first-step times are honest); the smoke run's sections share one. Never the
+        # caller's: a section killed at its deadline mid-compile can leave a truncated kernel .so
+        # there (torch's CPU code cache writes in place), which a later process would load.
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(args.out / "compile_cache" / ("smoke" if args.smoke else key))
         report["sections"][key] = {"status": "running", "deadline_s": round(deadline, 1)}
         save()
         begin = time.monotonic()

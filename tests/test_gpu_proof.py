@@ -56,8 +56,7 @@ def test_gpu_proof_out_of_budget_keeps_what_it_measured(tmp_path):
 @pytest.mark.slow
 def test_gpu_proof_smoke_runs_every_later_section_on_cpu(tmp_path):
     """The one-shot GPU proof, in its CPU smoke mode, the sections the budgeted run above does not reach
-    (it runs the first two fully; this file runs it first, so the chain graphs come from the suite's
-    compile cache): every section runs and reports, the SIGKILL lands between the snapshot and the
+    (it runs the first two fully): every section runs and reports, the SIGKILL lands between the snapshot and the
     end, the resumed weights are bitwise those of the uninterrupted run, the chain variants match the
     eager loop, and the markdown rows are written."""
     names = ("chain_variants", "resume", "chain_long", "fid", "ablation_more")
