@@ -44,6 +44,8 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 Float = Annotated[float, BeforeValidator(_no_bool)]  # ints and "1e-4" (YAML 1.1 reads it as text) allowed
 Switch = Literal["auto", "on", "off"]
+# Experiment trackers Accelerate drives (train.log_with); training/engine/trackers.py builds them.
+Tracker = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"]
 
 
 class Section(BaseModel):
@@ -143,6 +145,17 @@ class TrainConfig(Section):
         30.0, gt=0
     )  # process-group timeout: covers long evaluations between collectives
     max_consecutive_skips: Int = Field(10, ge=1)  # non-finite steps in a row before the run stops
+    # where scalars and image grids go, from rank 0, on the images-seen axis: any of Tracker (extras:
+    # pip install -e '.[wandb]' / '.[mlflow]'); a resume continues the same tracker runs
+    log_with: list[Tracker] = Field(default_factory=lambda: ["tensorboard"], min_length=1)
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, list) and len(set(map(str, names))) != len(names):
+            raise ValueError(f"names a tracker twice ({names})")
+        return names
 
 
 class EvalConfig(Section):

@@ -6,8 +6,9 @@ aggregated-posterior diagnostic.
     lfbm-evaluate --export RUN_DIR/export --metrics anomaly
 
 Loads the newest complete checkpoint of RUN_DIR (or --checkpoint DIR, or an --export directory),
-writes RUN_DIR/metrics.json (merged with earlier results) and TensorBoard scalars and images under
-eval/, each tagged by the settings that produced it (two evaluations never overwrite each other).
+writes RUN_DIR/metrics.json (merged with earlier results) and, to the run's trackers (its
+train.log_with: TensorBoard by default; the same MLflow / W&B runs as its training), scalars and images
+under eval/, each tagged by the settings that produced it (two evaluations never overwrite each other).
 Every FID carries the network, image resolution and sample count that produced it.
 """
 
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", help="an export directory (model.safetensors + config.yaml)")
     p.add_argument("--metrics", default="fid,recon", help=f"comma list of {', '.join(METRICS)}")
     p.add_argument("--out", help="metrics.json path (default RUN_DIR/metrics.json)")
-    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    p.add_argument(
+        "--no-tensorboard", action="store_true", help="write no tracker events (TensorBoard, MLflow, W&B) for the run"
+    )
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
@@ -75,7 +78,8 @@ def _evaluate(args, metrics: list[str]) -> int:
     from lfbm_dist.training.fastpath import FastPath
 
     model, cfg, images_seen = load_for_inference(args.run, args.checkpoint, args.export, args.overrides)
-    engine = Engine(cfg)
+    run_dir = Path(args.run or cfg.train.run_dir)
+    engine = Engine(cfg, None if args.no_tensorboard else _trackers(cfg, run_dir, images_seen or 0))
     logs.setup(engine.rank, engine.world_size)
     model.to(engine.device)
     # The training fast path (NHWC, cuDNN autotuning, the compiled whole chain on CUDA) for the
@@ -83,7 +87,6 @@ def _evaluate(args, metrics: list[str]) -> int:
     fast = FastPath.resolve(cfg.perf, engine.device)
     fast.apply(model)
     log.info("fast path: %s", fast.describe())
-    run_dir = Path(args.run or cfg.train.run_dir)
     if fast.compile_mode:  # the training run's compiled graphs, if they are there: a warm start
         log.info(use_compile_cache(cfg.perf.compile_cache, run_dir if run_dir.is_dir() else None))
     minutes = estimate_minutes(cfg, metrics, engine.world_size) if engine.device.type == "cpu" else 0.0
@@ -119,18 +122,26 @@ def _evaluate(args, metrics: list[str]) -> int:
         from lfbm_dist.files import write_atomic
 
         write_atomic(out, json.dumps(merged, indent=2, sort_keys=True) + "\n")
-        tb = None if args.no_tensorboard else _tensorboard(run_dir, cfg, metrics, results, images, images_seen or 0)
-        _summary(results, out, tb, time.time() - started)
+        _track(engine.open_trackers(), cfg, metrics, results, images, images_seen or 0)
+        _summary(results, out, engine.trackers.describe(), time.time() - started)
     engine.end()
     return 0
 
 
-def _tensorboard(run_dir: Path, cfg, metrics: list[str], results: dict, images: dict, step: int) -> Path:
+def _trackers(cfg, run_dir: Path, images_seen: int):
+    """The run's own trackers, continued at the checkpoint's step (never purging training's events)."""
+    from lfbm_dist.training.engine import TrackerSpec
+    from lfbm_dist.training.engine.trackers import check_installed, flatten
+
+    check_installed(cfg.train.log_with)
+    params = flatten(cfg.to_dict())
+    return TrackerSpec(tuple(cfg.train.log_with), run_dir, images_seen, False, True, params, {})
+
+
+def _track(trackers, cfg, metrics: list[str], results: dict, images: dict, step: int) -> None:
     import torchvision
-    from torch.utils.tensorboard import SummaryWriter
 
     tags = tensorboard_tags(cfg, metrics)
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
     prefix = {
         "fid": "fid",
         "inpaint": "inpaint",
@@ -142,19 +153,17 @@ def _tensorboard(run_dir: Path, cfg, metrics: list[str], results: dict, images: 
     for key, value in results.items():
         family = next((m for start, m in prefix.items() if key.startswith(start)), None)
         if isinstance(value, float) and family in tags:
-            writer.add_scalar(f"{tags[family]}/{key}", value, step)
+            trackers.scalars({f"{tags[family]}/{key}": value}, step)
     for name, grid in images.items():
         family = "fid" if name == "samples" else "inpaint"
-        writer.add_image(
+        trackers.image(
             f"{tags[family]}/{name}",
             torchvision.utils.make_grid(grid.float().cpu().clamp(-1, 1), nrow=8, normalize=True, value_range=(-1, 1)),
             step,
         )
-    writer.close()
-    return run_dir / "tensorboard"
 
 
-def _summary(results: dict, out: Path, tb: Path | None, wall_s: float) -> None:
+def _summary(results: dict, out: Path, trackers: list[str], wall_s: float) -> None:
     shown = [
         k
         for k in ("fid", "recon_mse", "inpaint_mse", "inpaint_fid", "inpaint_digit_fd", "auprc", "aggpost_gap_nats")
@@ -163,8 +172,8 @@ def _summary(results: dict, out: Path, tb: Path | None, wall_s: float) -> None:
     log.info("results: " + ", ".join(f"{k} {results[k]:.4g}" for k in shown) + f"  ({wall_s:.0f} s)")
     log.info("  all numbers: %s", out)
     log.info("  %s", GRAPHS.summary())
-    if tb is not None:
-        log.info("  TensorBoard: tensorboard --logdir %s (scalars and images under eval/)", tb)
+    for line in trackers:
+        log.info("  %s (scalars and images under eval/)", line)
 
 
 if __name__ == "__main__":

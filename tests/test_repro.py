@@ -49,6 +49,14 @@ def test_grid_runs_writes_its_table_skips_finished_points_and_resumes_bitwise(tm
         "same direction, within seed spread",
         "not reproduced",
     )
+    # The grid's runs side by side in TensorBoard's HParams table: each run's swept prior and its seed
+    # as a session's hyper-parameters, its evaluation's numbers as that run's scalars.
+    from tb_read import hparams_of, read_events
+
+    for point, kind in zip(POINTS, ("flow", "gaussian")):
+        tb = straight / "tiny_grid/cpu" / point / "tensorboard"
+        assert hparams_of(tb)["prior.kind"] == kind and hparams_of(tb)["train.seed"] == 0
+        assert any(t.endswith("/recon_mse") for t in read_events(tb).Tags()["scalars"])
     again = repro("run", GRID, "--root", str(straight))
     assert again.stdout.count("finished, skipped") == 2 and "running" not in again.stdout
     # Kill the harness inside the second point's training, then run it again.

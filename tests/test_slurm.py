@@ -81,6 +81,11 @@ def test_array_sweep_and_summary(cluster, tmp_path):
     assert [r["point"] for r in rows] == ["num_steps-1", "num_steps-2", "num_steps-3"]
     assert all(r["step"] == 8 for r in rows)
     assert (tmp_path / "sw/summary.md").read_text().count("| num_steps-") == 3
+    # The sweep in one HParams table: every task's swept setting is its run's session hyper-parameter.
+    from tb_read import hparams_of
+
+    for n in (1, 2, 3):
+        assert hparams_of(tmp_path / "sw" / f"num_steps-{n}" / "tensorboard")["langevin.num_steps"] == n
     # One compile cache for the whole array: the next task starts with the graphs the others compiled.
     for point in ("num_steps-1", "num_steps-3"):
         saved = yaml.safe_load((tmp_path / "sw" / point / "config.yaml").read_text())

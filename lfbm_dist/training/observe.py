@@ -1,30 +1,31 @@
-"""Rank-0 observability: TensorBoard scalars and image grids, a progress bar with ETA on a terminal
-and a status line every logging tick."""
+"""Rank-0 observability: scalars and image grids to the run's trackers (train.log_with: TensorBoard by
+default; the engine makes them), a progress bar with ETA on a terminal and a status line every logging
+tick."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from ..progress import Progress
 
 
+class Tracking(Protocol):  # engine.Trackers: rank 0's trackers (empty elsewhere)
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None: ...
+
+
 class Observer:
-    def __init__(self, run_dir: str, enabled: bool, total_images: int, start_images: int):
+    def __init__(self, trackers: Tracking, enabled: bool, total_images: int, start_images: int):
         self.enabled = enabled
         self.total_images = total_images
-        self.writer = None
+        self.trackers = trackers
         self.tick_time, self.tick_images = time.perf_counter(), start_images
         self.progress = Progress(
             total_images, "training", unit="img", enabled=enabled, initial=start_images, interval_s=float("inf")
         )  # in logs the status lines below are the progress
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: a resumed run drops the events the interrupted run wrote after its checkpoint
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=start_images or None)
 
     def images_per_sec(self, images_seen: int) -> float:
         now = time.perf_counter()
@@ -36,20 +37,19 @@ class Observer:
         self.progress.update(images)
 
     def scalars(self, values: dict[str, float], images_seen: int) -> None:
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, global_step=images_seen)
+        if self.enabled:
+            self.trackers.scalars(values, images_seen)
 
     def image_grid(self, tag: str, images: torch.Tensor, images_seen: int) -> None:
         """images: (N, C, H, W) in [−1, 1]."""
-        if self.writer is None:
+        if not self.enabled:
             return
         import torchvision
 
         grid = torchvision.utils.make_grid(
             images.float().clamp(-1, 1).cpu(), nrow=8, normalize=True, value_range=(-1, 1)
         )
-        self.writer.add_image(tag, grid, global_step=images_seen)
+        self.trackers.image(tag, grid, images_seen)
 
     def status(self, step: int, images_seen: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -60,7 +60,4 @@ class Observer:
         self.progress.write(f"step {step} kimg {images_seen / 1000:.3f} | {parts} | {meter}")
 
     def close(self) -> None:
-        self.progress.close()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        self.progress.close()  # the trackers are the engine's: it finishes them (Engine.end)

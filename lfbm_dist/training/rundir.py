@@ -31,7 +31,16 @@ from .checkpoint import (
     verify,
 )
 
-_ARTEFACTS = ("checkpoints", "tensorboard", "logs", "trainer_state.json", "metrics.json", "config.yaml")
+_ARTEFACTS = (
+    "checkpoints",
+    "tensorboard",
+    "logs",
+    "trainer_state.json",
+    "metrics.json",
+    "config.yaml",
+    "trackers.json",
+    "wandb",
+)
 
 
 @dataclass(frozen=True)

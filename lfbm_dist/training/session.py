@@ -22,7 +22,8 @@ from ..inference import GRAPHS
 from . import checkpoint, faults, rundir
 from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
 from .compile_cache import use_compile_cache
-from .engine import Engine, launcher_command
+from .engine import Engine, TrackerSpec, launcher_command
+from .engine.trackers import check_installed, flatten
 from .trainer import Trainer, batch_statistics_warning
 
 log = logging.getLogger("lfbm_dist")
@@ -41,6 +42,7 @@ def resume_command(argv: list[str]) -> str:
 def train(cfg: Config, argv: list[str] | None = None) -> dict:
     """Train per cfg; returns the final trainer state (GracefulStop after a signal's checkpoint)."""
     t = cfg.train
+    check_installed(t.log_with)  # before anything is made: one line naming the pip command
     state = rundir.inspect(cfg)  # one-line CheckpointError if a new run would mix with an old one
     if state.kind == "complete":
         log.info(
@@ -61,7 +63,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
             )
         }
     )
-    engine = Engine(cfg)
+    engine = Engine(cfg, tracker_spec(cfg, state, argv or sys.argv))
     moved = None
     if engine.is_main:
         if t.overwrite and state.kind == "new" and not rundir.elastic_restart():  # a restart keeps its own
@@ -71,6 +73,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     engine.barrier()
     check_shared_run_dir(engine, Path(t.run_dir))
     logs.setup(engine.rank, engine.world_size, t.run_dir)
+    engine.open_trackers()
     if moved:
         log.info("lfbm_dist: the earlier run's artefacts were moved to %s", moved)
     cache = use_compile_cache(cfg.perf.compile_cache, t.run_dir) if engine.fast.compile_mode else None
@@ -95,6 +98,37 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     _summary(cfg, engine, result, time.time() - started)
     engine.end()
     return result
+
+
+# Settings that say where and how a run is kept, not what it learns: never an HParams column.
+_NOT_HPARAMS = {
+    *(f"train.{k}" for k in ("run_dir", "resume", "overwrite", "log_with", "collective_timeout_min", "keep_snapshots")),
+    *(f"train.{k}" for k in ("log_every_kimg", "snapshot_every_kimg", "image_every_kimg", "snapshot_async")),
+    *("train.snapshot_shard_mb", "data.num_workers", "eval.cache_dir"),
+}
+
+
+def hparams(cfg: Config, argv: list[str]) -> dict:
+    """What a sweep varies: the settings given on the command line (a Slurm array's and lfbm-repro's
+    points are their overrides), with their resolved values, and the preset they start from."""
+    flat = flatten(cfg.to_dict())
+    given = [a.split("=", 1)[0] for a in argv if "=" in a and not a.startswith("-")]
+    chosen = {k: flat[k] for k in given if k in flat and k not in _NOT_HPARAMS}
+    preset = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else ""
+    return {"config": preset, **chosen}
+
+
+def tracker_spec(cfg: Config, state, argv: list[str]) -> TrackerSpec:
+    resumed = state.checkpoint is not None
+    return TrackerSpec(
+        names=tuple(cfg.train.log_with),
+        run_dir=Path(cfg.train.run_dir),
+        step=state.images_seen if resumed else 0,
+        purge=resumed,
+        continuing=resumed,
+        params=flatten(cfg.to_dict()),
+        hparams=hparams(cfg, argv),
+    )
 
 
 def check_shared_run_dir(engine: Engine, run_dir: Path) -> None:
@@ -161,5 +195,6 @@ def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float) -> None:
         checkpoint.latest(run_dir),
     )
     log.info("  %s", GRAPHS.summary())
-    log.info("  TensorBoard: tensorboard --logdir %s", run_dir / "tensorboard")
+    for line in engine.trackers.describe():
+        log.info("  %s", line)
     log.info("  evaluate:    lfbm-evaluate --run %s --metrics fid,recon", run_dir)

@@ -139,9 +139,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        t = self.cfg.train
         self.stop.install()
-        self.observer = Observer(t.run_dir, self.engine.is_main, self.total_images, self.state.images_seen)
+        self.observer = Observer(self.engine.trackers, self.engine.is_main, self.total_images, self.state.images_seen)
         try:
             while self.state.images_seen < self.total_images:
                 prev = self.state.images_seen

@@ -24,8 +24,10 @@ from .. import state_schema as schema
 from ..fastpath import FastPath
 from . import zero
 from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command
+from .trackers import PROJECT, Trackers, TrackerSpec
+from .trackers import build as tracker_objects
 
-__all__ = ["Engine", "LaunchError", "PeerFailure", "launcher_command"]
+__all__ = ["Engine", "LaunchError", "PeerFailure", "TrackerSpec", "Trackers", "launcher_command"]
 
 # Nothing executes code from a checkpoint: every torch.load in this process — DeepSpeed's own
 # (it passes weights_only=False) and zero_to_fp32's included — uses the weights-only unpickler.
@@ -47,7 +49,8 @@ class PeerFailure(LfbmError, RuntimeError):
 class Engine:
     """Process group, model wrapping, the guarded optimizer step, collectives, checkpoint I/O."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, trackers: TrackerSpec | None = None):
+        """trackers: where rank 0 logs (train.log_with; trackers.py), started by open_trackers."""
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
@@ -67,6 +70,7 @@ class Engine:
             mixed_precision="no",
             kwargs_handlers=[init] if launched else [],
             gradient_accumulation_steps=cfg.train.accumulation_steps,
+            log_with=tracker_objects(trackers) if trackers else None,
         )
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
@@ -86,6 +90,15 @@ class Engine:
         self._wrapped: Any = None
         self._optimizer: Any = None
         self.group_names: list[list[str]] = []  # parameter names of each optimizer group
+        self._tracker_spec = trackers if self.is_main else None
+        self.trackers = Trackers(self.accelerator, None)  # nowhere until open_trackers
+
+    def open_trackers(self) -> Trackers:
+        """Start rank 0's trackers (once the run directory is in place) and hand them out."""
+        if self._tracker_spec is not None and not self.accelerator.trackers:
+            self.accelerator.init_trackers(PROJECT)  # parameters: Trackers decides what each gets
+            self.trackers = Trackers(self.accelerator, self._tracker_spec)
+        return self.trackers
 
     # ------------------------------------------------------------------ model and optimizer
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
