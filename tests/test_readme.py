@@ -14,8 +14,8 @@ from conftest import ROOT
 
 DIRECTIVE = re.compile(r"<!-- readme-test: (\w+)[^>]*-->\s*```bash\n(.*?)```", re.S)
 SHORTER = {  # appended to a command line that starts with the key (after continuation lines are joined)
-    "bash scripts/quickstart.sh": "train.total_kimg=0.3 eval.recon_samples=32 eval.fid_num_samples=100 "
-    "langevin.test_num_steps=10",
+    "bash scripts/quickstart.sh": "train.total_kimg=0.1 eval.recon_samples=16 eval.fid_num_samples=50 "
+    "langevin.test_num_steps=5",
     "accelerate launch": "train.total_kimg=0.032",
     "DS_ACCELERATOR=cpu accelerate launch": "train.total_kimg=0.032",
     "lfbm-train": "train.total_kimg=0.1 train.log_every_kimg=0.1",
