@@ -6,13 +6,18 @@ it) — but it starts warm: multiprocessing's fork server has imported torch (an
 the first optimizer step imports), pydantic, Accelerate and TensorBoard once, and forks each run from
 there, so a run does not spend ≈ 3 CPU-s on those imports before its first line. lfbm_dist itself is
 imported fresh in every run, after its environment is set (fault switches are read at import).
-The launcher tests (accelerate launch, torchrun, Slurm, two nodes), the signal tests, the console
-scripts and README's commands start cold, as users start them. LFBM_TEST_COLD=1 starts every run cold.
+A launched run (`run("ddp2", …, warm_ranks=True)`) forks its ranks warm too, each with the environment
+the real `accelerate launch` gives that rank (read once from a real launch): the multi-rank tests whose
+subject is training, not the launcher, run without ≈ 10 CPU-s of launcher and imports per run (the
+suite is CPU-bound on CI's two cores). The launcher tests (accelerate launch, torchrun, Slurm, two
+nodes), the signal and fault tests, the console scripts and README's commands start cold, as users
+start them. LFBM_TEST_COLD=1 starts every run cold.
 """
 
 import atexit
 import faulthandler
 import io
+import json
 import multiprocessing
 import os
 import runpy
@@ -22,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
+import uuid
 from pathlib import Path
 
 from conftest import PYTHON, ROOT
@@ -79,10 +86,101 @@ def env(**extra: str) -> dict:
     return e
 
 
-def run(kind: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+def run(kind: str, *args: str, timeout: int = 600, warm_ranks: bool = False, **extra_env: str):
+    """A training run; warm_ranks=True: a launched kind's ranks start warm (launched(), below)."""
     if kind == "single":
         return module("lfbm_dist.train", *args, timeout=timeout, **extra_env)
-    return captured(command(kind, *args), timeout, env(**extra_env))
+    return launch_script(kind, "lfbm_dist/train.py", *args, timeout=timeout, warm_ranks=warm_ranks, **extra_env)
+
+
+def launch_script(kind: str, script: str, *args: str, timeout: float = 600, warm_ranks: bool = False, **extra_env):
+    """`accelerate launch` (command(kind)) of script; warm_ranks=True: its ranks start warm (launched())."""
+    if warm_ranks and _warm() is not None:
+        return launched(kind, list(args), timeout, extra_env, script)
+    cmd = command(kind, *args)
+    cmd[cmd.index("lfbm_dist/train.py")] = script
+    return captured(cmd, timeout, env(**extra_env))
+
+
+_LAUNCHER_ENV: dict[str, list[dict[str, str]]] = {}
+
+
+def _launcher_env(kind: str) -> list[dict[str, str]]:
+    """What `accelerate launch` (command(kind)) adds to each rank's environment, read once per kind and
+    test process from a real launch of tests/dump_env.py."""
+    if kind not in _LAUNCHER_ENV:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = command(kind)
+            cmd[cmd.index("lfbm_dist/train.py")] = "tests/dump_env.py"
+            given = env(LFBM_TEST_OUT=tmp)
+            proc = captured(cmd, 300, given)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            ranks = sorted(Path(tmp).glob("rank*.json"), key=lambda p: int(p.stem[4:]))
+            seen = [json.loads(p.read_text()) for p in ranks]
+        _LAUNCHER_ENV[kind] = [{k: v for k, v in r.items() if given.get(k) != v} for r in seen]
+    return _LAUNCHER_ENV[kind]
+
+
+def launched(
+    kind: str, args: list[str], timeout: float, extra_env: dict, script: str = "lfbm_dist/train.py"
+) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `kind` (DDP or DeepSpeed on N gloo ranks), its ranks forked from the fork
+    server, each with exactly the environment the real launcher gives that rank (_launcher_env; a fresh
+    port and run id) and the launcher's stop rule (one rank fails: the others get SIGTERM, then SIGKILL
+    after 30 s). Same ranks, process group, backend and arguments, without the launcher's ≈ 4 CPU-s and
+    each rank's ≈ 2.5 CPU-s of imports. The ranks' outputs are joined in rank order (a launcher interleaves
+    them). What only a launcher does (restarts, its own signals, the first error line on a shared
+    terminal, the resume command it is named in) is tested through the real ones."""
+    ctx, port, run_id = _warm(), str(free_port()), uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory() as tmp:
+        procs, files = [], []
+        for rank, added in enumerate(_launcher_env(kind)):
+            e = {**env(**extra_env), **added, "MASTER_PORT": port, "TORCHELASTIC_RUN_ID": run_id}
+            e["TORCHELASTIC_USE_AGENT_STORE"] = "False"  # no agent: rank 0 hosts the store (env://)
+            e.pop("TORCHELASTIC_ERROR_FILE", None)  # the agent's, in its own temporary folder
+            out, err = Path(tmp) / f"out{rank}", Path(tmp) / f"err{rank}"
+            out.touch()
+            err.touch()
+            files.append((out, err))
+            procs.append(ctx.Process(target=_as_main, args=([script], args, e, str(ROOT), str(out), str(err))))
+            procs[-1].start()
+        code = _wait_all(procs, timeout)
+        stdout, stderr = "".join(o.read_text() for o, _ in files), "".join(e.read_text() for _, e in files)
+    cmd = command(kind, *args)
+    cmd[cmd.index("lfbm_dist/train.py")] = script
+    if code is None:
+        raise HungRun(cmd, timeout, stdout, stderr)
+    return subprocess.CompletedProcess(cmd, code, stdout, stderr)
+
+
+def _wait_all(procs: list, timeout: float) -> int | None:
+    """The first non-zero exit status (0 if none); None if they were still running at the timeout
+    (each then got SIGABRT, on which faulthandler dumps its threads' stacks)."""
+    deadline, stop_by, first = time.monotonic() + timeout, None, 0
+    while any(p.exitcode is None for p in procs):
+        now = time.monotonic()
+        if now > deadline:
+            for p in procs:
+                if p.exitcode is None:
+                    os.kill(p.pid, signal.SIGABRT)
+            for p in procs:
+                p.join(10)
+                if p.exitcode is None:
+                    p.kill()
+                    p.join()
+            return None
+        failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+        if failed and stop_by is None:
+            first, stop_by = failed[0], now + 30
+            for p in procs:
+                if p.exitcode is None:
+                    os.kill(p.pid, signal.SIGTERM)
+        if stop_by is not None and now > stop_by:
+            for p in procs:
+                if p.exitcode is None:
+                    p.kill()
+        time.sleep(0.05)
+    return first or next((p.exitcode for p in procs if p.exitcode), 0)
 
 
 class HungRun(subprocess.TimeoutExpired):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from launch import command, env, finished_run, run
+from launch import command, env, finished_run, launch_script, run
 
 from lfbm_dist.export import checkpoint_state_dict, export, load_exported
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
@@ -53,7 +53,10 @@ def layouts(tmp_path_factory):
     for name, (kind, extra, _, _) in LAYOUTS.items():
         args = [*TINY, f"train.run_dir={root / name}", "train.total_kimg=0.04", "train.log_every_kimg=0.04"]
         args += ["train.snapshot_every_kimg=0.032", *extra]
-        made[name] = (root / name, _ok(run(kind, *args, LFBM_FAULT_NAN_STEPS="1", LFBM_FAULT_NAN_GRAD_STEPS="2")))
+        made[name] = (
+            root / name,
+            _ok(run(kind, *args, warm_ranks=True, LFBM_FAULT_NAN_STEPS="1", LFBM_FAULT_NAN_GRAD_STEPS="2")),
+        )
     return made
 
 
@@ -79,7 +82,7 @@ def test_two_rank_backends_train_checkpoint_and_export(tmp_path, layouts, name, 
 
 def test_channels_last_on_under_deepspeed_is_refused_in_one_line(tmp_path):
     """DeepSpeed views every parameter as contiguous bytes; NHWC weights would crash inside it."""
-    proc = run("zero2", *TINY, f"train.run_dir={tmp_path / 'r'}", "perf.channels_last=on")
+    proc = run("zero2", *TINY, f"train.run_dir={tmp_path / 'r'}", "perf.channels_last=on", warm_ranks=True)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: perf.channels_last=on")]
     assert lines and "cannot run under DeepSpeed" in lines[0], proc.stderr[-3000:]
@@ -223,11 +226,7 @@ def test_silent_single_process_cpu_launch_is_refused(tmp_path):
 
 @pytest.mark.parametrize("kind", ["ddp2", "zero2"])
 def test_posterior_inference_uses_no_collectives(tmp_path, kind):
-    cmd = command(kind)
-    cmd[cmd.index("lfbm_dist/train.py")] = "tests/dist_collectives.py"
-    proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env(LFBM_TEST_OUT=str(tmp_path))
-    )
+    proc = launch_script(kind, "tests/dist_collectives.py", warm_ranks=True, LFBM_TEST_OUT=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1]

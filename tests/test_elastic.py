@@ -85,6 +85,7 @@ def layout_runs(tmp_path_factory, shards):
                     f"data.num_workers={workers}",
                     "train.snapshot_every_kimg=0.032",
                     "train.keep_snapshots=8",
+                    warm_ranks=True,
                     LFBM_TEST_KEYS_DIR=str(straight / "keys"),
                 )
             )
@@ -113,6 +114,7 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
             f"train.batch_per_gpu={8 // w0}",
             "train.resume=auto",
             f"data.num_workers={k1}",
+            warm_ranks=True,
             LFBM_TEST_KEYS_DIR=str(resumed / "keys"),
         )
     )
@@ -131,7 +133,8 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
 
 def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_path, shards, layout_runs):
     stopped = stopped_at(layout_runs(2, 1, []), 32, tmp_path / "r")  # 2 ranks × 1 worker: 2 streams
-    proc = run("ddp4", *_common(shards, 0.12), f"train.run_dir={stopped}", "train.batch_per_gpu=4", "train.resume=auto")
+    proc = run("ddp4", *_common(shards, 0.12), f"train.run_dir={stopped}", "train.batch_per_gpu=4", "train.resume=auto",
+               warm_ranks=True)  # fmt: skip
     assert proc.returncode != 0
     line = next(ln for ln in proc.stderr.splitlines() if "error: data plan" in ln)
     assert "2 virtual streams cannot be split evenly over 4 rank(s)" in line and "1×{1,2} 2×{1}" in line, line
@@ -160,6 +163,7 @@ def source_runs(tmp_path_factory):
                     "train.snapshot_every_kimg=0.04",
                     f"train.run_dir={straight}",
                     "train.batch_per_gpu=4",
+                    warm_ranks=True,
                 )
             )
             made[source] = straight
@@ -184,6 +188,7 @@ def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source_
             f"train.run_dir={moved}",
             f"train.batch_per_gpu={8 // world}",
             "train.resume=auto",
+            warm_ranks=True,
             LFBM_TEST_DUMP_LOADED=str(dump),
         )
     )

@@ -435,7 +435,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_bitwise(tmp_path, kin
         "train.batch_per_gpu=4" if kind == "ddp2" else "train.batch_per_gpu=8",
     ]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run(kind, *args, f"train.run_dir={straight}").returncode == 0
+    assert run(kind, *args, f"train.run_dir={straight}", warm_ranks=True).returncode == 0
     proc = subprocess.Popen(
         command(kind, *args, f"train.run_dir={stopped}"),
         cwd=ROOT,
@@ -457,7 +457,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_bitwise(tmp_path, kin
     assert "resume with: " in lines[0] and "train.resume=auto" in lines[0]
     ckpt = latest(stopped)
     assert ckpt is not None and int(ckpt.name.split("-")[1]) < 128
-    assert run(kind, *args, f"train.run_dir={stopped}", "train.resume=auto").returncode == 0
+    assert run(kind, *args, f"train.run_dir={stopped}", "train.resume=auto", warm_ranks=True).returncode == 0
     a, b = read_state(latest(straight)), read_state(latest(stopped))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,13 +1,11 @@
 """FID against torch-fidelity itself, across process counts, and the reference-statistics cache."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
-from launch import ACCELERATE, env, finished_run, free_port, module
+from launch import finished_run, launch_script, module
 
 from lfbm_dist.metrics import fid as fidlib
 from lfbm_dist.metrics.inception import TorchScriptInception, load_inception
@@ -36,25 +34,8 @@ def _evaluate(launcher, run_dir, cache, *extra):
     ]
     if launcher == "single":
         proc = module("lfbm_dist.evaluate", *args, timeout=900)
-    else:
-        cmd = [
-            ACCELERATE,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            "lfbm_dist/evaluate.py",
-            *args,
-        ]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
+    else:  # accelerate launch --multi_gpu --num_processes 2, its ranks warm (tests/launch.py)
+        proc = launch_script(launcher, "lfbm_dist/evaluate.py", *args, timeout=900, warm_ranks=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((cache / "metrics.json").read_text())
 

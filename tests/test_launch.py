@@ -94,3 +94,36 @@ def test_warm_and_cold_training_dry_runs_agree():
     warm, cold = (launch.module("lfbm_dist.train", *args, cold=c) for c in (False, True))
     assert warm.returncode == cold.returncode == 0, (warm.stderr[-2000:], cold.stderr[-2000:])
     assert warm.stdout == cold.stdout and "seed: 3" in warm.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp2", "zero2"])
+def test_warm_ranks_train_as_the_real_launcher_does(tmp_path, kind):
+    """A launched run with its ranks forked warm (launch.launched) against the same run under the real
+    `accelerate launch`: the same start and end lines from rank 0, the same bitwise final state, and a
+    bad setting fails both with the same one error line."""
+    import torch
+
+    from lfbm_dist.training.checkpoint import latest, read_state
+
+    args = ("--config", "configs/test_tiny.yaml", "train.total_kimg=0.032", "train.batch_per_gpu=4")
+    runs = {}
+    for warm in (True, False):
+        proc = launch.run(kind, *args, f"train.run_dir={tmp_path / str(warm)}", warm_ranks=warm)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("lfbm_dist: ", "done: "))]
+        runs[warm] = (
+            [ln.split(", newest checkpoint")[0].rsplit(",", 1)[0] for ln in lines],
+            latest(tmp_path / str(warm)),
+        )
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) == 2 and "2 rank(s)" in runs[True][0][0]
+    a, b = read_state(runs[True][1]), read_state(runs[False][1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if kind != "ddp2":  # a failing run fails alike: once (each real launch costs ≈ 10 CPU-s)
+        return
+    bad = [
+        launch.run(kind, *args, f"train.run_dir={tmp_path / 'bad'}", "train.seed=x", warm_ranks=w)
+        for w in (True, False)
+    ]
+    errors = [sorted({ln for ln in p.stderr.splitlines() if ln.startswith("error:")}) for p in bad]
+    assert bad[0].returncode != 0 and bad[1].returncode != 0 and errors[0] == errors[1] and len(errors[0]) == 1

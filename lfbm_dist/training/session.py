@@ -73,7 +73,6 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     engine.barrier()
     check_shared_run_dir(engine, Path(t.run_dir))
     logs.setup(engine.rank, engine.world_size, t.run_dir)
-    engine.open_trackers()
     if moved:
         log.info("lfbm_dist: the earlier run's artefacts were moved to %s", moved)
     cache = use_compile_cache(cfg.perf.compile_cache, t.run_dir) if engine.fast.compile_mode else None

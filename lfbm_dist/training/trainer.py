@@ -140,7 +140,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         self.stop.install()
-        self.observer = Observer(self.engine.trackers, self.engine.is_main, self.total_images, self.state.images_seen)
+        # the trackers start here, with the stop handler in place (their start can take seconds)
+        trackers = self.engine.open_trackers()
+        self.observer = Observer(trackers, self.engine.is_main, self.total_images, self.state.images_seen)
         try:
             while self.state.images_seen < self.total_images:
                 prev = self.state.images_seen
