@@ -242,11 +242,12 @@ def verify(ckpt_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """The full training state (verified first), keyed as training/state_schema.py says."""
+def read_state(ckpt_dir: Path, verified: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The full training state, keyed as training/state_schema.py says; verified first unless the
+    caller passes the manifest its own verify() returned (a start hashes a checkpoint once)."""
     from safetensors.torch import load_file
 
-    manifest = verify(ckpt_dir)
+    manifest = verified or verify(ckpt_dir)
     state: dict[str, torch.Tensor] = {}
     for name in manifest["shards"]:
         try:
@@ -261,9 +262,11 @@ def model_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name_of(k): v for k, v in state.items() if kind_of(k) in MODEL_KINDS}
 
 
-def check_compatible(ckpt_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Refuse checkpoints of another architecture, and damaged ones, with one clear line."""
-    verify(ckpt_dir)
+def check_compatible(ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Refuse checkpoints of another architecture, and damaged ones (unless `verified`, the manifest
+    verify() returned), with one clear line."""
+    if verified is None:
+        verify(ckpt_dir)
     try:
         saved_cfg = yaml.safe_load((ckpt_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -285,13 +288,16 @@ def data_states(ckpt_dir: Path) -> list[dict[str, Any]]:
     return [read_json(f, "data position") for f in files]
 
 
-def load(engine, plain, ckpt_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load(
+    engine, plain, ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Collective: restore model and optimizer into the prepared objects, whatever layout wrote the
     checkpoint and whatever layout reads it. Returns (trainer state, every rank's data position)."""
-    trainer_state = check_compatible(ckpt_dir, cfg)
+    manifest = verified or verify(ckpt_dir)  # the one hash of every part (rundir.inspect's, when it did it)
+    trainer_state = check_compatible(ckpt_dir, cfg, manifest)
     positions = data_states(ckpt_dir)
     try:
-        engine.load_full_state(plain, read_state(ckpt_dir))
+        engine.load_full_state(plain, read_state(ckpt_dir, manifest))
     except CheckpointError:
         raise
     except Exception as exc:  # names that do not match the model, or a failing backend: name the checkpoint

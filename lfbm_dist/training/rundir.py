@@ -48,6 +48,7 @@ class RunState:
     kind: str  # new | resuming | complete
     checkpoint: Path | None
     images_seen: int = 0
+    manifest: dict | None = None  # verified at inspection: loading it does not hash it again
 
     def describe(self) -> str:
         if self.kind == "new":
@@ -96,11 +97,11 @@ def inspect(cfg: Config) -> RunState:
     ckpt = resolve_resume(cfg)
     if ckpt is None:  # resume=auto in a fresh directory
         return RunState("new", None)
-    _verified(ckpt)  # a damaged checkpoint is named here, not called complete or loaded half-way
+    manifest = _verified(ckpt)  # a damaged checkpoint is named here, not called complete or loaded half-way
     _refuse_other_trajectory(ckpt, cfg)
     seen = _images_seen(ckpt)
     total = int(round(t.total_kimg * 1000))
-    return RunState("complete" if seen >= total else "resuming", ckpt, seen)
+    return RunState("complete" if seen >= total else "resuming", ckpt, seen, manifest)
 
 
 # Settings that change what a run is (its trajectory), beyond the architecture (checked by
@@ -151,10 +152,10 @@ def _finished_same_run(ckpt: Path, cfg: Config) -> bool:
     return _images_seen(ckpt) >= int(round(t.total_kimg * 1000))
 
 
-def _verified(ckpt: Path) -> None:
-    """verify(ckpt), naming the previous complete checkpoint to resume from if it is damaged."""
+def _verified(ckpt: Path) -> dict:
+    """verify(ckpt) (its manifest), naming the previous complete checkpoint to resume from if it is damaged."""
     try:
-        verify(ckpt)
+        return verify(ckpt)
     except CheckpointDamaged as exc:
         what = str(exc).split("; resume from an earlier")[0]
         earlier = [c for c in list_complete(ckpt.parent.parent) if c.name < ckpt.name]

@@ -82,7 +82,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     # The test suite's fault injection (training/faults.py): the no-op hooks unless its variables are set.
     trainer = Trainer(cfg, engine, batch, feed, streams, faults.from_env())
     if state.checkpoint is not None:
-        trainer.resume(state.checkpoint)
+        trainer.resume(state.checkpoint, state.manifest)
     _start_line(cfg, engine, batch, trainer, feed, state, layout, cache)
     started = time.time()
     try:

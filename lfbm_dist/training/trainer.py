@@ -115,8 +115,8 @@ class Trainer:
         known = set(vars(self.state))
         self.state = TrainerState(**{k: v for k, v in saved.items() if k in known})
 
-    def resume(self, ckpt: Path) -> None:
-        saved, positions = checkpoint.load(self.engine, self.plain, ckpt, self.cfg)
+    def resume(self, ckpt: Path, verified: dict | None = None) -> None:
+        saved, positions = checkpoint.load(self.engine, self.plain, ckpt, self.cfg, verified)
         saved.setdefault("global_batch", self.state.global_batch)
         saved.setdefault("virtual_streams", self.state.virtual_streams)
         self.load_state_dict(saved)
