@@ -130,7 +130,9 @@ def launched(
     after 30 s). Same ranks, process group, backend and arguments, without the launcher's ≈ 4 CPU-s and
     each rank's ≈ 2.5 CPU-s of imports. The ranks' outputs are joined in rank order (a launcher interleaves
     them). What only a launcher does (restarts, its own signals, the first error line on a shared
-    terminal, the resume command it is named in) is tested through the real ones."""
+    terminal, the resume command it is named in) is tested through the real ones; so are refusals:
+    only rank 0 prints a settings error, and a rank that exits first gets the others stopped here
+    sooner than the real agent's monitor would (a refusal test lost rank 0's line this way once)."""
     ctx, port, run_id = _warm(), str(free_port()), uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory() as tmp:
         procs, files = [], []

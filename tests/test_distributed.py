@@ -82,7 +82,7 @@ def test_two_rank_backends_train_checkpoint_and_export(tmp_path, layouts, name, 
 
 def test_channels_last_on_under_deepspeed_is_refused_in_one_line(tmp_path):
     """DeepSpeed views every parameter as contiguous bytes; NHWC weights would crash inside it."""
-    proc = run("zero2", *TINY, f"train.run_dir={tmp_path / 'r'}", "perf.channels_last=on", warm_ranks=True)
+    proc = run("zero2", *TINY, f"train.run_dir={tmp_path / 'r'}", "perf.channels_last=on")  # cold: see launch.launched
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: perf.channels_last=on")]
     assert lines and "cannot run under DeepSpeed" in lines[0], proc.stderr[-3000:]

@@ -133,8 +133,7 @@ def test_resume_on_another_layout_continues_with_the_same_global_batches(tmp_pat
 
 def test_a_layout_the_plan_cannot_serve_is_refused_with_the_ones_that_work(tmp_path, shards, layout_runs):
     stopped = stopped_at(layout_runs(2, 1, []), 32, tmp_path / "r")  # 2 ranks × 1 worker: 2 streams
-    proc = run("ddp4", *_common(shards, 0.12), f"train.run_dir={stopped}", "train.batch_per_gpu=4", "train.resume=auto",
-               warm_ranks=True)  # fmt: skip
+    proc = run("ddp4", *_common(shards, 0.12), f"train.run_dir={stopped}", "train.batch_per_gpu=4", "train.resume=auto")
     assert proc.returncode != 0
     line = next(ln for ln in proc.stderr.splitlines() if "error: data plan" in ln)
     assert "2 virtual streams cannot be split evenly over 4 rank(s)" in line and "1×{1,2} 2×{1}" in line, line
