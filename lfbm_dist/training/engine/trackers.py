@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -30,8 +29,6 @@ import torch
 
 from ...config import ConfigError
 from ...files import write_atomic
-
-log = logging.getLogger("lfbm_dist")
 
 STATE_FILE = "trackers.json"  # RUN_DIR: the tracker runs' ids a resume continues
 PROJECT = "lfbm_dist"  # W&B project / MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME say
@@ -149,7 +146,8 @@ class Trackers:
         self.spec = spec
         if spec is None:
             return
-        ids = _ids(spec.run_dir) if spec.continuing else {}
+        saved = _ids(spec.run_dir)
+        ids = dict(saved) if spec.continuing else {}
         for tracker in self.trackers:
             if tracker.name == "tensorboard":
                 if spec.hparams:  # a training start; an evaluation adds scalars to the same session
@@ -161,7 +159,7 @@ class Trackers:
                 tracker.store_init_configuration(spec.params)
                 if tracker.name == "wandb":
                     ids["wandb"] = tracker.run.id
-        if ids and ids != _ids(spec.run_dir):
+        if ids and ids != saved:
             write_atomic(spec.run_dir / STATE_FILE, json.dumps(ids, indent=2, sort_keys=True) + "\n")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
