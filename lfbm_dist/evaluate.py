@@ -26,7 +26,7 @@ if __name__ == "__main__" and not __package__:
 
 from lfbm_dist import cli, logs  # noqa: E402
 from lfbm_dist.inference import GRAPHS  # noqa: E402
-from lfbm_dist.training.evaluation import METRICS, run_metrics, tensorboard_tags  # noqa: E402
+from lfbm_dist.training.evaluation import INPAINT_COLUMNS, METRICS, run_metrics, tensorboard_tags  # noqa: E402
 
 log = logging.getLogger("lfbm_dist")
 CPU_IMAGES_PER_MIN = {"fid": 400, "chain_steps": 60_000}  # rough 2-core CPU rates for the up-front estimate
@@ -156,9 +156,12 @@ def _track(trackers, cfg, metrics: list[str], results: dict, images: dict, step:
             trackers.scalars({f"{tags[family]}/{key}": value}, step)
     for name, grid in images.items():
         family = "fid" if name == "samples" else "inpaint"
+        columns = len(INPAINT_COLUMNS) if name == "inpainting" else 8
         trackers.image(
             f"{tags[family]}/{name}",
-            torchvision.utils.make_grid(grid.float().cpu().clamp(-1, 1), nrow=8, normalize=True, value_range=(-1, 1)),
+            torchvision.utils.make_grid(
+                grid.float().cpu().clamp(-1, 1), nrow=columns, normalize=True, value_range=(-1, 1)
+            ),
             step,
         )
 

@@ -161,3 +161,58 @@ def test_verdicts():
     assert verdict([0.8, 0.6], [0.7, 0.5], higher_is_better=True) == "same direction, within seed spread"
     assert verdict([0.4], [0.5], higher_is_better=True) == "not reproduced"
     assert verdict([10.0, 11.0], [30.0, 31.0], higher_is_better=False) == "reproduced"
+
+
+def _inpainting_run(run_dir, masked, done, truth):
+    """A run whose TensorBoard holds an inpainting grid as lfbm-evaluate writes it."""
+    import torch
+    import torchvision
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lfbm_dist.training.evaluation import INPAINT_COLUMNS
+
+    rows = torch.stack([masked, done, truth], dim=1).flatten(0, 1)
+    grid = torchvision.utils.make_grid(rows, nrow=len(INPAINT_COLUMNS), normalize=True, value_range=(-1, 1))
+    with SummaryWriter(run_dir / "tensorboard") as tb:
+        tb.add_image("eval_inpaint/inpainting", grid, 1)
+
+
+def test_inpainting_sheet_shows_masked_input_each_models_completion_and_the_original_in_columns(tmp_path):
+    import torch
+    from PIL import Image
+
+    from lfbm_dist.repro.figures import inpainting_columns, sample_sheet
+    from lfbm_dist.repro.spec import Table
+
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.rand(5, 3, 12, 12, generator=gen) * 2 - 1
+    mask = torch.ones_like(truth)
+    mask[..., 3:9, 3:9] = 0
+    completions = {m: torch.rand(5, 3, 12, 12, generator=gen) * 2 - 1 for m in ("flow", "vae")}
+    records = []
+    for model, done in completions.items():
+        _inpainting_run(tmp_path / model, truth * mask, done, truth)
+        records.append({"seed": 0, "values": {"model": model}, "run_dir": str(tmp_path / model)})
+    table = Table(metric="inpaint_mse", rows="model")
+    assert sample_sheet(table, records, tmp_path / "sheet.png", "Table 3: first seed")
+    with Image.open(tmp_path / "sheet.png") as image:
+        assert image.size[0] >= 400 and np.asarray(image.convert("L")).std() > 5
+
+    from tb_read import read_events
+
+    def logged(model):
+        events = read_events(tmp_path / model / "tensorboard")
+        from io import BytesIO
+
+        raw = events.Images("eval_inpaint/inpainting")[-1].encoded_image_string
+        return np.asarray(Image.open(BytesIO(raw)).convert("RGB"))
+
+    to_png = lambda t: ((t.permute(1, 2, 0) + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).numpy()  # noqa: E731 — as TB
+    columns = inpainting_columns({m: logged(m) for m in completions})
+    assert [name for name, _ in columns] == ["masked input", "flow", "vae", "original"]
+    for (name, cells), source in zip(columns, [truth * mask, completions["flow"], completions["vae"], truth]):
+        assert len(cells) == 5 and all(np.array_equal(c, to_png(s)) for c, s in zip(cells, source)), name
+    # Models shown other inputs (another mask): each keeps its own three columns.
+    _inpainting_run(tmp_path / "other", truth, completions["vae"], truth)
+    apart = inpainting_columns({"flow": logged("flow"), "other": logged("other")})
+    assert [name for name, _ in apart][:4] == ["flow: masked input", "flow: completion", "flow: original", "other: masked input"]

@@ -157,23 +157,25 @@ def _last_image(run_dir: Path, prefer: tuple[str, ...]):
 
 
 def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> bool:
-    """The last image grid of each cell's first-seed run, rows × columns as the table: inpaintings
-    for an inpainting table, prior samples otherwise."""
-    prefer = ("inpainting", "samples/prior") if metric_keys(table)[0].startswith("inpaint") else ("samples/prior",)
+    """The last image grid of each cell's first-seed run: for an inpainting table one sheet in columns
+    (masked input | each model's completion | original), prior samples side by side otherwise."""
+    inpainting = metric_keys(table)[0].startswith("inpaint")
     shown: dict[tuple[str, str], np.ndarray] = {}
     for rec in sorted(records, key=lambda r: r["seed"]):
         cell = (_text(rec["values"][table.rows]), _text(rec["values"][table.columns]) if table.columns else "")
         run_dir = rec.get("run_dir")
         if cell in shown or not run_dir or not (Path(run_dir) / "tensorboard").is_dir():
             continue
-        image = _last_image(Path(run_dir), prefer)
+        image = _last_image(Path(run_dir), ("inpainting",) if inpainting else ("samples/prior",))
         if image is not None:
             shown[cell] = image
     if not shown:
         return False
-    plt = _pyplot()
     rows = list(dict.fromkeys(r for r, _ in shown))
     cols = list(dict.fromkeys(c for _, c in shown))
+    if inpainting:
+        return _inpainting_sheet(table, shown, rows, cols, path, title)
+    plt = _pyplot()
     fig, axes = plt.subplots(len(cols), len(rows), figsize=(3 * len(rows), 3.2 * len(cols) + 0.4), squeeze=False)
     for j, col in enumerate(cols):
         for i, row in enumerate(rows):
@@ -188,6 +190,67 @@ def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> b
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def grid_cells(grid: np.ndarray, columns: int, pad: int = 2) -> list[list[np.ndarray]]:
+    """A torchvision `make_grid` image (square cells, `pad` pixels around each) cut back into its
+    rows of `columns` cells."""
+    side = (grid.shape[1] - pad) // columns - pad
+    step = side + pad
+    rows = (grid.shape[0] - pad) // step
+    return [
+        [grid[pad + r * step : pad + r * step + side, pad + c * step : pad + c * step + side] for c in range(columns)]
+        for r in range(rows)
+    ]
+
+
+def inpainting_columns(grids: dict[str, np.ndarray]) -> list[tuple[str, list[np.ndarray]]]:
+    """model -> its logged inpainting grid (rows of masked input | completion | original) as labelled
+    columns: the masked inputs, each model's completions, the originals — when every model saw the same
+    masked images; otherwise each model's three columns, so nothing is shown beside the wrong input."""
+    from ..training.evaluation import INPAINT_COLUMNS
+
+    cells = {model: grid_cells(grid, len(INPAINT_COLUMNS)) for model, grid in grids.items()}
+    n = min(len(c) for c in cells.values())
+    first = next(iter(cells.values()))
+    same = all(
+        np.array_equal(c[i][k], first[i][k]) for c in cells.values() for i in range(n) for k in (0, len(c[i]) - 1)
+    )
+    column = lambda c, k: [c[i][k] for i in range(n)]  # noqa: E731
+    if same:
+        completions = [(model, column(c, 1)) for model, c in cells.items()]
+        return [(INPAINT_COLUMNS[0], column(first, 0)), *completions, (INPAINT_COLUMNS[-1], column(first, -1))]
+    return [(f"{model}: {name}", column(c, k)) for model, c in cells.items() for k, name in enumerate(INPAINT_COLUMNS)]
+
+
+def _inpainting_sheet(table: Table, shown: dict, rows: list[str], cols: list[str], path: Path, title: str) -> bool:
+    plt = _pyplot()
+    panels = [inpainting_columns({r: shown[(r, c)] for r in rows if (r, c) in shown}) for c in cols]
+    width = max(4.5, 0.9 * max(len(p) for p in panels) + 0.6)
+    height = sum(0.9 * len(p[0][1]) + 0.9 for p in panels)
+    fig, axes = plt.subplots(len(cols), 1, figsize=(width, height), squeeze=False)
+    for ax, col, columns in zip(axes[:, 0], cols, panels):
+        gap = lambda a: np.pad(a, ((1, 1), (3, 3), (0, 0)), constant_values=255)  # noqa: E731 — white between columns
+        sheet = np.concatenate([np.concatenate([gap(a) for a in cells]) for _, cells in columns], axis=1)
+        ax.imshow(sheet)
+        side = sheet.shape[1] / len(columns)
+        ax.set_xticks([side * (k + 0.5) for k in range(len(columns))], [_wrapped(n) for n, _ in columns], fontsize=7)
+        ax.xaxis.tick_top()
+        ax.set_yticks([])
+        ax.tick_params(length=0)
+        if table.columns:
+            ax.set_xlabel(f"{table.columns.split('.')[-1]} = {col}", fontsize=8)
+    _title(fig, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _wrapped(label: str) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, 12))
 
 
 def write_figures(grid: Grid, scale: str, records: list[dict], out: Path) -> list[str]:

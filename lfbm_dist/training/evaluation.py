@@ -19,6 +19,10 @@ from ..progress import Progress
 from .build import eval_data
 
 METRICS = ("fid", "recon", "inpaint", "anomaly", "aggpost", "recovery", "digits")
+# The inpainting grid's columns, one test image a row: what the chain saw, its first completion, the truth.
+# lfbm-evaluate draws it with this many columns and `lfbm-repro summary` cuts it back into them.
+INPAINT_COLUMNS = ("masked input", "completion", "original")
+GRID_ROWS = 8
 
 
 def tensorboard_tags(cfg: Config, metrics: list[str]) -> dict[str, str]:
@@ -148,8 +152,9 @@ class Suite:
                 completed.update(self.inception(fidlib.to_uint8(done)))
             elif c == 0:
                 first.append(done.cpu())
-            if len(grid) < 3 * 8 and c < 2:
-                grid.extend([x[:4] * mask[:4], done[:4]] if c == 0 else [done[:4]])
+            if c == 0 and not grid:  # the first batch: rows of masked input | completion | original
+                n = min(GRID_ROWS, len(x))
+                grid.append(torch.stack([x[:n] * mask[:n], done[:n], x[:n]], dim=1).flatten(0, 1).cpu())
 
         desc = f"inpainting ({e.inpaint_completions} × {lv.test_num_steps} steps)"
         with self.bar(self.count(e.split, e.inpaint_samples), desc) as p:
