@@ -215,6 +215,8 @@ def captured(cmd: list[str], timeout: float, environ: dict, cwd: Path = ROOT) ->
 # Imported once in the fork server; none of them reads a variable the tests vary at import time.
 WARM_MODULES = ["torch", "torch._dynamo", "numpy", "pydantic", "yaml", "safetensors.torch", "PIL.Image"]
 WARM_MODULES += ["accelerate", "torch.utils.tensorboard", "torchvision", "tqdm"]
+# DeepSpeed (≈ 2 CPU-s of imports per rank) reads DS_ACCELERATOR at import: env() fixes it to cpu for every run.
+WARM_MODULES += ["deepspeed"]
 _server = None
 
 

@@ -229,7 +229,9 @@ def test_a_rank_that_fails_once_is_restarted_by_the_agent_and_the_run_ends_bitwi
     final weights and Adam state are bitwise those of a run that never failed. The disk is slow
     (each rank's part of a snapshot takes 1.5 s), so step 4's snapshot is still being written when
     rank 1 fails: the failing rank finishes its part and rank 0 commits it on their way out."""
-    straight = _ok(_torchrun(tmp_path / "straight"))
+    # The uninterrupted reference: the same 2 DDP ranks, started warm (the agent is not its subject).
+    extra = ["train.total_kimg=0.128", "train.snapshot_every_kimg=0.032", "train.log_every_kimg=0.032"]
+    straight = _ok(run("ddp2", *TINY, f"train.run_dir={tmp_path / 'straight'}", *extra, warm_ranks=True))
     assert "2 rank(s)" in straight.stdout
     slow = {"LFBM_FAULT_SLOW_WRITE_S": "1.5"}
     failed = _ok(_torchrun(tmp_path / "failed", max_restarts=1, LFBM_FAULT_RAISE_ONCE="5:1", **slow))

@@ -29,44 +29,42 @@ def _measured(section):
 
 @pytest.mark.slow
 def test_gpu_proof_out_of_budget_keeps_what_it_measured(tmp_path):
-    """--budget-s too small for the later sections: every section still has a status, the last ones
-    say they were skipped, a cut section keeps the rows it streamed, and the finished ones their numbers."""
+    """--budget-s too small for the later sections: the first fits, the one running at the budget is
+    cut (its process group killed, the rows it streamed kept), the rest say they were skipped, and the
+    report still has every section's status and the finished one's numbers."""
     started = time.monotonic()
-    report = _proof(tmp_path, "--budget-s", "40")
-    assert time.monotonic() - started < 40 + 30  # the budget, plus the proof's own start and report
+    report = _proof(tmp_path, "--budget-s", "20", "--sections", "ablation,chain_variants,fid")
+    assert time.monotonic() - started < 20 + 30  # the budget, plus the proof's own start and report
     sections = report["sections"]
-    assert list(sections) == ["gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more"]
-    assert sections["gpu_tests"]["status"] == sections["ablation"]["status"] == "ok"
-    assert "skipped" in sections["gpu_tests"]["parts"][0]["summary"]  # no CUDA here
+    assert list(sections) == ["ablation", "chain_variants", "fid"]
+    assert sections["ablation"]["status"] == "ok"
     assert [v["variant"] for v in _measured(sections["ablation"])] == ["lfbm_dist", "plain_eager"]
-    assert sections["ablation_more"]["status"].startswith("skipped: out of time")
-    for name, section in sections.items():
-        status = section["status"]
-        assert status == "ok" or status.startswith(("incomplete: ", "skipped: out of time")), (name, status)
-        if status == "ok" and name in ("ablation", "chain_variants"):
-            assert _measured(section), name  # finished: its numbers are in the JSON
-        if status.startswith("incomplete: ") and "timed out" in status and "parts" in section:
-            cut = [p for p in section["parts"] if p["status"].startswith("timed out")]
-            jsonl = tmp_path / f"{name}.{section['parts'].index(cut[0])}.jsonl"
-            on_disk = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-            assert cut[0]["rows"] == on_disk  # whatever it streamed before the kill is kept
-    assert report["total_s"] <= 40 + 2  # sections are cut at the budget; the kill and the report take a moment
+    cut = sections["chain_variants"]  # its first graph alone compiles for longer than the budget leaves
+    assert cut["status"].startswith(("incomplete: timed out", "skipped: out of time")), cut["status"]
+    if "parts" in cut:
+        jsonl = tmp_path / "chain_variants.0.jsonl"
+        on_disk = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+        assert cut["parts"][0]["rows"] == on_disk  # whatever it streamed before the kill is kept
+    assert sections["fid"]["status"].startswith("skipped: out of time")
+    assert report["total_s"] <= 20 + 2  # sections are cut at the budget; the kill and the report take a moment
 
 
 @pytest.mark.slow
 def test_gpu_proof_smoke_runs_every_later_section_on_cpu(tmp_path):
-    """The one-shot GPU proof, in its CPU smoke mode, the sections the budgeted run above does not reach
-    (it runs the first two fully): every section runs and reports, the SIGKILL lands between the snapshot and the
-    end, the resumed weights are bitwise those of the uninterrupted run, the chain variants match the
-    eager loop, and the markdown rows are written."""
-    names = ("chain_variants", "resume", "chain_long", "fid", "ablation_more")
+    """The one-shot GPU proof, in its CPU smoke mode, every section the budgeted run above does not finish
+    (gpu_tests is pytest -m gpu: every test skipped here; chain_long is chain_variants' command with one
+    more variant, checked in the plan below): every section runs and reports, the SIGKILL lands between
+    the snapshot and the end, the resumed weights are bitwise those of the uninterrupted run, the chain
+    variants match the eager loop, and the markdown rows are written."""
+    names = ("gpu_tests", "chain_variants", "resume", "fid", "ablation_more")
     report = _proof(tmp_path, "--sections", ",".join(names))
     sections = report["sections"]
     assert {k: v["status"] for k, v in sections.items()} == {k: "ok" for k in names}
     more = _measured(sections["ablation_more"])  # smoke: batch 8 only (the ladder test covers the rest)
     assert [(v["variant"], v["chain_batch"]) for v in more] == [("lfbm_dist", 8), ("plain_eager", 8)]
-    chains = _measured(sections["chain_variants"]) + _measured(sections["chain_long"])
-    assert [r["variant"] for r in chains] == ["cudagraph_one_step", "graph:1", "graph:1"]
+    assert "skipped" in sections["gpu_tests"]["parts"][0]["summary"]  # no CUDA here
+    chains = _measured(sections["chain_variants"])
+    assert [r["variant"] for r in chains] == ["cudagraph_one_step", "graph:1"]
     assert all(r["status"] == "ok" and r["max_abs_diff_vs_eager"] < 1e-5 for r in chains), chains
     resume = sections["resume"]
     assert resume["killed_after"] == "ckpt-000000000016" and resume["bitwise_equal"] is True

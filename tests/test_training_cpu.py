@@ -7,9 +7,9 @@ from tb_read import read_events, scalar_series
 
 
 @pytest.mark.slow
-def test_150_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
-    """150 iterations of batch 32 (MSE falls to about a quarter by then, measured: 0.21 -> 0.05; it was
-    300, which proved nothing more)."""
+def test_100_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
+    """100 iterations of batch 32 (the MSE falls to under a third by then, measured: 0.21 -> 0.06; it was
+    150 and 300, which proved nothing more)."""
     run_dir, shard_dir = tmp_path / "run", tmp_path / "lfw16"
     # The preset's own shard command, as its comment gives it (only the output folder moved): what it
     # writes must be what the preset reads, so data.on_mismatch=error below stops at nothing.
@@ -23,10 +23,10 @@ def test_150_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
         "configs/lfw_faces.yaml",
         f"data.shards=[{shard_dir}/index.json]",
         f"train.run_dir={run_dir}",
-        "train.total_kimg=4.8",
+        "train.total_kimg=3.2",
         "train.batch_per_gpu=32",
         "train.log_every_kimg=0.32",
-        "train.image_every_kimg=4.8",
+        "train.image_every_kimg=3.2",
         "train.snapshot_every_kimg=0",
         "data.on_mismatch=error",
     ]
@@ -36,7 +36,7 @@ def test_150_iterations_improve_reconstruction_and_prior_likelihood(tmp_path):
     acc = read_events(run_dir / "tensorboard")
     mse = [v for _, v in scalar_series(acc, "recon_mse")]
     neg_log_p = [v for _, v in scalar_series(acc, "loss/prior")]  # −mean log p_α(z) of inferred z
-    assert len(mse) == 15  # 150 iterations, one tick per 10
+    assert len(mse) == 10  # 100 iterations, one tick per 10
     first, last = sum(mse[:3]) / 3, sum(mse[-3:]) / 3
     assert last < 0.6 * first, (first, last)
     assert sum(neg_log_p[-3:]) / 3 < sum(neg_log_p[:3]) / 3, neg_log_p
