@@ -6,6 +6,7 @@ otherwise. Only traffic between the two namespaces this test creates, deleted at
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -174,9 +175,43 @@ def test_a_lost_node_leaves_the_job_to_finish_on_the_other_exactly(tmp_path, nod
     assert procs[0].returncode == 0, (out[-2000:], err[-3000:])
     assert "2 rank(s)" in out and "1 rank(s) on" in out and "8 × 2 accumulation × 1 rank(s)" in out, out[-3000:]
     assert "resumed from ckpt-" in out
+    # What node 0's worker knew before its agent restarted it: which rank left, killed without a word.
+    (said,) = [ln for ln in err.splitlines() if "left the job" in ln]
+    assert said.startswith("[rank 0] error: rank 1 left the job while rank 0 waited") and "without a word" in said
     a, b = checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(run_dir))
     assert latest(run_dir).name == latest(straight).name == "ckpt-000000000256"
     for key, ref in a.items():
         assert ((b[key] - ref).norm() / ref.norm().clamp_min(1e-12)) <= 1e-5, key
     keys = _final_keys(tmp_path / "elastic" / "keys")
     assert len(keys) == 256 and len(set(keys)) == 256  # the epoch's 256 samples, each once
+
+
+def test_losing_the_node_that_hosts_the_rendezvous_is_one_line_naming_it_and_the_restart(tmp_path, nodes):
+    """The limit of torch elastic's c10d rendezvous: it lives on one node (node 0 here, is_host). When that
+    node is lost the others cannot re-form the job; node 1 says so as its first error line, with how to
+    start again from the newest checkpoint, and exits (not a hang, not only the agent's stack dumps)."""
+    import psutil
+
+    args = ["train.total_kimg=0.256", "train.snapshot_every_kimg=0.032", "train.batch_per_gpu=8"]
+    run_dir = tmp_path / "elastic" / "run"
+    (tmp_path / "elastic" / "keys").mkdir(parents=True)
+    port = str(free_port())
+    procs = [_elastic_node(nodes, r, port, run_dir, *args) for r in (0, 1)]
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoints" / "ckpt-000000000032").is_dir() and time.time() < deadline:
+            time.sleep(0.2)
+        node0 = psutil.Process(procs[0].pid)
+        for p in [node0, *node0.children(recursive=True)]:  # the rendezvous host is gone: agent and worker
+            p.kill()
+        started = time.time()
+        out, err = procs[1].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode != 0 and time.time() - started < 60
+    errors = [ln for ln in err.splitlines() if re.match(r"(\[rank \d\] )?error: ", ln)]
+    assert errors, err[-3000:]
+    first = errors[0]  # the cause, before the agent's own traceback of RendezvousConnectionError
+    assert f"the node hosting the job's rendezvous ({ADDRESSES[0]}:{port}) is gone" in first, first
+    assert "--rdzv-endpoint" in first and "train.resume=auto" in first, first

@@ -215,4 +215,9 @@ def test_inpainting_sheet_shows_masked_input_each_models_completion_and_the_orig
     # Models shown other inputs (another mask): each keeps its own three columns.
     _inpainting_run(tmp_path / "other", truth, completions["vae"], truth)
     apart = inpainting_columns({"flow": logged("flow"), "other": logged("other")})
-    assert [name for name, _ in apart][:4] == ["flow: masked input", "flow: completion", "flow: original", "other: masked input"]
+    assert [name for name, _ in apart][:4] == [
+        "flow: masked input",
+        "flow: completion",
+        "flow: original",
+        "other: masked input",
+    ]

@@ -23,7 +23,7 @@ from ...errors import LfbmError
 from .. import state_schema as schema
 from ..fastpath import FastPath
 from . import zero
-from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command
+from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command, lost_rendezvous
 from .trackers import PROJECT, Trackers, TrackerSpec
 from .trackers import build as tracker_objects
 
@@ -164,6 +164,15 @@ class Engine:
         """What is known when a collective fails: which rank if there is one other, that it left while
         this one waited, and that a rank killed outright (SIGKILL, the OOM killer, a lost node) prints nothing."""
         who = f"rank {1 - self.rank}" if self.world_size == 2 else "another rank"
+        store = lost_rendezvous()
+        if store is not None:
+            return (
+                f"the node hosting the job's rendezvous ({store}) is gone ({who} left while rank {self.rank} "
+                f"waited for it in a collective): torch elastic's rendezvous lives on that one node, so the "
+                "nodes left cannot go on; start the job again on them, one hosting the rendezvous "
+                "(--rdzv-endpoint HOST:PORT on every node), with train.resume=auto: it continues from the "
+                "newest complete checkpoint"
+            )
         return (
             f"{who} left the job while rank {self.rank} waited for it ({type(exc).__name__} in a collective): "
             "if no other rank printed an error, it was killed without a word (SIGKILL, the OOM killer or a lost "

@@ -67,6 +67,48 @@ def launcher_command(argv: list[str]) -> list[str]:
     return list(argv)
 
 
+def _flag(argv: list[str], *names: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.partition("=")[2]
+    return None
+
+
+def rendezvous_endpoint() -> tuple[str, int] | None:
+    """The rendezvous endpoint our agent was given (torchrun --rdzv-endpoint, accelerate launch
+    --main_process_ip/--main_process_port), read from its command line: no launcher variable carries it."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    argv = _parent_cmdline()
+    endpoint = _flag(argv, "--rdzv-endpoint", "--rdzv_endpoint")
+    if endpoint:
+        host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "29400")
+        return (host, int(port)) if port.isdigit() else None
+    host, port = _flag(argv, "--main_process_ip", "--main-process-ip"), _flag(argv, "--main_process_port")
+    return (host, int(port)) if host and port and port.isdigit() else None
+
+
+def lost_rendezvous() -> str | None:
+    """ "HOST:PORT" of the job's rendezvous when it no longer answers; None when it does or is unknown.
+
+    Asked only after a collective failed. torch elastic's rendezvous lives in the agent of one node
+    (c10d: the --rdzv-endpoint host); if it is gone, so is that node, and no agent can re-form the
+    job (the limit README states)."""
+    import socket
+
+    where = rendezvous_endpoint()
+    if where is None:
+        return None
+    try:
+        with socket.create_connection(where, timeout=3):
+            return None
+    except OSError:
+        return f"{where[0]}:{where[1]}"
+
+
 def init_elastic_process_group(backend: str, timeout) -> bool:
     """Under torch elastic's agent, join the process group through its store with a prefix per attempt.
 
