@@ -19,7 +19,7 @@ SHORTER = {  # appended to a command line that starts with the key (after contin
     "accelerate launch": "train.total_kimg=0.032",
     "DS_ACCELERATOR=cpu accelerate launch": "train.total_kimg=0.032",
     "lfbm-train": "train.total_kimg=0.1 train.log_every_kimg=0.1",
-    "lfbm-evaluate": "eval.fid_num_samples=16 eval.fid_ref_samples=16 eval.recon_samples=16 langevin.test_num_steps=5",
+    "lfbm-evaluate": "eval.fid_num_samples=8 eval.fid_ref_samples=8 eval.recon_samples=8 langevin.test_num_steps=5",
     "lfbm-compare": "--recon-images 16 --overrides langevin.test_num_steps=5",
 }
 
