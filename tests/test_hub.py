@@ -68,11 +68,11 @@ def test_a_hub_repository_id_loads_offline_from_the_local_cache_and_bad_sources_
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (broken / "model.safetensors").unlink()
-    for source, expected in (
-        (str(broken), "model.safetensors is missing"),
-        ("lfbm/absent", "not in the local Hub cache"),
+    for source, expected, hub in (
+        (str(broken), "model.safetensors is missing", {}),  # a folder: no Hub setting read, a warm start will do
+        ("lfbm/absent", "not in the local Hub cache", {"cold": True, **hub_env}),
     ):
-        proc = module("lfbm_dist.sample", "--model", source, *args, "--out", str(tmp_path / "c"), cold=True, **hub_env)
+        proc = module("lfbm_dist.sample", "--model", source, *args, "--out", str(tmp_path / "c"), **hub)
         errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):

@@ -84,9 +84,10 @@ def inspect(cfg: Config) -> RunState:
     run_dir = Path(t.run_dir)
     newest = latest(run_dir)
     if t.resume == "none":
-        if newest is not None and not t.overwrite and _finished_same_run(newest, cfg):
-            _verified(newest)  # the run's own final checkpoint, damaged: named, not taken for another run's
-            return RunState("complete", newest, _images_seen(newest))
+        if newest is not None and not t.overwrite and _same_seed_and_length(newest, cfg):
+            manifest = _verified(newest)  # this run's own checkpoint, damaged: named, not taken for another run's
+            if _finished(newest, cfg, manifest):
+                return RunState("complete", newest, _images_seen(newest))
         if newest is not None and not t.overwrite:
             raise CheckpointError(
                 f"{run_dir} holds checkpoints of an earlier run (newest {newest.name}, kimg "
@@ -132,24 +133,23 @@ def _refuse_other_trajectory(ckpt: Path, cfg: Config) -> None:
                 )
 
 
-def _finished_same_run(ckpt: Path, cfg: Config) -> bool:
-    """The newest checkpoint is this very run's, finished: the same model config (check_compatible),
-    seed and length, and it reached the end. Anything else in the directory is another run. A damaged
-    one with this run's seed and length counts as this run's (the caller names the damage)."""
+def _same_seed_and_length(ckpt: Path, cfg: Config) -> bool:
+    """The newest checkpoint has this run's seed and length: this very run's, if its model config is
+    the same too (_finished). Anything else in the directory is another run."""
     try:
         saved = yaml.safe_load((ckpt / "config.yaml").read_text())["train"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return False
-    t = cfg.train
-    if saved.get("seed") != t.seed or saved.get("total_kimg") != t.total_kimg:
-        return False
+    return saved.get("seed") == cfg.train.seed and saved.get("total_kimg") == cfg.train.total_kimg
+
+
+def _finished(ckpt: Path, cfg: Config, manifest: dict) -> bool:
+    """A verified checkpoint (its manifest: not hashed again) of this model config that reached the end."""
     try:
-        check_compatible(ckpt, cfg)
-    except CheckpointDamaged:
-        return True
+        check_compatible(ckpt, cfg, verified=manifest)
     except CheckpointError:
         return False
-    return _images_seen(ckpt) >= int(round(t.total_kimg * 1000))
+    return _images_seen(ckpt) >= int(round(cfg.train.total_kimg * 1000))
 
 
 def _verified(ckpt: Path) -> dict:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ..config import Config
@@ -223,9 +222,9 @@ class Snapshots:
             own = None
         except CheckpointError as exc:
             own = exc
-        votes = self.engine.all_reduce_sum(torch.tensor([float(own is not None)], dtype=torch.float64))
-        if votes[0] > 0:
-            raise own or CheckpointError("refusing to save: non-finite values in another rank's part of the state")
+        found = self.engine.first_failure(str(own) if own is not None else None)  # one vote, every rank
+        if found is not None:
+            raise own or CheckpointError(f"{found[1]} (rank {found[0]}'s part of the state)")
 
     def _background(self, job: _Job) -> None:
         try:

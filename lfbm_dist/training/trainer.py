@@ -223,11 +223,10 @@ class Trainer:
     def _shared_snapshot_error(self, own: CheckpointError | None) -> CheckpointError:
         """The failing rank's own error, on every rank: each rank's first `error:` line is then the cause
         (disk full, …), whichever rank's output reaches the terminal first. Error path only: collective."""
-        flags = torch.zeros(self.engine.world_size, dtype=torch.float64)
-        flags[self.engine.rank] = float(own is not None)
-        source = int(torch.nonzero(self.engine.all_reduce_sum(flags))[0])  # the lowest failing rank
-        text = self.engine.broadcast_object(str(own) if own is not None else None, src=source)
-        return own or CheckpointError(f"{text} (rank {source}'s snapshot)")
+        found = self.engine.first_failure(str(own) if own is not None else None)
+        if own is not None or found is None:
+            return own or CheckpointError("a snapshot failed on another rank")
+        return CheckpointError(f"{found[1]} (rank {found[0]}'s snapshot)")
 
     # ------------------------------------------------------------------ phase 3: learn
     def learn(self, micro_batches: list[MicroBatch], finite: bool) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...config import Config
 from ...errors import LfbmError
+from ...logs import cpu_deepspeed_without_cuda
 from .. import state_schema as schema
 from ..fastpath import FastPath
 from . import zero
@@ -51,6 +52,7 @@ class Engine:
 
     def __init__(self, cfg: Config, trackers: TrackerSpec | None = None):
         """trackers: where rank 0 logs (train.log_with; trackers.py), started by open_trackers."""
+        cpu_deepspeed_without_cuda()  # before Accelerate imports DeepSpeed
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
@@ -178,6 +180,17 @@ class Engine:
             "if no other rank printed an error, it was killed without a word (SIGKILL, the OOM killer or a lost "
             "node: see the launcher's exit codes and the node's kernel log); continue with train.resume=auto"
         )
+
+    def first_failure(self, own: str | None) -> tuple[int, str] | None:
+        """(rank, its text) of the lowest rank whose `own` is not None, the same on every rank; None if
+        no rank's is. Collective: one all-reduce of flags, and a broadcast only when some rank failed."""
+        flags = torch.zeros(self.world_size, dtype=torch.float64)
+        flags[self.rank] = float(own is not None)
+        failing = torch.nonzero(self.all_reduce_sum(flags))
+        if len(failing) == 0:
+            return None
+        source = int(failing[0])
+        return source, self.broadcast_object(own, src=source)
 
     def reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of a device tensor (call on every rank, once per logging tick)."""
