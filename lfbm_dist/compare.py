@@ -57,21 +57,14 @@ def _evaluate(run: Path, args) -> tuple[dict, dict]:
 
 
 def _picture(results: list[tuple[Path, dict, dict]], out: Path) -> None:
-    import torchvision
     from PIL import Image, ImageDraw
+
+    from .image_grid import tile
 
     panels = []
     for run, numbers, images in results:
-        grid = torchvision.utils.make_grid(
-            torch.cat([images["samples"][:64]]), nrow=8, normalize=True, value_range=(-1, 1), pad_value=1.0
-        )
-        pairs = torchvision.utils.make_grid(
-            torch.cat([images["originals"], images["reconstructions"]]),
-            nrow=8,
-            normalize=True,
-            value_range=(-1, 1),
-            pad_value=1.0,
-        )
+        grid = tile(images["samples"][:64], 8, pad_value=1.0)
+        pairs = tile(torch.cat([images["originals"], images["reconstructions"]]), 8, pad_value=1.0)
         body = torch.cat([grid, torch.ones(3, 12, grid.shape[2]), pairs], dim=1)
         img = Image.fromarray((body.permute(1, 2, 0).numpy() * 255).astype("uint8")).resize(
             (body.shape[2] * 3, body.shape[1] * 3), Image.NEAREST

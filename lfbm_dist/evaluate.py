@@ -139,7 +139,7 @@ def _trackers(cfg, run_dir: Path, images_seen: int):
 
 
 def _track(trackers, cfg, metrics: list[str], results: dict, images: dict, step: int) -> None:
-    import torchvision
+    from lfbm_dist.image_grid import tile
 
     tags = tensorboard_tags(cfg, metrics)
     prefix = {
@@ -157,13 +157,7 @@ def _track(trackers, cfg, metrics: list[str], results: dict, images: dict, step:
     for name, grid in images.items():
         family = "fid" if name == "samples" else "inpaint"
         columns = len(INPAINT_COLUMNS) if name == "inpainting" else 8
-        trackers.image(
-            f"{tags[family]}/{name}",
-            torchvision.utils.make_grid(
-                grid.float().cpu().clamp(-1, 1), nrow=columns, normalize=True, value_range=(-1, 1)
-            ),
-            step,
-        )
+        trackers.image(f"{tags[family]}/{name}", tile(grid, columns), step)
 
 
 def _summary(results: dict, out: Path, trackers: list[str], wall_s: float) -> None:

@@ -30,15 +30,14 @@ PATTERNS = ["config.json", "config.yaml", "model.safetensors", "README.md", "sam
 
 def write_hub_files(out_dir: Path, model, cfg: Config, source: Path, images_seen: int | None) -> None:
     """config.json, samples.png and README.md beside an export's model.safetensors + config.yaml."""
-    import torchvision
-
+    from .image_grid import save_png
     from .metrics.sampling import sample_images
 
     meta = {"model_type": "lfbm", "library_name": "lfbm_dist", "export_format": FORMAT, "config": cfg.to_dict()}
     write_atomic(out_dir / "config.json", json.dumps(meta, indent=1, sort_keys=True))
     with torch.no_grad():
         samples = sample_images(model.eval(), list(range(16)), 0, torch.device("cpu"))
-    torchvision.utils.save_image(samples, out_dir / "samples.png", nrow=8, normalize=True, value_range=(-1, 1))
+    save_png(samples, out_dir / "samples.png")
     write_atomic(out_dir / "README.md", model_card(cfg, source, images_seen, _metrics(source)))
 
 

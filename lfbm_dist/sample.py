@@ -109,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    import torchvision
-
     from lfbm_dist.data.masks import make_mask
     from lfbm_dist.export import load_for_inference
+    from lfbm_dist.image_grid import save_png
 
     model, cfg, _ = load_for_inference(args.run, args.checkpoint, args.export, args.overrides, args.model)
     if args.complete:
@@ -138,7 +137,7 @@ def _run(args) -> int:
         nrow = args.completions + 2
     else:
         grid, nrow = _samples(model, args, device), 8
-    torchvision.utils.save_image(grid, args.out / "grid.png", nrow=nrow, normalize=True, value_range=(-1, 1))
+    save_png(grid, args.out / "grid.png", columns=nrow)
     log.info("wrote %d images and %s (%.0f s)", len(grid), args.out / "grid.png", time.time() - started)
     return 0
 

@@ -48,3 +48,24 @@ def test_ebm_prior_loss_gradient_is_contrastive():
     prior.prior_loss(z_pos, noise=noise).backward()
     for p, ref in zip(prior.parameters(), grads_ref):
         assert torch.allclose(p.grad, ref)
+
+
+@pytest.mark.parametrize("channels,count,columns,pad_value", [(3, 13, 4, 0.0), (1, 8, 8, 1.0), (3, 2, 8, 0.0)])
+def test_image_grids_are_torchvisions_pixels(tmp_path, channels, count, columns, pad_value):
+    """lfbm_dist.image_grid (kept to spare every sampling command torchvision's import) draws exactly
+    what torchvision.utils.make_grid / save_image draw."""
+    import torchvision
+    from PIL import Image
+
+    from lfbm_dist.image_grid import save_png, tile
+
+    images = torch.rand(count, channels, 6, 6, generator=torch.Generator().manual_seed(count)) * 2.4 - 1.2
+    theirs = torchvision.utils.make_grid(
+        images.clone(), nrow=columns, normalize=True, value_range=(-1, 1), pad_value=pad_value
+    )
+    assert torch.equal(tile(images, columns, pad_value=pad_value), theirs)
+    png = tmp_path / "theirs.png"
+    torchvision.utils.save_image(images.clone(), png, nrow=columns, normalize=True, value_range=(-1, 1))
+    save_png(images, tmp_path / "ours.png", columns=columns)
+    with Image.open(tmp_path / "theirs.png") as a, Image.open(tmp_path / "ours.png") as b:
+        assert a.size == b.size and a.tobytes() == b.tobytes()

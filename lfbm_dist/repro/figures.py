@@ -193,8 +193,8 @@ def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> b
 
 
 def grid_cells(grid: np.ndarray, columns: int, pad: int = 2) -> list[list[np.ndarray]]:
-    """A torchvision `make_grid` image (square cells, `pad` pixels around each) cut back into its
-    rows of `columns` cells."""
+    """An image_grid.tile image (square cells, `pad` pixels around each) cut back into its rows of
+    `columns` cells."""
     side = (grid.shape[1] - pad) // columns - pad
     step = side + pad
     rows = (grid.shape[0] - pad) // step

@@ -44,12 +44,9 @@ class Observer:
         """images: (N, C, H, W) in [−1, 1]."""
         if not self.enabled:
             return
-        import torchvision
+        from ..image_grid import tile
 
-        grid = torchvision.utils.make_grid(
-            images.float().clamp(-1, 1).cpu(), nrow=8, normalize=True, value_range=(-1, 1)
-        )
-        self.trackers.image(tag, grid, images_seen)
+        self.trackers.image(tag, tile(images), images_seen)
 
     def status(self, step: int, images_seen: int, values: dict[str, float]) -> None:
         if not self.enabled:
