@@ -1,7 +1,7 @@
 """The one-shot GPU proof: everything a short GPU loan must show, in one run that keeps its numbers.
 
     python benchmarks/gpu_proof.py --out proof/                  # one H100/H200, --budget-s 480 by default
-    python benchmarks/gpu_proof.py --smoke --budget-s 40 --out d  # the same script on CPU (CI runs it)
+    python benchmarks/gpu_proof.py --smoke --budget-s 20 --out d  # the same script on CPU (CI runs it)
 
 Every section is a child process in its own process group, with a deadline (≤ 3 × its estimate and ≤
 what is left of --budget-s); at the deadline the group is SIGKILLed (a test's trainer, DataLoader
