@@ -185,7 +185,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.sizes = dict(batch=4, steps=1, graph=1, chain_k=1, more_batches=[8], large=0, plain_step_s=0.1,
                           chain_run_s=0.1, resume_graph=1, resume_steps_s=10, fid_samples=16, fid_batch=8,
                           train_batch=4, train_steps=8, train_images=32, resolution=16)  # fmt: skip
-        args.overrides = ["langevin.num_steps=2"]
+        args.overrides = ["langevin.num_steps=2", "prior.flow_steps=1"]  # one Glow step: fewer kernels to compile
     else:
         args.config = "celebahq256"
         args.sizes = dict(batch=64, steps=3, graph=20, chain_k=60, more_batches=[128, 256], large=1, plain_step_s=3.5,

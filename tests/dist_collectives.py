@@ -48,7 +48,7 @@ def counting(fn):
     return wrapper
 
 
-cfg = load_config("configs/test_tiny.yaml", ["train.batch_per_gpu=4"])
+cfg = load_config("configs/test_tiny.yaml", ["train.batch_per_gpu=4", "prior.flow_steps=1"])  # a smaller graph
 engine = Engine(cfg)
 torch.manual_seed(0)
 model = build_model(cfg)

@@ -13,11 +13,11 @@ from lfbm_dist.training.checkpoint import model_state_dict, read_state
 from lfbm_dist.training.fastpath import FastPath
 
 # Digits with a held-out class (anomaly) and centre occlusion (learning from occluded data, inpainting):
-# every metric has its data. K = 2 in training, 3 at test time, one-step graphs.
+# every metric has its data. K = 2 in training, 3 at test time, one-step graphs, one Glow step (fewer kernels).
 RUN = [
     "--config", "configs/test_tiny.yaml", "data.dataset=digits", "generator.image_channels=1",
     "data.heldout_class=9", "data.occlusion=center", "train.batch_per_gpu=8", "train.total_kimg=0.016",
-    "langevin.test_num_steps=3", "perf.graph_steps=1",
+    "langevin.test_num_steps=3", "perf.graph_steps=1", "prior.flow_steps=1",
 ]  # fmt: skip
 EVAL = [
     "--metrics", "fid,recon,inpaint,anomaly,aggpost,recovery", "eval.fid_batch=8", "eval.fid_num_samples=8",
