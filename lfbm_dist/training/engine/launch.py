@@ -21,6 +21,17 @@ def _parent_cmdline() -> list[str]:
         return []
 
 
+def _flag(argv: list[str], *names: str) -> str | None:
+    """The value of the first of `names` in a command line (`--name VALUE` or `--name=VALUE`)."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.partition("=")[2]
+    return None
+
+
 def requested_processes() -> int | None:
     """`accelerate launch --cpu --num_processes N` starts ONE process and says nothing; the only
     trace of N is the launcher's own command line (our parent process), read with psutil because
@@ -29,17 +40,8 @@ def requested_processes() -> int | None:
         return int(os.environ["LFBM_EXPECTED_WORLD_SIZE"])
     if "ACCELERATE_USE_CPU" not in os.environ or "WORLD_SIZE" in os.environ:
         return None
-    argv = _parent_cmdline()
-    for i, arg in enumerate(argv):
-        for flag in ("--num_processes", "--num-processes"):
-            value = ""
-            if arg == flag and i + 1 < len(argv):
-                value = argv[i + 1]
-            elif arg.startswith(flag + "="):
-                value = arg.partition("=")[2]
-            if value.isdigit():
-                return int(value)
-    return None
+    value = _flag(_parent_cmdline(), "--num_processes", "--num-processes")
+    return int(value) if value and value.isdigit() else None
 
 
 def check_world_size(world_size: int) -> None:
@@ -65,16 +67,6 @@ def launcher_command(argv: list[str]) -> list[str]:
     if script in ("train.py", "__main__.py"):
         return [sys.executable, "-m", "lfbm_dist.train", *argv[1:]]
     return list(argv)
-
-
-def _flag(argv: list[str], *names: str) -> str | None:
-    for i, arg in enumerate(argv):
-        for name in names:
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.partition("=")[2]
-    return None
 
 
 def rendezvous_endpoint() -> tuple[str, int] | None:
