@@ -40,6 +40,14 @@ def _title(fig, text: str) -> None:
     fig.suptitle("\n".join(textwrap.wrap(text, max(30, int(fig.get_figwidth() * 11)))), fontsize=9)
 
 
+def _save(plt, fig, path: Path, title: str) -> None:
+    """Every figure's last steps: the wrapped title, a tight layout, 110 dpi, the figure closed."""
+    _title(fig, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _grouped(ax, rows, cols, value_of, title, spread_of=None, whose="ours") -> None:
     """Bars grouped by column, one colour per row; seeds as dots when given."""
     width = 0.8 / max(len(rows), 1)
@@ -77,10 +85,7 @@ def table_figure(table: Table, records: list[dict], path: Path, title: str) -> b
     if has_paper:
         _grouped(axes[0][1], rows, cols, lambda r, c: _paper(table, r, c), table.paper_label, whose="paper")
     axes[0][0].legend(fontsize=7, title=table.rows.split(".")[-1], title_fontsize=7)
-    _title(fig, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return True
 
 
@@ -135,10 +140,7 @@ def curves_figure(grid: Grid, scale: str, records: list[dict], path: Path, title
         ax.set_xlabel("kimg")
         ax.set_title(f"{tag} (training batches; mean over seeds)", fontsize=9)
     axes[0][0].legend(fontsize=6)
-    _title(fig, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return True
 
 
@@ -185,10 +187,7 @@ def sample_sheet(table: Table, records: list[dict], path: Path, title: str) -> b
                 ax.imshow(shown[(row, col)])
                 where = f", {table.columns.split('.')[-1]} = {col}" if table.columns else ""
                 ax.set_title(f"{table.rows.split('.')[-1]} = {row}{where}", fontsize=8)
-    _title(fig, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return True
 
 
@@ -240,10 +239,7 @@ def _inpainting_sheet(table: Table, shown: dict, rows: list[str], cols: list[str
         ax.tick_params(length=0)
         if table.columns:
             ax.set_xlabel(f"{table.columns.split('.')[-1]} = {col}", fontsize=8)
-    _title(fig, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, title)
     return True
 
 
