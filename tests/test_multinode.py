@@ -147,32 +147,41 @@ def _final_keys(keys_dir) -> list[str]:
     return [k for r in rows if r["attempt"] == newest[r["step"]] for k in r["keys"]]
 
 
+def _lose_a_node(nodes, run_dir, args: list[str], after: str, lost: int, timeout: int):
+    """Both nodes of an elastic job (_elastic_node); once checkpoint `after` exists, SIGKILL node `lost`'s
+    agent and worker at once (the node is gone). Returns the other node's process, its stdout and stderr,
+    the seconds it took to exit after the kill, and the rendezvous port."""
+    import psutil
+
+    (run_dir.parent / "keys").mkdir(parents=True)
+    port = str(free_port())
+    procs = [_elastic_node(nodes, r, port, run_dir, *args) for r in (0, 1)]
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoints" / after).is_dir() and time.time() < deadline:
+            time.sleep(0.2)
+        node = psutil.Process(procs[lost].pid)
+        for p in [node, *node.children(recursive=True)]:
+            p.kill()
+        killed = time.time()
+        out, err = procs[1 - lost].communicate(timeout=timeout)
+    finally:
+        for p in procs:
+            p.kill()
+    return procs[1 - lost], out, err, time.time() - killed, port
+
+
 def test_a_lost_node_leaves_the_job_to_finish_on_the_other_exactly(tmp_path, nodes):
     """Two nodes under torch elastic's agent (c10d rendezvous, --nnodes 1:2, --max-restarts): SIGKILL of
     node 1's agent and worker mid-run; node 0's agent re-forms the job at 1 rank, which resumes from
     the newest checkpoint with no flag (global batch 16 kept: 8 × accumulation 2) and finishes. Final
     weights equal an uninterrupted run within 1e-5, and every sample of the epoch is trained on once."""
-    import psutil
-
     args = ["train.total_kimg=0.256", "train.snapshot_every_kimg=0.032", "train.batch_per_gpu=8"]
     straight = tmp_path / "straight"
     assert run("single", *TINY, *args, "train.batch_per_gpu=16", f"train.run_dir={straight}").returncode == 0
     run_dir = tmp_path / "elastic" / "run"
-    (tmp_path / "elastic" / "keys").mkdir(parents=True)
-    port = str(free_port())
-    procs = [_elastic_node(nodes, r, port, run_dir, *args) for r in (0, 1)]
-    try:
-        deadline = time.time() + 120
-        while not (run_dir / "checkpoints" / "ckpt-000000000064").is_dir() and time.time() < deadline:
-            time.sleep(0.2)
-        node1 = psutil.Process(procs[1].pid)
-        for p in [node1, *node1.children(recursive=True)]:  # the node is gone: agent and worker at once
-            p.kill()
-        out, err = procs[0].communicate(timeout=180)
-    finally:
-        for p in procs:
-            p.kill()
-    assert procs[0].returncode == 0, (out[-2000:], err[-3000:])
+    survivor, out, err, _, _ = _lose_a_node(nodes, run_dir, args, "ckpt-000000000064", lost=1, timeout=180)
+    assert survivor.returncode == 0, (out[-2000:], err[-3000:])
     assert "2 rank(s)" in out and "1 rank(s) on" in out and "8 × 2 accumulation × 1 rank(s)" in out, out[-3000:]
     assert "resumed from ckpt-" in out
     # What node 0's worker knew before its agent restarted it: which rank left, killed without a word.
@@ -190,26 +199,10 @@ def test_losing_the_node_that_hosts_the_rendezvous_is_one_line_naming_it_and_the
     """The limit of torch elastic's c10d rendezvous: it lives on one node (node 0 here, is_host). When that
     node is lost the others cannot re-form the job; node 1 says so as its first error line, with how to
     start again from the newest checkpoint, and exits (not a hang, not only the agent's stack dumps)."""
-    import psutil
-
     args = ["train.total_kimg=0.256", "train.snapshot_every_kimg=0.032", "train.batch_per_gpu=8"]
     run_dir = tmp_path / "elastic" / "run"
-    (tmp_path / "elastic" / "keys").mkdir(parents=True)
-    port = str(free_port())
-    procs = [_elastic_node(nodes, r, port, run_dir, *args) for r in (0, 1)]
-    try:
-        deadline = time.time() + 120
-        while not (run_dir / "checkpoints" / "ckpt-000000000032").is_dir() and time.time() < deadline:
-            time.sleep(0.2)
-        node0 = psutil.Process(procs[0].pid)
-        for p in [node0, *node0.children(recursive=True)]:  # the rendezvous host is gone: agent and worker
-            p.kill()
-        started = time.time()
-        out, err = procs[1].communicate(timeout=120)
-    finally:
-        for p in procs:
-            p.kill()
-    assert procs[1].returncode != 0 and time.time() - started < 60
+    survivor, _, err, seconds, port = _lose_a_node(nodes, run_dir, args, "ckpt-000000000032", lost=0, timeout=120)
+    assert survivor.returncode != 0 and seconds < 60
     errors = [ln for ln in err.splitlines() if re.match(r"(\[rank \d\] )?error: ", ln)]
     assert errors, err[-3000:]
     first = errors[0]  # the cause, before the agent's own traceback of RendezvousConnectionError
