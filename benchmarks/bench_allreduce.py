@@ -63,8 +63,8 @@ def main() -> None:
                     "world_size": world,
                     "backend": torch_dist.get_backend(),
                     "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                    "median_s": float(f"{seconds:.4g}"),  # 4 significant digits: tiny test buffers take µs
-                    "bus_bandwidth_GBps": float(f"{2 * (world - 1) / world * nbytes / seconds / 1e9:.4g}"),
+                    "median_s": seconds,  # full precision: the bandwidth below must agree with it on any machine
+                    "bus_bandwidth_GBps": 2 * (world - 1) / world * nbytes / seconds / 1e9,
                 },
                 indent=2,
             )

@@ -120,7 +120,8 @@ def run_section(name: str, section: dict, args, deadline_s: float, env: dict) ->
     return {"status": "ok" if ok else "incomplete: " + "; ".join(p["status"] for p in parts), "parts": parts}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, plan_sections=None) -> int:
+    """plan_sections: the plan to run instead of `plan(args)` (the budget test's sections of known length)."""
     args = parse(argv)
     import torch
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         stale.unlink()  # rows of an earlier proof must not pass for this one's
     started = time.monotonic()
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
-    sections = plan(args)
+    sections = (plan_sections or plan)(args)
     report = {"benchmark": "gpu_proof", "smoke": args.smoke, "device": name, "torch": torch.__version__,
               "config": args.config, "bf16_peak_tflops": BF16_PEAK_TFLOPS, "budget_s": args.budget_s,
               "plan": {k: round(v["estimate_s"], 1) for k, v in sections.items()}, "sections": {}}  # fmt: skip
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         (args.out / "gpu_proof.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    for key in args.sections.split(","):
+    for key in args.sections.split(",") if plan_sections is None else sections:
         section, left = sections[key], args.budget_s - (time.monotonic() - started)
         deadline = min(CAP_FACTOR * section["estimate_s"], left - 2)
         if deadline < min(5.0, section["estimate_s"]):

@@ -17,6 +17,11 @@ def _variants(section: dict) -> list[tuple[dict, dict]]:
     return found
 
 
+def _num(value, spec: str, missing="–") -> str:
+    """The benchmarks print full precision; the rows round here, for reading."""
+    return missing if value is None else format(value, spec)
+
+
 def markdown(report: dict) -> str:
     device, peak, cfg = report["device"], report["bf16_peak_tflops"], report["config"]
     sections = report["sections"]
@@ -42,8 +47,9 @@ def markdown(report: dict) -> str:
         for r in rows:
             lines.append(
                 f"| {r['variant']}{' (one CUDA graph)' if r.get('captured_as_one_cuda_graph') else ''} "
-                f"| {r['graph_steps']} | {r['chain_steps']} | {r.get('first_call_s', '–')} s "
-                f"| {r.get('images_per_sec', r.get('status'))} | {r.get('max_abs_diff_vs_eager', '–')} |"
+                f"| {r['graph_steps']} | {r['chain_steps']} | {_num(r.get('first_call_s'), '.1f')} s "
+                f"| {_num(r.get('images_per_sec'), '.1f', r.get('status'))} "
+                f"| {_num(r.get('max_abs_diff_vs_eager'), '.2g')} |"
             )
     r = sections.get("resume", {})
     lines += [
@@ -54,8 +60,9 @@ def markdown(report: dict) -> str:
     fid = next((p.get("result") for p in sections.get("fid", {}).get("parts", []) if p.get("result")), None)
     if fid:
         lines.append(
-            f"FID sampling + Inception at {fid['resolution']}²: {fid['samples']} in {fid['seconds']} s "
-            f"({fid['images_per_sec']} img/s; {fid['network']}); 50k extrapolated: {fid['extrapolated_50k_seconds']} s."
+            f"FID sampling + Inception at {fid['resolution']}²: {fid['samples']} in {fid['seconds']:.1f} s "
+            f"({fid['images_per_sec']:.1f} img/s; {fid['network']}); "
+            f"50k extrapolated: {fid['extrapolated_50k_seconds']:.0f} s."
         )
     tests = next(iter(sections.get("gpu_tests", {}).get("parts", [])), {})
     lines.append(f"GPU-marked tests: {tests.get('status')} — {tests.get('summary')}")

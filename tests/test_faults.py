@@ -53,6 +53,7 @@ class _Server:
         self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
         self.conns: list[socket.socket] = []
+        self.accepted_at: list[float] = []  # time.monotonic() of each connection
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -63,6 +64,7 @@ class _Server:
             except OSError:
                 continue
             self.conns.append(conn)
+            self.accepted_at.append(time.monotonic())
             if self.mode == "stall":
                 conn.recv(65536)
                 head = (
@@ -84,7 +86,6 @@ def test_a_server_that_never_answers_is_one_line_within_the_bound(tmp_path):
     server = _Server("silent")
     try:
         url = f"http://127.0.0.1:{server.port}/index.json"
-        start = time.time()
         proc = run(
             "single",
             *TINY,
@@ -94,7 +95,6 @@ def test_a_server_that_never_answers_is_one_line_within_the_bound(tmp_path):
             *FAST_IO,
             timeout=120,
         )
-        elapsed = time.time() - start
     finally:
         server.close()
     assert proc.returncode == 2
@@ -104,7 +104,10 @@ def test_a_server_that_never_answers_is_one_line_within_the_bound(tmp_path):
     assert len(server.conns) == 2, len(server.conns)
     (retry,) = _retry_lines(proc)
     assert url in retry and "attempt 1 of 2, next try in 1 s" in retry and "timed out" in retry.lower(), retry
-    assert elapsed < 30, elapsed  # 2 attempts × (1 s + 1 s) + 1 s backoff + start-up
+    # the wait between attempts is the read timeout (1 s) plus the 1-s backoff: measured at the server,
+    # so the process's start-up (machine-dependent) is not part of it; the upper bound is generous
+    gap_s = server.accepted_at[1] - server.accepted_at[0]
+    assert 1.9 < gap_s < 20, gap_s
 
 
 def test_a_shard_that_stalls_halfway_is_a_counted_skip_then_one_line(tmp_path):
@@ -272,7 +275,7 @@ def test_one_rank_failing_stops_every_rank_promptly_with_its_line(tmp_path):
         "train.collective_timeout_min=5",
         timeout=300,
     )
-    assert proc.returncode != 0 and time.time() - start < 120  # not the 5-minute collective timeout
+    assert proc.returncode != 0 and time.time() - start < 240  # not the 5-minute collective timeout
     ours = [ln for ln in _errors(proc) if "error:" in ln]
     assert any("more than data.max_corrupt_samples=3" in ln and "bad.tar" in ln for ln in ours), proc.stderr[-3000:]
     assert not any("Traceback" in ln for ln in proc.stderr.splitlines()[:5]), proc.stderr[:2000]
@@ -620,7 +623,7 @@ def test_sigterm_while_waiting_on_a_stalled_shard_checkpoints_and_exits(tmp_path
     finally:
         server.close()
     assert proc.returncode == 143, err[-3000:]
-    assert took < 30, took  # seconds (a loaded 2-core CI machine included), not the 4 × 120 s of the stalled read
+    assert took < 120, took  # not the 4 × 120 s of the stalled read (generous: a loaded machine included)
     assert "while waiting for data" in err and "resume with:" in err, err[-2000:]
     ckpt = latest(run_dir)
     assert ckpt is not None
