@@ -14,8 +14,9 @@ Variants, timed in the same process on the same inputs, their timed steps interl
   * with --ablate, a ladder that adds one change at a time (no weight gradients + fused update →
     + bf16 autocast → + channels-last → + cuDNN autotuning → + torch.compile of the log-posterior
     (one graph per Langevin step, the update eager: the earlier fast path, kept here only, in
-    `per_step_compiled_langevin`) → + CUDA graphs of that → + the whole K-step chain as graphs (the
-    product's form, with CUDA graphs on CUDA) → + a large chain batch (the chains of
+    `per_step_compiled_langevin`) → + CUDA graphs of that → + the compiled Langevin step, the chain a
+    loop over it (the product's form: one step graph, the whole chain captured as one CUDA graph on
+    CUDA) → + a large chain batch (the chains of
     --chain-batch images at once, learning still in micro-batches of --batch-per-gpu)), so each
     change is kept only where it shows a gain. Steps that cannot apply on the device
     (CUDA-only ones on CPU) are left out of the ladder and listed under "not_applicable".
@@ -50,6 +51,7 @@ from lfbm_dist.inference import (  # noqa: E402
     GRAPHS,
     ChainRunner,
     frozen,
+    graph_use,
     langevin_posterior,
     langevin_update,
     log_posterior,
@@ -154,7 +156,7 @@ class Variant:
         if self.spec["plain"]:
             z = plain_eager_langevin(self.model, self.x, chains[:, 0], chains[:, 1:], lv.step_size, lv.sigma)
         elif self.per_step_fn is not None:
-            cuda_graphs = self.fast.compile_mode == "reduce-overhead"
+            cuda_graphs = graph_use(self.fast.compile_mode, device.type, False).mark_steps  # the mode's own graphs
             z = per_step_compiled_langevin(
                 self.model, self.x, chains, lv, self.per_step_fn, self.autocast_dtype, cuda_graphs
             )
@@ -192,8 +194,8 @@ class Variant:
         if self.fast is None:
             return "none"
         described = self.fast.describe()
-        if self.per_step_fn is not None:  # the product only compiles whole chains; this variant does not
-            described = described.replace(f" (whole chain ≤ {self.fast.graph_steps} steps/graph)", " (per step)")
+        if self.per_step_fn is not None:  # the product compiles the whole step; this variant the log-posterior
+            described = described.replace(" (one Langevin step)", " (log-posterior only)")
         return described
 
     def summary(self, flops: dict[str, int]) -> dict:
@@ -234,7 +236,7 @@ def variants(cfg, device: torch.device, ablate: bool, chain_batch: int) -> tuple
     if ablate:
         base = FastPath(device=device)
         tuned = replace(base, channels_last=True, cudnn_benchmark=cuda)
-        graphs = "reduce-overhead" if cuda else "default"
+        step = replace(tuned, compile_mode="default", capture=cuda)  # the product's compiled chain
         ladder = [
             ("no_weight_grads+fused_update", False, base, None),
             ("+bf16_autocast", True, base, None),
@@ -242,13 +244,8 @@ def variants(cfg, device: torch.device, ablate: bool, chain_batch: int) -> tuple
             ("+cudnn_benchmark", True, tuned, None),
             ("+compile", True, replace(tuned, compile_mode="default"), None),
             ("+cuda_graphs", True, replace(tuned, compile_mode="reduce-overhead"), None),
-            ("+whole_chain_graph", True, replace(tuned, compile_mode=graphs, graph_steps=cfg.perf.graph_steps), None),
-            (
-                "+large_chain_batch",
-                True,
-                replace(tuned, compile_mode=graphs, graph_steps=cfg.perf.graph_steps),
-                chain_batch,
-            ),
+            ("+compiled_step_chain", True, step, None),
+            ("+large_chain_batch", True, step, chain_batch),
         ]
         for name, bf16, fast, chains in ladder:
             # CPU: no bf16 tensor cores, no cuDNN, no CUDA graphs; the rest is measurable here.

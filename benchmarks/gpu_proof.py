@@ -9,18 +9,21 @@ workers and all). The benchmarks stream each variant to OUT/<section>.jsonl as s
 so a cut-off section keeps every finished variant; OUT/gpu_proof.json is rewritten before and after
 every section (a section that was running when the whole proof was killed says "running").
 
-Sections, highest-value numbers first. Estimates from c = --compile-s-per-step (1.6 s: the Python-side
-trace cost per unrolled step measured on CPU, the part that scales on CUDA); the first three fit the
-default budget even when compilation is three times slower (`plan` below; CI checks it):
+Sections, highest-value numbers first. Estimates from c = --compile-s-per-graph: the cold compile of
+ONE Langevin step graph of the preset for CUDA (Dynamo + AOTAutograd + Inductor + Triton's cubins),
+measured without a GPU by benchmarks/cuda_codegen.py (COMPILE_S_PER_GRAPH); compile time no longer
+grows with K.
+The first three fit the default budget even when compilation is three times slower (`plan` below;
+CI checks it):
   gpu_tests       the GPU-marked tests (pytest -m gpu): the default chain is one CUDA graph = eager loop
-  ablation        celebahq256 (K = 60), batch 64: the defaults (whole chain, graphs of 20 steps, CUDA
-                  graphs) and plain eager: img/s, TFLOP/s, % of the bf16 peak, first step, memory
-  chain_variants  K = 60 chain, batch 64: a CUDAGraph around a compiled single step vs graphs of 20
-                  steps (compile time, img/s, difference from the eager loop) — which default is faster
+  ablation        celebahq256 (K = 60), batch 64: the defaults (one compiled step, each chain one CUDA
+                  graph) and plain eager: img/s, TFLOP/s, % of the bf16 peak, first step, memory
+  chain_variants  K = 60 chain, batch 64: the default (one CUDA graph per chain around the compiled
+                  step) vs the same step without the capture vs reduce-overhead's graph per step —
+                  what the capture is worth (img/s, first call, difference from the eager loop)
   resume          256² run from synthetic shards, SIGKILLed after its snapshot, resumed; deterministic
                   kernels (perf.deterministic), one compile cache for the three processes; weights vs
                   the uninterrupted run: relative L2 per tensor with an absolute floor (see TOLERANCE)
-  chain_long      the K = 60 chain as one 60-step graph (compile time, img/s)
   fid             FID sampling + Inception throughput (10k measured, 50k extrapolated, labelled)
   ablation_more   batch 64 with a 256-chain batch and the per-step CUDA graphs; batch 128 and 256
 Writes OUT/gpu_proof.json (raw) and OUT/gpu_proof.md (rows for docs/PERFORMANCE.md).
@@ -45,11 +48,15 @@ BF16_PEAK_TFLOPS = 790.0  # the dense bf16 peak the targets are stated against (
 CAP_FACTOR = 3.0  # a section may take 3 × its estimate before it is cut
 PRIORITY = ("gpu_tests", "ablation", "chain_variants")  # must fit the default budget at CAP_FACTOR
 DEFAULT_BUDGET_S = 480.0  # 8 minutes: one device call, with room for the machine's start and a rerun
+# The cold compile of one celebahq256 Langevin step graph for CUDA (bf16, batch 32), measured without a
+# GPU by benchmarks/cuda_codegen.py on a 2-core VM: Dynamo + AOTAutograd 4.7 s, Inductor's lowering and
+# Triton's sm_90 compile of its 36 kernels (117 cubins) on one thread 20.3 s (docs/PERFORMANCE.md).
+COMPILE_S_PER_GRAPH = 25.0
 
 
 def plan(args) -> dict[str, dict]:
-    """Each section: its command (or a callable) and its estimated seconds at c s per compiled step."""
-    c, py, s, o = args.compile_s_per_step, sys.executable, args.sizes, args.overrides
+    """Each section: its command (or a callable) and its estimated seconds at c s per compiled graph."""
+    c, py, s, o = args.compile_s_per_graph, sys.executable, args.sizes, args.overrides
     bench = [py, "benchmarks/bench_train_step.py", "--config", args.config, *o, "--ablate", "--steps", str(s["steps"])]
     chain = [py, "benchmarks/bench_chain_compile.py", "--config", args.config, *o, "--batch", str(s["batch"])]
     chain += ["--chain-steps", str(s["chain_k"])]
@@ -57,19 +64,20 @@ def plan(args) -> dict[str, dict]:
         *([[*bench, "--batch-per-gpu", str(s["batch"]), "--only", "+large_chain_batch,+cuda_graphs"]] * s["large"]),
         *([*bench, "--batch-per-gpu", str(b), "--only", "lfbm_dist,plain_eager"] for b in s["more_batches"]),
     ]
-    k, g = s["chain_k"], s["graph"]
     return {
+        # the tests compile a few tiny graphs (≈ c/4 each at most); one 256² graph per training process
         "gpu_tests": {"cmds": [[py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]],
-                      "estimate_s": 30 + 2 * 8 * c},
+                      "estimate_s": 30 + 4 * c / 4},
         "ablation": {"cmds": [[*bench, "--batch-per-gpu", str(s["batch"]), "--only", "lfbm_dist,plain_eager"]],
-                     "estimate_s": 20 + g * c + 4 * s["plain_step_s"]},
-        "chain_variants": {"cmds": [[*chain, "--variants", f"cudagraph_one_step,graph:{g}"]],
-                           "estimate_s": 15 + (1 + g) * c + 8 * s["chain_run_s"]},
-        "resume": {"fn": resume, "estimate_s": 3 * 20 + 2 * s["resume_graph"] * c + s["resume_steps_s"]},
-        "chain_long": {"cmds": [[*chain, "--variants", f"graph:{k}"]], "estimate_s": 15 + k * c},
+                     "estimate_s": 20 + c + 4 * s["plain_step_s"]},
+        # step and step_uncaptured share the default-mode graph (the second from the cache); reduce-overhead
+        # compiles its own
+        "chain_variants": {"cmds": [[*chain, "--variants", "step,step_uncaptured,reduce-overhead"]],
+                           "estimate_s": 15 + 2 * c + 12 * s["chain_run_s"]},
+        "resume": {"fn": resume, "estimate_s": 3 * 20 + c + s["resume_steps_s"]},
         "fid": {"cmds": [[py, "benchmarks/bench_fid_throughput.py", "--config", args.config, *o, "--samples",
                           str(s["fid_samples"]), "--batch", str(s["fid_batch"])]], "estimate_s": 40},
-        "ablation_more": {"cmds": more, "estimate_s": len(more) * (20 + g * c + 4 * s["plain_step_s"])},
+        "ablation_more": {"cmds": more, "estimate_s": len(more) * (20 + c + 4 * s["plain_step_s"])},
     }  # fmt: skip
 
 
@@ -174,23 +182,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_proof")
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="all sections together")
     p.add_argument("--sections", default=",".join(
-        ("gpu_tests", "ablation", "chain_variants", "resume", "chain_long", "fid", "ablation_more")))  # fmt: skip
-    p.add_argument("--compile-s-per-step", type=float, default=1.6, help="c in the estimates (s per graph step)")
+        ("gpu_tests", "ablation", "chain_variants", "resume", "fid", "ablation_more")))  # fmt: skip
+    p.add_argument("--compile-s-per-graph", type=float, default=COMPILE_S_PER_GRAPH,
+                   help="c in the estimates: s to compile one Langevin step graph cold")  # fmt: skip
     args = p.parse_args(argv)
     import torch
 
     args.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    if args.smoke:  # test_tiny, K = 2; compile on CPU costs ≈ 15 s a graph; chain graphs of 1 step, shared
-        args.config, args.compile_s_per_step = "test_tiny", 8.0
+    if args.smoke:  # test_tiny, K = 2; compile on CPU costs ≈ 15 s a graph
+        args.config, args.compile_s_per_graph = "test_tiny", 15.0
         # (+large_chain_batch is left to tests/test_benchmarks.py's ladder: one compile less in CI)
-        args.sizes = dict(batch=4, steps=1, graph=1, chain_k=1, more_batches=[8], large=0, plain_step_s=0.1,
-                          chain_run_s=0.1, resume_graph=1, resume_steps_s=10, fid_samples=16, fid_batch=8,
+        args.sizes = dict(batch=4, steps=1, chain_k=2, more_batches=[8], large=0, plain_step_s=0.1,
+                          chain_run_s=0.1, resume_steps_s=10, fid_samples=16, fid_batch=8,
                           train_batch=4, train_steps=8, train_images=32, resolution=16)  # fmt: skip
         args.overrides = ["langevin.num_steps=2", "prior.flow_steps=1"]  # one Glow step: fewer kernels to compile
     else:
         args.config = "celebahq256"
-        args.sizes = dict(batch=64, steps=3, graph=20, chain_k=60, more_batches=[128, 256], large=1, plain_step_s=3.5,
-                          chain_run_s=0.3, resume_graph=10, resume_steps_s=20, fid_samples=10_000, fid_batch=250,
+        args.sizes = dict(batch=64, steps=3, chain_k=60, more_batches=[128, 256], large=1, plain_step_s=3.5,
+                          chain_run_s=0.3, resume_steps_s=20, fid_samples=10_000, fid_batch=250,
                           train_batch=16, train_steps=40, train_images=640, resolution=256)  # fmt: skip
         args.overrides = []
     return args

@@ -37,8 +37,7 @@ def markdown(report: dict) -> str:
                 f"| {v['images_per_sec']:.1f} | {v['achieved_tflops']:.2f} | {100 * v['achieved_tflops'] / peak:.1f} % "
                 f"| {v['first_step_s']:.1f} s | {v['peak_memory_bytes'] / 2**30:.2f} GiB |"
             )
-    rows = [r for key in ("chain_variants", "chain_long") for p in sections.get(key, {}).get("parts", [])
-            for r in p.get("rows", [])]  # fmt: skip
+    rows = [r for p in sections.get("chain_variants", {}).get("parts", []) for r in p.get("rows", [])]
     if rows:
         head = (
             "| chain variant | steps per graph | chain steps | compile (first call) | img/s | max abs diff vs eager |"

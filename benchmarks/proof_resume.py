@@ -49,7 +49,7 @@ def _train_cmd(args, index: Path, run_dir: Path, resume: str, cache: Path) -> li
         f"train.batch_per_gpu={s['train_batch']}", f"train.total_kimg={s['train_steps'] * s['train_batch'] / 1000}",
         f"train.snapshot_every_kimg={s['train_steps'] * s['train_batch'] / 2000}", "train.log_every_kimg=1000",
         "train.image_every_kimg=0", "eval.fid_every_kimg=0", f"train.resume={resume}", "perf.deterministic=true",
-        f"perf.graph_steps={s['resume_graph']}", f"perf.compile_cache={cache}", *args.overrides,
+        f"perf.compile_cache={cache}", *args.overrides,
     ]  # fmt: skip
 
 

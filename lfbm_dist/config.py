@@ -182,18 +182,19 @@ class PerfConfig(Section):
     `auto` means on for CUDA devices and off on CPU, and where a switch cannot work `auto` leaves it
     off; a failed compilation falls back to eager (one line); `channels_last: on` under DeepSpeed is
     refused. On CUDA the defaults are the measured fastest: bf16 (train.precision), channels-last,
-    cuDNN autotuning, the whole Langevin chain compiled into one graph with CUDA graphs, and the
-    chains of all micro-batches of a step run as one large batch."""
+    cuDNN autotuning, one Langevin step compiled and each chain replayed as one CUDA graph around it,
+    and the chains of all micro-batches of a step run as one large batch."""
 
     channels_last: Switch = "auto"  # NHWC generator weights + images (tensor cores)
     cudnn_benchmark: Switch = "auto"  # cuDNN autotuning (shapes are static per run)
-    compile: Switch = "auto"  # torch.compile every Langevin chain (training, test-time inference, inpainting)
-    # auto = reduce-overhead (CUDA graphs: one graph replay per chain) on CUDA, default on CPU
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
-    # Steps unrolled into one graph; a chain of K steps is ⌈K/graph_steps⌉ replays with no host round
-    # trip between them. Compile time grows linearly with it (docs/PERFORMANCE.md: ≈ 1.5–8 s a step on
-    # CPU), a replay's launch costs microseconds: 20 = 3 replays for K = 60, 40 for the 800-step tests.
-    graph_steps: Int = Field(20, ge=1)
+    compile: Switch = "auto"  # torch.compile the Langevin step of every chain (training, test time, inpainting)
+    # The compiled unit is ONE Langevin step, reused by every step of every chain (compile time does
+    # not grow with K). auto = default (Inductor's kernels; the chain captured as one CUDA graph, below).
+    # reduce-overhead / max-autotune record a CUDA graph per step themselves (CUDA-graph trees).
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
+    # On CUDA, with a mode that records no graphs itself: capture each chain (all K calls of the
+    # compiled step) as ONE CUDA graph — one replay per chain, no host round trip between steps.
+    cuda_graphs: Switch = "auto"
     # Chains run this many at a time (Langevin is per-sample: learning keeps batch_per_gpu). 0 = auto:
     # on CUDA all micro-batches of a step at once, capped by free memory; on CPU one micro-batch.
     chain_batch: Int = Field(0, ge=0)
@@ -206,19 +207,21 @@ class PerfConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _removed_chain_graph(cls, data: Any) -> Any:
-        """perf.chain_graph is gone: the whole chain is the one compiled form. Run directories written
-        before say `chain_graph: whole` (the same run: dropped); `step` is refused in one line."""
-        if isinstance(data, dict) and "chain_graph" in data:
+    def _removed_settings(cls, data: Any) -> Any:
+        """Settings of the whole-chain graphs, gone with them: the compiled unit is one step. Run
+        directories written before say `chain_graph: whole` and `graph_steps: N` (the same run: both
+        dropped, the math is the same); `chain_graph: step` is refused in one line."""
+        if isinstance(data, dict) and ("chain_graph" in data or "graph_steps" in data):
             data = dict(data)
-            if data.pop("chain_graph") != "whole":
+            data.pop("graph_steps", None)
+            if data.pop("chain_graph", "whole") != "whole":
                 raise ValueError(
-                    "perf.chain_graph was removed: every chain compiles whole; the per-step compiled form "
-                    "is benchmarks/bench_train_step.py's '+compile' variant. Delete the setting"
+                    "perf.chain_graph was removed: every chain runs the one compiled Langevin step "
+                    "(perf.compile); delete the setting"
                 )
         return data
 
-    @field_validator("channels_last", "cudnn_benchmark", "compile", mode="before")
+    @field_validator("channels_last", "cudnn_benchmark", "compile", "cuda_graphs", mode="before")
     @classmethod
     def _yaml_on_off(cls, value: Any) -> Any:
         return ("on" if value else "off") if isinstance(value, bool) else value  # YAML 1.1 reads on/off as booleans

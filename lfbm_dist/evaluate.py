@@ -82,8 +82,9 @@ def _evaluate(args, metrics: list[str]) -> int:
     engine = Engine(cfg, None if args.no_tensorboard else _trackers(cfg, run_dir, images_seen or 0))
     logs.setup(engine.rank, engine.world_size)
     model.to(engine.device)
-    # The training fast path (NHWC, cuDNN autotuning, the compiled whole chain on CUDA) for the
-    # long test-time chains; their batches are padded to one size, so nothing recompiles.
+    # The training fast path (NHWC, cuDNN autotuning, the compiled Langevin step, each chain one CUDA
+    # graph on CUDA) for the long test-time chains, in the training's precision; their batches are
+    # padded to one size, so nothing recompiles.
     fast = FastPath.resolve(cfg.perf, engine.device)
     fast.apply(model)
     log.info("fast path: %s", fast.describe())
@@ -111,7 +112,7 @@ def _evaluate(args, metrics: list[str]) -> int:
         engine,
         images,
         show_progress=True,
-        chain=fast.test_time_runner(cfg.eval.fid_batch),
+        chain=fast.test_time_runner(cfg.eval.fid_batch, FastPath.test_time_autocast(cfg)),
     )
     if engine.is_main:
         results["images_seen"] = images_seen

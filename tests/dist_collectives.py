@@ -71,10 +71,9 @@ if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
 x = torch.rand(4, 3, 16, 16) * 2 - 1
 z = langevin_posterior(plain.generator, plain.prior, x, num_steps=5, step_size=0.1, sigma=0.3)
 inference_calls = COUNT["calls"]
-# The fast path's compiled chains must stay local too: the whole chain as graphs of 1 step (twice:
-# one graph to compile) at a chain batch of 2 (two calls for the 4 chains). The graphs' split into a
-# remainder is test_fastpath's.
-whole = FastPath.resolve(PerfConfig(compile="on", graph_steps=1), engine.device, deepspeed=engine.uses_deepspeed)
+# The fast path's compiled chains must stay local too: the one compiled Langevin step (called twice
+# per chain: one graph to compile) at a chain batch of 2 (two calls for the 4 chains).
+whole = FastPath.resolve(PerfConfig(compile="on"), engine.device, deepspeed=engine.uses_deepspeed)
 # Rank 0 compiles first; the other rank then finds the graph in the run's shared compile cache (as a
 # cluster's ranks would: training/compile_cache.py) instead of both compiling it on the CI's two cores.
 if engine.rank != 0:

@@ -82,7 +82,9 @@ def env(**extra: str) -> dict:
     # builds DeepSpeed's op with the environment's ninja in both, and ninja versions hash their build
     # commands differently, so mixing the system's ninja with it rebuilt the op (≈ 40 s) at every switch.
     e["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), e.get("PATH", "")])
-    e.update(extra)
+    e.update({k: v for k, v in extra.items() if v is not None})
+    for name in [k for k, v in extra.items() if v is None]:  # None: the variable is not set at all
+        e.pop(name, None)
     return e
 
 

@@ -38,15 +38,17 @@ def test_train_step_benchmark_prints_every_variant_of_the_ladder():
         "no_weight_grads+fused_update",
         "+channels_last",
         "+compile",
-        "+whole_chain_graph",
+        "+compiled_step_chain",
         "+large_chain_batch",
         "plain_eager",
     }
     assert set(out["not_applicable"]) == {"+bf16_autocast", "+cudnn_benchmark", "+cuda_graphs"}  # CPU
-    assert variants["+compile"]["fast_path"] == "channels_last=on cudnn_benchmark=off compile=default (per step)"
-    whole = "channels_last=on cudnn_benchmark=off compile=default (whole chain ≤ 20 steps/graph)"  # K = 2: one graph
-    assert variants["+whole_chain_graph"]["fast_path"] == variants["+large_chain_batch"]["fast_path"] == whole
-    assert all("compile_fallback" not in variants[n] for n in ("+compile", "+whole_chain_graph", "+large_chain_batch"))
+    tuned = "channels_last=on cudnn_benchmark=off compile=default"
+    assert variants["+compile"]["fast_path"] == f"{tuned} (log-posterior only)"
+    step = f"{tuned} (one Langevin step)"
+    assert variants["+compiled_step_chain"]["fast_path"] == variants["+large_chain_batch"]["fast_path"] == step
+    compiled = ("+compile", "+compiled_step_chain", "+large_chain_batch")
+    assert all("compile_fallback" not in variants[n] for n in compiled)
     assert variants["lfbm_dist"]["fast_path"] == "channels_last=off cudnn_benchmark=off compile=off"  # CPU auto
     # the large chain batch runs 4× the learning micro-batch's chains per step (default --chain-batch)
     large = variants["+large_chain_batch"]

@@ -80,11 +80,10 @@ def test_gpu_proof_out_of_budget_keeps_what_it_measured(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_proof_smoke_runs_every_later_section_on_cpu(tmp_path):
-    """The one-shot GPU proof, in its CPU smoke mode, every section the budgeted run above does not finish
-    (gpu_tests is pytest -m gpu: every test skipped here; chain_long is chain_variants' command with one
-    more variant, checked in the plan below): every section runs and reports, the SIGKILL lands between
-    the snapshot and the end, the resumed weights are bitwise those of the uninterrupted run, the chain
-    variants match the eager loop, and the markdown rows are written."""
+    """The one-shot GPU proof, in its CPU smoke mode, every section (gpu_tests is pytest -m gpu: every
+    test skipped here): every section runs and reports, the SIGKILL lands between the snapshot and the
+    end, the resumed weights are bitwise those of the uninterrupted run, the chain variants match the
+    eager loop, and the markdown rows are written."""
     names = ("gpu_tests", "ablation", "chain_variants", "resume", "fid", "ablation_more")
     report = _proof(tmp_path, "--sections", ",".join(names))
     sections = report["sections"]
@@ -94,7 +93,8 @@ def test_gpu_proof_smoke_runs_every_later_section_on_cpu(tmp_path):
     assert [(v["variant"], v["chain_batch"]) for v in more] == [("lfbm_dist", 8), ("plain_eager", 8)]
     assert "skipped" in sections["gpu_tests"]["parts"][0]["summary"]  # no CUDA here
     chains = _measured(sections["chain_variants"])
-    assert [r["variant"] for r in chains] == ["cudagraph_one_step", "graph:1"]
+    assert [r["variant"] for r in chains] == ["step", "step_uncaptured", "reduce-overhead"]
+    assert all(r["graphs"] == 1 for r in chains)  # one step graph each, for a chain of K steps
     assert all(r["status"] == "ok" and r["max_abs_diff_vs_eager"] < 1e-5 for r in chains), chains
     resume = sections["resume"]
     assert resume["killed_after"] == "ckpt-000000000016" and resume["bitwise_equal"] is True
@@ -103,7 +103,7 @@ def test_gpu_proof_smoke_runs_every_later_section_on_cpu(tmp_path):
     assert fid["samples"] == 16 and fid["extrapolated_50k_seconds"] > 0
     rows = (tmp_path / "gpu_proof.md").read_text()
     assert "| test_tiny | CPU | 8 (8) | lfbm_dist |" in rows and "Resume after SIGKILL: ok" in rows
-    assert "| cudagraph_one_step | 1 | 1 |" in rows
+    assert "| step | 1 | 2 |" in rows
 
 
 def test_gpu_proof_plan_puts_the_decisive_sections_first_and_fits_them_at_three_times_the_compile_estimate():
@@ -114,9 +114,10 @@ def test_gpu_proof_plan_puts_the_decisive_sections_first_and_fits_them_at_three_
     plan = gpu_proof.plan(args)
     order = args.sections.split(",")
     assert tuple(order[: len(gpu_proof.PRIORITY)]) == gpu_proof.PRIORITY
-    at_3x = gpu_proof.plan(gpu_proof.parse(["--compile-s-per-step", str(3 * args.compile_s_per_step)]))
+    at_3x = gpu_proof.plan(gpu_proof.parse(["--compile-s-per-graph", str(3 * args.compile_s_per_graph)]))
     assert sum(at_3x[name]["estimate_s"] for name in gpu_proof.PRIORITY) <= gpu_proof.DEFAULT_BUDGET_S
-    # the variant decision: the one-step CUDA graph beside graphs of 20 (and 60, later) steps of a K = 60 chain
+    # what the capture is worth: the default (one CUDA graph per chain) beside the same compiled step
+    # uncaptured and reduce-overhead's graph per step, for a K = 60 chain
     (cmd,) = plan["chain_variants"]["cmds"]
-    assert cmd[cmd.index("--variants") + 1] == "cudagraph_one_step,graph:20" and "60" in cmd
-    assert plan["chain_long"]["cmds"][0][-1] == "graph:60"
+    assert cmd[cmd.index("--variants") + 1] == "step,step_uncaptured,reduce-overhead"
+    assert cmd[cmd.index("--chain-steps") + 1] == "60"

@@ -1,6 +1,7 @@
 """Posterior / prior sampling. Pure math: no distributed or launcher imports."""
 
-from .chain import EAGER, GRAPHS, ChainRunner, chunked_steps, langevin_posterior
+from .chain import EAGER, ChainRunner, langevin_posterior
+from .graphs import GRAPHS, ChainRunError, GraphUse, graph_use
 from .langevin import (
     batch_coupled,
     frozen,
@@ -8,7 +9,7 @@ from .langevin import (
     langevin_update,
     log_likelihood,
     log_posterior,
-    posterior_chain,
+    posterior_step,
     posterior_steps,
 )
 
@@ -16,13 +17,15 @@ __all__ = [
     "EAGER",
     "GRAPHS",
     "ChainRunner",
-    "chunked_steps",
+    "ChainRunError",
+    "GraphUse",
+    "graph_use",
     "langevin_posterior",
     "langevin_prior",
     "langevin_update",
     "log_likelihood",
     "log_posterior",
-    "posterior_chain",
+    "posterior_step",
     "posterior_steps",
     "batch_coupled",
     "frozen",

@@ -12,10 +12,10 @@ which is Eq. 8 with ξ = s² / 2 (so √(2ξ) = s). A paper-style ξ converts as
 with m the visibility mask (1 = observed) for inpainting / learning from occluded data.
 
 Two forms of the same chain, sharing one update (`langevin_update`): `posterior_steps`, the step
-loop with torch.autograd.grad (the eager reference), and `posterior_chain`, the whole K-step chain
-as one traceable function (the input gradient by torch.func.grad, noise drawn up front) that
-torch.compile turns into one graph — and, on CUDA, one CUDA-graph replay per chain. How a batch of
-chains runs (chunks, padding, layout, eager or compiled) is chain.py's `ChainRunner`.
+loop with torch.autograd.grad (the eager reference), and `posterior_step`, ONE step as a traceable
+function (the input gradient by torch.func.grad) that torch.compile turns into one graph, called K
+times — on CUDA inside one captured CUDA graph, so a chain is one replay. How a batch of chains runs
+(chunks, padding, layout, eager or compiled, captured) is chain.py's `ChainRunner`.
 
 No weight gradients are ever computed here: every parameter of the generator and the
 prior has requires_grad switched off for the duration of the chain (and restored after),
@@ -66,10 +66,11 @@ def log_likelihood(
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """log p_β(x | z) up to its constant: −‖m ⊙ (x − g(z))‖² / (2σ²). Returns (B,) float32."""
-    with torch.autocast(
-        device_type=z.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-    ):
+    if autocast_dtype is None:  # no autocast region at all: a compiled float32 step has none in its graph
         x_hat = generator(z)
+    else:
+        with torch.autocast(device_type=z.device.type, dtype=autocast_dtype):
+            x_hat = generator(z)
     return -gaussian_energy(squared_error(x, x_hat, mask), sigma)
 
 
@@ -94,39 +95,33 @@ def batch_coupled(module: nn.Module) -> bool:
     return any(isinstance(m, BATCH_NORMS) and m.training for m in module.modules())
 
 
-def posterior_chain(
+def posterior_step(
     generator: nn.Module,
     prior: Prior,
     x: torch.Tensor,
     z: torch.Tensor,
-    noise: torch.Tensor | None,
-    num_steps: int,
+    eps: torch.Tensor | None,
     step_size: float,
     sigma: float,
     mask: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All K steps of Eq. 8 as one pure function of tensors: (z_K, per-sample ‖∇‖ at the last step).
+    """ONE step of Eq. 8 as a pure function of tensors: (z', per-sample ‖∇‖ of this step).
 
-    noise: (B, K, nz) or None (noise-free). Nothing here is stateful or calls autograd.grad, so
-    torch.compile(fullgraph=True) captures the whole chain: the K input gradients (torch.func.grad,
-    whose backward Inductor fuses with the forward), the updates and the noise. Same update as the
-    step loop, term for term. Call it under `frozen(...)` and torch.no_grad(): func.grad still
-    differentiates w.r.t. z, and no graph to the weights is recorded.
+    The compiled unit of every chain (chain.py): one graph serves every step of every chain of a
+    shape, whatever K, so compile time does not grow with the chain. eps: (B, nz) or None
+    (noise-free). Nothing here is stateful or calls autograd.grad, so torch.compile(fullgraph=True)
+    captures the input gradient (torch.func.grad, its backward fused with the forward by Inductor)
+    and the update. Same update as the step loop, term for term. Call it under `frozen(...)` and
+    torch.no_grad(): func.grad still differentiates w.r.t. z, and no graph to the weights is recorded.
     """
 
     def total_log_posterior(z_: torch.Tensor) -> torch.Tensor:
         # Chains are independent, so the gradient of the sum is each chain's own gradient.
         return log_posterior(generator, prior, z_, x, sigma, mask, autocast_dtype).sum()
 
-    grad_fn = torch.func.grad(total_log_posterior)
-    grad_norm = z.new_zeros(z.shape[0])
-    for k in range(num_steps):  # unrolled by the compiler: K is static for a graph
-        grad = grad_fn(z)
-        z = langevin_update(z, grad, noise[:, k] if noise is not None else None, step_size)
-        if k == num_steps - 1:
-            grad_norm = grad.norm(dim=1)
-    return z, grad_norm
+    grad = torch.func.grad(total_log_posterior)(z)
+    return langevin_update(z, grad, eps, step_size), grad.norm(dim=1)
 
 
 def langevin_update(z: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor | None, step_size: float) -> torch.Tensor:
@@ -156,7 +151,7 @@ def posterior_steps(
     add_noise: bool | None = None,
     rng: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eager reference: the same chain as `posterior_chain` (same signature and result), step by
+    """The eager reference: the same chain as K calls of `posterior_step` (noise (B, K, nz)), step by
     step with torch.autograd.grad. add_noise defaults to `noise is not None`; with add_noise and no
     noise, each step draws from `rng`. Call it under `frozen(...)`."""
     add_noise = noise is not None if add_noise is None else add_noise

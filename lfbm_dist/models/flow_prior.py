@@ -19,6 +19,7 @@ small terms and the Langevin update needs them exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -211,7 +212,14 @@ class FlowPrior(nn.Module):
         """Exact log p_α(z) by Eq. 5. (B, d) -> (B,), float32 even under autocast."""
         # float32 (or float64 when the module is float64, as in the reference tests)
         dtype = torch.float64 if self.steps[0].actnorm.bias.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        # Leave autocast only where it is on: a compiled Langevin step (which calls this outside the
+        # generator's autocast) then has no autocast region in its graph for the prior.
+        region = (
+            torch.autocast(device_type=z.device.type, enabled=False)
+            if torch.is_autocast_enabled(z.device.type)
+            else contextlib.nullcontext()
+        )
+        with region:
             z0, log_det = self.to_base(z.to(dtype).reshape(z.shape[0], -1))
             return standard_normal_log_prob(z0) + log_det
 

@@ -8,12 +8,13 @@ passes per image), so this is where speed is won. What is here, and why each is 
   want NHWC; in NCHW every bf16 convolution pays two layout transposes.
 * cuDNN autotuning: shapes never change within a run (fixed chain batch and resolution), so
   the one-off search at the first step is paid back on every later one.
-* torch.compile of the whole Langevin chain (lfbm_dist.inference's `posterior_chain`): the K input
-  gradients (torch.func.grad), updates and noise of a chain are one graph, and with mode
-  "reduce-overhead" one CUDA-graph replay — no Python, no host round trip and no kernel launch per
-  step. The H100 reading (docs/PERFORMANCE.md) showed the step launch-bound: compiling only the
-  log-posterior left one replay and an eager update per step (5.2× plain eager); that per-step form
-  is kept in benchmarks/bench_train_step.py for the comparison, not in the product.
+* torch.compile of ONE Langevin step (lfbm_dist.inference's `posterior_step`: the input gradient by
+  torch.func.grad, whose backward Inductor fuses with the forward, and the update), reused by every
+  step of every chain of a shape — compile time does not grow with K — and, on CUDA, each chain
+  captured as one CUDA graph around the K calls: one replay per chain, no Python, no host round trip
+  and no kernel launch per step. The H100 reading (docs/PERFORMANCE.md) showed the step
+  launch-bound: compiling only the log-posterior left one replay and an eager update per step (5.2×
+  plain eager); that per-step form is kept in benchmarks/bench_train_step.py for the comparison.
 * the chain batch: Langevin is per-sample and collective-free, so the chains of all micro-batches
   of a step run as one large batch (the trainer concatenates them) while learning keeps its
   micro-batch; every call gets exactly `chain_batch` chains (padded), so a graph never recompiles.
@@ -53,10 +54,16 @@ def chain_batch_from_memory(
     return micro_batch
 
 
-def chain_bytes_per_sample(generator: nn.Module, nz: int) -> int:
-    """Memory one chain needs, estimated from the generator's activations: every module output of one
-    forward pass (on the meta device: no memory, no compute), × 3 for the input gradient's backward
-    and its temporaries, in float32 (the worst case; bf16 autocast halves most of it)."""
+# Bytes per element of the generator's module outputs that Inductor's buffer plan for one compiled
+# Langevin step (its memory planner's peak, forward + input gradient) needs per chain, by autocast dtype.
+# Calibrated with benchmarks/cuda_codegen.py (the plan of the CUDA graph) on the presets; the spread
+# and the error of this estimate are in docs/PERFORMANCE.md ("Memory of a chain").
+PLAN_BYTES_PER_OUTPUT = {None: 5.12, torch.bfloat16: 3.07}  # the largest measured: never below the plan
+
+
+def module_output_elements(generator: nn.Module, nz: int) -> int:
+    """Elements of every leaf module's output in one forward pass of one latent (on the meta device:
+    no memory, no compute)."""
     import copy
 
     meta = copy.deepcopy(generator).to("meta")
@@ -72,7 +79,14 @@ def chain_bytes_per_sample(generator: nn.Module, nz: int) -> int:
     finally:
         for h in hooks:
             h.remove()
-    return 3 * 4 * total[0]
+    return total[0]
+
+
+def chain_bytes_per_sample(generator: nn.Module, nz: int, autocast_dtype: torch.dtype | None = None) -> int:
+    """Memory one chain of the compiled Langevin step needs: the generator's module outputs × the bytes
+    per output that Inductor's buffer plan was measured to need (PLAN_BYTES_PER_OUTPUT)."""
+    per_output = PLAN_BYTES_PER_OUTPUT.get(autocast_dtype, PLAN_BYTES_PER_OUTPUT[None])
+    return int(module_output_elements(generator, nz) * per_output)
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,7 @@ class FastPath:
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile_mode: str | None = None  # None = eager
-    graph_steps: int = 20
+    capture: bool = False  # each chain as one explicit CUDA graph around the compiled step (CUDA)
     chain_batch_setting: int = 0  # perf.chain_batch (0 = auto)
     deterministic: bool = False  # perf.deterministic: reproducible kernels, no autotuning
     note: str | None = None  # why an `auto` switch stayed off
@@ -97,12 +111,18 @@ class FastPath:
                 "compiled Langevin chain as constants, so training would keep inferring with its first "
                 "weights; unset TORCHINDUCTOR_FREEZING or set perf.compile=off"
             )
-        mode = perf.compile_mode
-        if mode == "auto":
-            mode = "reduce-overhead" if device.type == "cuda" else "default"
+        mode = "default" if perf.compile_mode == "auto" else perf.compile_mode
+        cuda = device.type == "cuda"
         # CUDA graphs need CUDA; on CPU "reduce-overhead" would silently be plain compilation.
-        if device.type != "cuda" and mode == "reduce-overhead":
+        if not cuda and mode == "reduce-overhead":
             mode = "default"
+        records_itself = cuda and private_apis.mode_records_cuda_graphs(mode)
+        if perf.cuda_graphs == "on" and records_itself:
+            raise ConfigError(
+                f"perf.compile_mode={mode} records a CUDA graph per step itself, so it cannot also capture "
+                "each chain (perf.cuda_graphs=on); use perf.compile_mode=default (or "
+                "max-autotune-no-cudagraphs) with perf.cuda_graphs=on, or perf.cuda_graphs=auto"
+            )
         channels_last, note = _on(perf.channels_last, device), None
         if deepspeed and channels_last:
             if perf.channels_last == "on":
@@ -117,7 +137,7 @@ class FastPath:
             # Autotuning picks kernels anew in every process: not reproducible across a resume.
             cudnn_benchmark=_on(perf.cudnn_benchmark, device) and device.type == "cuda" and not perf.deterministic,
             compile_mode=mode if compile_on else None,
-            graph_steps=perf.graph_steps,
+            capture=compile_on and cuda and not records_itself and _on(perf.cuda_graphs, device),
             chain_batch_setting=perf.chain_batch,
             deterministic=perf.deterministic,
             note=note,
@@ -128,11 +148,12 @@ class FastPath:
         parts = [
             f"channels_last={'on' if self.channels_last else 'off'}",
             f"cudnn_benchmark={'on' if self.cudnn_benchmark else 'off'}",
-            f"compile={self.compile_mode or 'off'}"
-            + (f" (whole chain ≤ {self.graph_steps} steps/graph)" if compiled else ""),
+            f"compile={self.compile_mode or 'off'}" + (" (one Langevin step)" if compiled else ""),
         ]
-        if self.compile_mode == "reduce-overhead":
-            parts.append("cuda_graphs=on")
+        if self.capture:
+            parts.append("cuda_graphs=one per chain")
+        elif compiled and self.device.type == "cuda" and private_apis.mode_records_cuda_graphs(self.compile_mode):
+            parts.append("cuda_graphs=one per step (the mode's own)")
         if self.deterministic:
             parts.append("deterministic=on")
         if self.note:
@@ -158,7 +179,9 @@ class FastPath:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def chain_batch(self, micro_batch: int, step_batch: int, generator: nn.Module, nz: int) -> int:
+    def chain_batch(
+        self, micro_batch: int, step_batch: int, generator: nn.Module, nz: int, autocast: torch.dtype | None = None
+    ) -> int:
         """Chains per call for a step of step_batch chains learned in micro_batch pieces.
         Explicit setting > auto: CUDA = the whole step, capped by free memory; CPU = one micro-batch
         (nothing is launch-bound there, and the CPU numerics stay those of the micro-batch)."""
@@ -167,20 +190,28 @@ class FastPath:
         if self.device.type != "cuda":
             return micro_batch
         free_bytes, _ = torch.cuda.mem_get_info(self.device)  # host query, once per resolve
-        return chain_batch_from_memory(step_batch, micro_batch, chain_bytes_per_sample(generator, nz), free_bytes)
+        per_chain = chain_bytes_per_sample(generator, nz, autocast)
+        return chain_batch_from_memory(step_batch, micro_batch, per_chain, free_bytes)
 
     def runner(self, batch: int | None, autocast_dtype: torch.dtype | None = None) -> ChainRunner:
-        """How chains run with these settings, `batch` chains per call. Training passes its resolved
-        chain batch and autocast; test-time chains (reconstruction, inpainting, anomaly, aggregated
-        posterior, image grids) pass their batch (perf.chain_batch wins if set) and run in float32,
-        every call padded to that size so a last, smaller batch does not compile a new graph."""
+        """How chains run with these settings, `batch` chains per call (every call padded to it, so a
+        last, smaller batch meets the same graph)."""
         return ChainRunner(
             compile_mode=self.compile_mode,
-            graph_steps=self.graph_steps,
             batch=batch,
             channels_last=self.channels_last,
             autocast_dtype=autocast_dtype,
+            capture=self.capture,
         )
 
-    def test_time_runner(self, batch: int) -> ChainRunner:
-        return self.runner(self.chain_batch_setting or batch)
+    @staticmethod
+    def test_time_autocast(cfg) -> torch.dtype | None:
+        """The precision of test-time chains: the training's (train.precision). Measured at CPU scale
+        (docs/PERFORMANCE.md): reconstruction MSE moves by less than 1 % between float32 and bf16
+        test-time chains, and a bf16 chain meets the training's compiled step where the shapes agree."""
+        return torch.bfloat16 if cfg.train.precision == "bf16" else None
+
+    def test_time_runner(self, batch: int, autocast_dtype: torch.dtype | None = None) -> ChainRunner:
+        """Test-time chains (reconstruction, inpainting, anomaly, aggregated posterior): their batch
+        unless perf.chain_batch is set."""
+        return self.runner(self.chain_batch_setting or batch, autocast_dtype)

@@ -18,6 +18,8 @@ LFBM_FAULT_RAISE_ONCE=5:1        rank 1 raises after step 5, in the first attemp
                                  (TORCHELASTIC_RESTART_COUNT 0): the agent's restart must recover
 LFBM_FAULT_COMPILE_FAIL_AT=2     the compiler "fails" at the second Langevin chain graph this process compiles
                                  (inference.GRAPHS' before_compile hook: inside the fallback, as a real one)
+LFBM_FAULT_RECORD_OOM_ABOVE=4    recording a Langevin chain graph of more than 4 chains runs out of memory
+                                 (inference.GRAPHS' before_record hook: where a real one would)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ KILL_IN_SAVE = _ints("LFBM_FAULT_KILL_IN_SAVE")
 SLOW_WRITE_S = float(os.environ.get("LFBM_FAULT_SLOW_WRITE_S", "0") or 0)
 RAISE_ONCE = tuple(int(v) for v in os.environ.get("LFBM_FAULT_RAISE_ONCE", "").split(":") if v.strip())
 COMPILE_FAIL_AT = int(os.environ.get("LFBM_FAULT_COMPILE_FAIL_AT", "0") or 0)
+RECORD_OOM_ABOVE = int(os.environ.get("LFBM_FAULT_RECORD_OOM_ABOVE", "0") or 0)
 
 
 class InjectedFailure(RuntimeError):
@@ -85,6 +88,12 @@ class FaultHooks(Hooks):
     def before_compile(self, ordinal: int) -> None:
         if ordinal == COMPILE_FAIL_AT:
             raise InjectedFailure(f"injected compiler failure at chain graph {ordinal}")
+
+    def before_record(self, chains: int) -> None:
+        if RECORD_OOM_ABOVE and chains > RECORD_OOM_ABOVE:
+            import torch
+
+            raise torch.OutOfMemoryError(f"injected: out of memory recording a chain graph of {chains} chains")
 
     def before_write(self) -> None:
         if SLOW_WRITE_S > 0:

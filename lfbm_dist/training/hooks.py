@@ -32,7 +32,11 @@ class Hooks:
         """A checkpoint has been loaded into the model and optimizer (collective context: every rank)."""
 
     def before_compile(self, ordinal: int) -> None:
-        """A Langevin chain graph (the ordinal-th of the process) is about to be compiled, inside the fallback."""
+        """A Langevin step graph (the ordinal-th of the process) is about to be compiled, inside the fallback."""
+
+    def before_record(self, chains: int) -> None:
+        """A Langevin chain graph of `chains` chains is about to be compiled or captured (where memory
+        runs out first): an out-of-memory here halves the chain batch."""
 
     # ------------------------------------------------------------------ snapshot writer
     def before_write(self) -> None:

@@ -93,12 +93,14 @@ class Trainer:
         self.plain = engine.unwrap(self.wrapped)  # Langevin, sampling, export; `wrapped` only for learning
         micro = batch.batch_per_gpu  # the chain batch is resolved from the step's own layout
         chain_batch = engine.fast.chain_batch(
-            micro, micro * batch.accumulation_steps, self.plain.generator, cfg.generator.nz
+            micro, micro * batch.accumulation_steps, self.plain.generator, cfg.generator.nz, engine.autocast_dtype
         )
-        self.inference = latent_inference(cfg, engine.fast.runner(chain_batch, engine.autocast_dtype))
-        # The image grids' chains: test-time (float32) chains of the training chains' batch.
-        self.grid_runner = engine.fast.test_time_runner(chain_batch)
+        # The image grids' chains run as the training chains do (batch, precision): they meet the
+        # training's compiled step, so no rank compiles a second graph at the first image tick.
+        self.grid_runner = engine.fast.runner(chain_batch, engine.autocast_dtype)
+        self.inference = latent_inference(cfg, self.grid_runner)
         GRAPHS.before_compile = None if hooks is NO_HOOKS else hooks.before_compile
+        GRAPHS.before_record = None if hooks is NO_HOOKS else hooks.before_record
         self.total_images = int(round(cfg.train.total_kimg * 1000))
         self.stop = StopRequest()
         self.fixed_x: torch.Tensor | None = None
