@@ -42,8 +42,11 @@ def process(code: Path, run_dir: Path, seed: int, steps: int, args, variant: str
     """One training process to `steps` steps; times to its first logging tick and to its exit (or its
     SIGKILL once the tick's checkpoint is on disk, with kill_after_tick)."""
     step_kimg = args.batch / 1000
+    config = Path(args.config).resolve()
+    if config.is_relative_to(ROOT / "configs"):  # the other checkout's own preset (its settings' names)
+        config = code / config.relative_to(ROOT)
     cmd = [
-        sys.executable, str(code / "lfbm_dist" / "train.py"), "--config", str(Path(args.config).resolve()),
+        sys.executable, str(code / "lfbm_dist" / "train.py"), "--config", str(config),
         f"data.shards=[{args.shards}]", "data.num_workers=1", f"perf.compile_cache={args.out / 'sweep_cache'}",
         f"train.run_dir={run_dir}", f"train.seed={seed}", f"train.batch_per_gpu={args.batch}",
         f"train.total_kimg={steps * step_kimg:g}", f"train.log_every_kimg={step_kimg:g}",
