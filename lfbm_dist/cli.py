@@ -53,7 +53,7 @@ def run(main: Callable[[], int | None]) -> int:
                 _say(f"error: {exc}")
         else:
             _say(f"{_rank_prefix()}error: {exc}")
-        _to_log_file()
+        _quiet_from_here(_to_log_file())
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -68,6 +68,7 @@ def run(main: Callable[[], int | None]) -> int:
         first = str(exc).splitlines()[0] if str(exc) else ""
         where_text = f" (full traceback in {where})" if where else ""
         _say(f"{_rank_prefix()}error: unexpected {type(exc).__name__}: {first}{where_text}")
+        _quiet_from_here(where)
         return 1
 
 
@@ -78,6 +79,21 @@ def _say(line: str) -> None:
         os.write(sys.stderr.fileno(), (line + "\n").encode(errors="replace"))
     except (AttributeError, OSError, ValueError):  # a stream without a file (a test's capture): print
         print(line, file=sys.stderr)
+
+
+def _quiet_from_here(log_file: Path | None) -> None:
+    """After a launched rank's first error line, the rest of what the process writes to stderr — C++
+    warnings with stack dumps from torch.distributed's store and process group as they fail at exit,
+    tracebacks of threads — goes to its log file, not the console: the first line is the cause."""
+    if log_file is None or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    try:
+        sys.stderr.flush()
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 2)
+        os.close(fd)
+    except OSError:
+        pass  # the console keeps it: a noisy exit, not a lost line
 
 
 def _to_log_file() -> Path | None:

@@ -144,6 +144,19 @@ class TrainConfig(Section):
     collective_timeout_min: Float = Field(
         30.0, gt=0
     )  # process-group timeout: covers long evaluations between collectives
+    # once training runs (after hang_warmup_steps steps) the process-group timeout drops to this, so that
+    # nothing waits collective_timeout_min on a lost peer; evaluations, the final snapshot and the image
+    # grids keep collective_timeout_min
+    step_timeout_min: Float = Field(10.0, gt=0)
+    # A hung rank named (training/watchdog.py): a rank whose loop made no progress for max(hang_floor_s,
+    # hang_step_multiple × its median step time) — armed after hang_warmup_steps steps — names the stuck
+    # rank(s) with their stacks in RUN_DIR/hang/ and ends the job; hang_floor_s=0 turns it off
+    hang_floor_s: Float = Field(120.0, ge=0)
+    hang_step_multiple: Float = Field(20.0, gt=0)
+    hang_warmup_steps: Int = Field(2, ge=1)
+    # a rank slower than the median of the others by more than this share, in a phase of the step
+    # (data, Langevin, learning; per logging interval), is named in a warning
+    straggler_share: Float = Field(0.5, gt=0)
     max_consecutive_skips: Int = Field(10, ge=1)  # non-finite steps in a row before the run stops
     # where scalars and image grids go, from rank 0, on the images-seen axis: any of Tracker (extras:
     # pip install -e '.[wandb]' / '.[mlflow]'); a resume continues the same tracker runs

@@ -82,6 +82,17 @@ def stop_dataloader_workers(iterator) -> None:
             worker.join(timeout=5)
 
 
+def thread_frames() -> dict:
+    """Every thread's current Python frame by thread id (the hang watchdog's stack dump): CPython's
+    documented sys._current_frames, underscored as an implementation detail of CPython."""
+    import sys
+
+    frames = getattr(sys, "_current_frames", None)
+    if frames is None:
+        raise LibraryChanged(f"this Python ({sys.implementation.name}) has no sys._current_frames")
+    return frames()
+
+
 def mode_records_cuda_graphs(mode: str) -> bool:
     """Whether a torch.compile mode records CUDA graphs of its own (CUDA-graph trees: reduce-overhead
     and max-autotune), read from Inductor's own table of what each mode switches on."""

@@ -20,7 +20,7 @@ from ..data.plan import Layout
 from ..data.reader import count_samples
 from ..data.stream import DecodeOptions, StreamOptions
 from ..data.urls import IOOptions, local_path
-from ..models import LFBM, EBMPrior, FlowPrior, GaussianPrior, build_generator
+from ..models import GENERATOR_SPECS, LFBM, EBMPrior, FlowPrior, GaussianPrior, build_generator
 
 
 def build_model(cfg: Config) -> LFBM:
@@ -206,3 +206,20 @@ def eval_data(cfg: Config) -> EvalData:
         io=io_options(cfg),
         verify=d.verify_checksums,
     )
+
+
+def kimg_due(prev_images: int, images: int, every_kimg: float) -> bool:
+    if every_kimg <= 0:
+        return False
+    every = every_kimg * 1000.0
+    return math.floor(images / every) > math.floor(prev_images / every)
+
+
+def batch_statistics_warning(cfg: Config, world_size: int, accumulation_steps: int) -> str | None:
+    """BatchNorm generators (mnist28) see per-micro-batch statistics: splitting changes the training."""
+    if GENERATOR_SPECS[cfg.generator.arch].batch_norm and world_size * accumulation_steps > 1:
+        return (
+            f"generator '{cfg.generator.arch}' uses BatchNorm: its batch statistics are per micro-batch, so "
+            f"{world_size} rank(s) × {accumulation_steps} accumulation does not train like one batch"
+        )
+    return None

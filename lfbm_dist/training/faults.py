@@ -18,6 +18,8 @@ LFBM_FAULT_RAISE_ONCE=5:1        rank 1 raises after step 5, in the first attemp
                                  (TORCHELASTIC_RESTART_COUNT 0): the agent's restart must recover
 LFBM_FAULT_COMPILE_FAIL_AT=2     the compiler "fails" at the second Langevin chain graph this process compiles
                                  (inference.GRAPHS' before_compile hook: inside the fallback, as a real one)
+LFBM_FAULT_HANG_AT=5:1           rank 1 blocks (sleeps an hour) after step 5, inside the loop: a hung rank
+LFBM_FAULT_SLOW_RANK=1:0.5       rank 1 sleeps 0.5 s after each step's chains: a straggler in its Langevin phase
 LFBM_FAULT_RECORD_OOM_ABOVE=4    recording a Langevin chain graph of more than 4 chains runs out of memory
                                  (inference.GRAPHS' before_record hook: where a real one would)
 """
@@ -45,6 +47,8 @@ SLOW_WRITE_S = float(os.environ.get("LFBM_FAULT_SLOW_WRITE_S", "0") or 0)
 RAISE_ONCE = tuple(int(v) for v in os.environ.get("LFBM_FAULT_RAISE_ONCE", "").split(":") if v.strip())
 COMPILE_FAIL_AT = int(os.environ.get("LFBM_FAULT_COMPILE_FAIL_AT", "0") or 0)
 RECORD_OOM_ABOVE = int(os.environ.get("LFBM_FAULT_RECORD_OOM_ABOVE", "0") or 0)
+HANG_AT = tuple(int(v) for v in os.environ.get("LFBM_FAULT_HANG_AT", "").split(":") if v.strip())
+SLOW_RANK = tuple(float(v) for v in os.environ.get("LFBM_FAULT_SLOW_RANK", "").split(":") if v.strip())
 
 
 class InjectedFailure(RuntimeError):
@@ -59,6 +63,8 @@ class FaultHooks(Hooks):
             record_keys(step, rank, micro, m.batch.positions, m.batch.keys)
         if step in NAN_STEPS:  # a non-finite latent
             micro_batches[0].latents[0, 0] = float("nan")
+        if SLOW_RANK and rank == int(SLOW_RANK[0]):
+            time.sleep(SLOW_RANK[1])
 
     def loss(self, loss, step: int):
         return loss * float("nan") if step in NAN_GRAD_STEPS else loss  # every gradient NaN, on any backend
@@ -66,6 +72,8 @@ class FaultHooks(Hooks):
     def after_step(self, step: int, rank: int) -> None:
         if STEP_SLEEP > 0:
             time.sleep(STEP_SLEEP)
+        if HANG_AT and (step, rank) == HANG_AT:
+            time.sleep(3600)  # blocked inside the training loop, far past any hang bound
         if RAISE_ONCE and (step, rank) == RAISE_ONCE and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
             raise InjectedFailure(f"injected failure of rank {rank} after step {step}")
 

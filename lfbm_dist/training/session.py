@@ -20,11 +20,13 @@ from ..errors import GracefulStop
 from ..files import write_atomic
 from ..inference import GRAPHS
 from . import checkpoint, faults, rundir
-from .build import build_feed, default_streams, launched_world_size, resolve_batch_layout
+from .build import batch_statistics_warning, build_feed, default_streams, launched_world_size, resolve_batch_layout
 from .compile_cache import use_compile_cache
-from .engine import Engine, TrackerSpec, launcher_command
+from .engine import Engine, TrackerSpec, job_store, launcher_command, start_job
 from .engine.trackers import check_installed, flatten
-from .trainer import Trainer, batch_statistics_warning
+from .runlock import RunDirLocked, RunLock
+from .trainer import Trainer
+from .watchdog import Watchdog
 
 log = logging.getLogger("lfbm_dist")
 
@@ -41,8 +43,38 @@ def resume_command(argv: list[str]) -> str:
 
 def train(cfg: Config, argv: list[str] | None = None) -> dict:
     """Train per cfg; returns the final trainer state (GracefulStop after a signal's checkpoint)."""
+    check_installed(cfg.train.log_with)  # before anything is made: one line naming the pip command
+    lock = hold_run_dir(cfg)  # one job per run directory: before anything in it is read or written
+    try:
+        return _train(cfg, argv, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def hold_run_dir(cfg: Config) -> RunLock | None:
+    """Rank 0 takes the run directory's lease (runlock.py); every rank learns the verdict over the job's
+    key-value store, so a refused job stops on all ranks with rank 0's one line. None on other ranks."""
+    launched, key = start_job(cfg), "lfbm/runlock"
+    if launched and int(os.environ.get("RANK", "0")) != 0:
+        verdict = job_store().get(key).decode()  # waits for rank 0 (which may watch a lease ≤ a minute)
+        if verdict:
+            raise RunDirLocked(verdict)
+        return None
+    lock = RunLock(cfg.train.run_dir)
+    try:
+        lock.acquire()
+    except BaseException as exc:
+        if launched:
+            job_store().set(key, str(exc) if isinstance(exc, RunDirLocked) else f"rank 0 failed: {exc}"[:500])
+        raise
+    if launched:
+        job_store().set(key, "")
+    return lock
+
+
+def _train(cfg: Config, argv: list[str] | None, lock: RunLock | None) -> dict:
     t = cfg.train
-    check_installed(t.log_with)  # before anything is made: one line naming the pip command
     state = rundir.inspect(cfg)  # one-line CheckpointError if a new run would mix with an old one
     if state.kind == "complete":
         log.info(
@@ -81,6 +113,8 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     feed = build_feed(cfg, engine.rank, layout, batch, engine.device, streams)
     # The test suite's fault injection (training/faults.py): the no-op hooks unless its variables are set.
     trainer = Trainer(cfg, engine, batch, feed, streams, faults.from_env())
+    trainer.lease_lost = (lambda: lock.lost) if lock is not None else trainer.lease_lost
+    trainer.watch = watchdog(cfg, engine, argv)
     if state.checkpoint is not None:
         trainer.resume(state.checkpoint, state.manifest)
     _start_line(cfg, engine, batch, trainer, feed, state, layout, cache)
@@ -94,15 +128,27 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
         ) from None
     finally:
         feed.close()  # DataLoader workers ignore SIGTERM (so a stop's step can finish): end them here
-    _summary(cfg, engine, result, time.time() - started)
+    _summary(cfg, engine, result, time.time() - started, trainer.stragglers.describe())
     engine.end()
     return result
+
+
+def watchdog(cfg: Config, engine: Engine, argv: list[str] | None) -> Watchdog:
+    """This rank's hang watchdog (training/watchdog.py), over the job's key-value store."""
+    t = cfg.train
+    return Watchdog(
+        job_store(), engine.rank, engine.world_size, t.run_dir, floor_s=t.hang_floor_s,
+        multiple=t.hang_step_multiple, warmup_steps=t.hang_warmup_steps, long_s=60 * t.collective_timeout_min,
+        resume=resume_command(argv or sys.argv), dump_collectives=engine.dump_collectives,
+    )  # fmt: skip
 
 
 # Settings that say where and how a run is kept, not what it learns: never an HParams column.
 _NOT_HPARAMS = {
     *(f"train.{k}" for k in ("run_dir", "resume", "overwrite", "log_with", "collective_timeout_min", "keep_snapshots")),
     *(f"train.{k}" for k in ("log_every_kimg", "snapshot_every_kimg", "image_every_kimg", "snapshot_async")),
+    *(f"train.{k}" for k in ("step_timeout_min", "hang_floor_s", "hang_step_multiple", "hang_warmup_steps")),
+    "train.straggler_share",
     *("train.snapshot_shard_mb", "data.num_workers", "eval.cache_dir"),
 }
 
@@ -180,7 +226,7 @@ def _start_line(
             log.warning("note: %s", note)
 
 
-def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float) -> None:
+def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float, skew: str | None) -> None:
     if not engine.is_main:
         return
     run_dir = Path(cfg.train.run_dir)
@@ -194,6 +240,8 @@ def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float) -> None:
         checkpoint.latest(run_dir),
     )
     log.info("  %s", GRAPHS.summary())
+    if skew:
+        log.info("  %s", skew)
     for line in engine.trackers.describe():
         log.info("  %s", line)
     log.info("  evaluate:    lfbm-evaluate --run %s --metrics fid,recon", run_dir)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +25,18 @@ from ..config import Config
 from ..errors import GracefulStop, LfbmError
 from ..inference import GRAPHS, batch_coupled
 from ..lifetime import WaitInterrupted
-from ..models import GENERATOR_SPECS
 from ..seeding import Stream, Tag, per_sample_normal
 from . import checkpoint
-from .build import BatchLayout, build_model, build_optimizer, count_parameters, lr_scale
+from .build import BatchLayout, build_model, build_optimizer, count_parameters, kimg_due, lr_scale
 from .checkpoint import CheckpointError
 from .engine import Engine
 from .hooks import NO_HOOKS, Hooks
 from .observe import Observer
 from .signals import StopRequest
 from .snapshots import Snapshots
+from .stragglers import Stragglers
 from .variants import latent_inference
+from .watchdog import Watchdog
 
 log = logging.getLogger("lfbm_dist")
 SAMPLE_SEED = 12345  # fixed latents for the prior-sample grids
@@ -42,13 +44,6 @@ SAMPLE_SEED = 12345  # fixed latents for the prior-sample grids
 
 class NonFiniteError(LfbmError, RuntimeError):
     pass
-
-
-def kimg_due(prev_images: int, images: int, every_kimg: float) -> bool:
-    if every_kimg <= 0:
-        return False
-    every = every_kimg * 1000.0
-    return math.floor(images / every) > math.floor(prev_images / every)
 
 
 @contextlib.contextmanager
@@ -108,6 +103,12 @@ class Trainer:
         self.tick_sums: dict[str, torch.Tensor] = {}
         self.tick_count = 0
         self.observer: Observer | None = None
+        self.lease_lost: Callable[[], str | None] = lambda: None  # rank 0: the run directory's lock (session)
+        # the hang watchdog (session sets the job's; this one never fires) and the per-phase step timers
+        self.watch = Watchdog(None, engine.rank, 1, cfg.train.run_dir, floor_s=0, multiple=1, warmup_steps=1,
+                              long_s=0, resume="")  # fmt: skip
+        self.stragglers = Stragglers(engine.rank, engine.world_size, cfg.train.straggler_share)
+        self._chain_started = 0.0
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -145,9 +146,11 @@ class Trainer:
         # the trackers start here, with the stop handler in place (their start can take seconds)
         trackers = self.engine.open_trackers()
         self.observer = Observer(trackers, self.engine.is_main, self.total_images, self.state.images_seen)
+        self.watch.start()
         try:
             while self.state.images_seen < self.total_images:
                 prev = self.state.images_seen
+                self.watch.phase("infer", self.state.step + 1)  # the step in progress, counted as the logs count
                 micro_batches = self.infer_latents()
                 finite, stop, incomplete = self.guard(micro_batches)
                 if incomplete:  # a rank stopped waiting for data: nobody learns; the last finished step is saved
@@ -158,8 +161,14 @@ class Trainer:
                         f"at step {self.state.step} (kimg {self.state.images_seen / 1000:g})",
                         self.stop.exit_code() or 143,
                     )
+                self.watch.phase("learn", self.state.step + 1)
+                started = time.monotonic()
                 self.learn(micro_batches, finite)
                 self.hooks.after_step(self.state.step, self.engine.rank)
+                self.stragglers.add("learn", time.monotonic() - started, step_done=True)
+                self.watch.progress(step_done=True)
+                if self.watch.steps_done == self.cfg.train.hang_warmup_steps:  # start-up is over
+                    self.engine.collective_timeout(self.cfg.train.step_timeout_min)
                 self.maintain(prev, stop)
                 if stop:
                     raise GracefulStop(
@@ -171,6 +180,7 @@ class Trainer:
             self.snapshots.settle()  # a snapshot in flight still reaches the disk (a stop's was foreground)
             raise
         finally:
+            self.watch.stop()
             self.stop.restore()
             self.observer.close()
         return self.state_dict()
@@ -181,10 +191,12 @@ class Trainer:
         t, nz = self.cfg.train, self.cfg.generator.nz
         batches, noises = [], []
         for micro in range(t.accumulation_steps):
+            waited = time.monotonic()
             try:
                 batch = self.feed.micro_batch(self.state.images_seen, self.state.step, micro)
             except WaitInterrupted:
                 return None
+            self.stragglers.add("data", time.monotonic() - waited)
             batch.x = self.engine.fast.images(batch.x)  # the generator's memory format (channels-last on GPU)
             if self.fixed_x is None:
                 self.fixed_x = batch.x[:8].clone()
@@ -194,6 +206,7 @@ class Trainer:
             batches.append(batch)
             noises.append(noise)
         # All micro-batches' chains at once, chain_batch at a time (variants.LangevinInference).
+        self._chain_started = time.monotonic()  # ends at the guard's host sync (CUDA runs the chains until then)
         inferred = self.inference.infer_step(self.plain, batches, noises)
         micro_batches = [MicroBatch(b, latents, stats) for b, (latents, stats) in zip(batches, inferred)]
         self.hooks.after_infer(self.state.step, self.engine.rank, micro_batches)
@@ -206,7 +219,12 @@ class Trainer:
         # Host–device sync + one tiny all-reduce per step: a step is skipped on every rank or none.
         incomplete = micro_batches is None
         finite = not incomplete and all(bool(torch.isfinite(m.latents).all()) for m in micro_batches)
-        snapshot_error = self.snapshots.failed()  # a background snapshot that could not be written
+        if not incomplete:
+            self.stragglers.add("langevin", time.monotonic() - self._chain_started)
+        self.watch.phase("guard", self.state.step + 1, waiting=True)  # the step's one all-reduce: a wait
+        # a background snapshot that could not be written, or the run directory taken over by another job
+        lost = self.lease_lost()
+        snapshot_error = self.snapshots.failed() or (CheckpointError(lost) if lost else None)
         votes = self.engine.all_reduce_sum(
             torch.tensor(
                 [
@@ -295,17 +313,38 @@ class Trainer:
         t, now = self.cfg.train, self.state.images_seen
         done = now >= self.total_images
         if kimg_due(prev, now, t.log_every_kimg) or done or stop:
+            self.watch.phase("logging tick", self.state.step, waiting=True)  # its reductions are waits
             self._log_tick(now)
         if kimg_due(prev, now, self.cfg.eval.fid_every_kimg) and not done:
-            self._fid(now)
-        if kimg_due(prev, now, t.snapshot_every_kimg) or done or stop:  # in the background unless the last
-            self.snapshots.save(self.plain, self.state_dict(), self.feed.state_dict(), final=done or stop)
-        if done or stop:  # optional work only after the final checkpoint is safe
-            self._images(now)
-            if done and kimg_due(prev, now, self.cfg.eval.fid_every_kimg):
+            with self._long_phase("evaluation"):
                 self._fid(now)
+        if kimg_due(prev, now, t.snapshot_every_kimg) or done or stop:  # in the background unless the last
+            with self._long_phase("final snapshot") if done or stop else contextlib.nullcontext():
+                self.snapshots.save(self.plain, self.state_dict(), self.feed.state_dict(), final=done or stop)
+            self.watch.progress()
+        if done or stop:  # optional work only after the final checkpoint is safe
+            with self._long_phase("image grids"):
+                self._images(now)
+            if done and kimg_due(prev, now, self.cfg.eval.fid_every_kimg):
+                with self._long_phase("evaluation"):
+                    self._fid(now)
         elif kimg_due(prev, now, t.image_every_kimg):
-            self._images(now)
+            with self._long_phase("image grids"):
+                self._images(now)
+
+    @contextlib.contextmanager
+    def _long_phase(self, name: str):
+        """Work that is not a step: judged by the watchdog's long bound, under the long collective
+        timeout (train.collective_timeout_min); progress when it ends."""
+        t = self.cfg.train
+        self.watch.phase(name, self.state.step, long=True)
+        self.engine.collective_timeout(t.collective_timeout_min)
+        try:
+            yield
+        finally:
+            self.watch.progress()
+            if self.watch.steps_done >= t.hang_warmup_steps:
+                self.engine.collective_timeout(t.step_timeout_min)
 
     def _log_tick(self, now: int) -> None:
         keys = sorted(self.tick_sums)
@@ -319,6 +358,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             values[f"lr/{group.get('name', 'group')}"] = group["lr"]
         values["skipped_steps"] = float(self.state.skipped_steps)
+        values.update(self.stragglers.tick(self.engine.all_gather_cat, now / 1000))  # collective: every rank
         corrupt = self.engine.all_reduce_sum(torch.tensor([float(self.feed.corrupt_skipped)], dtype=torch.float64))
         values["data/corrupt_skipped"] = float(corrupt[0])  # cumulative over the run's epochs
         self.state.corrupt_samples = int(corrupt[0])
@@ -362,13 +402,3 @@ class Trainer:
             with torch.no_grad():
                 recon = self.plain.generator(z)
         self.observer.image_grid("reconstructions", torch.cat([self.fixed_x, recon]), now)
-
-
-def batch_statistics_warning(cfg: Config, world_size: int, accumulation_steps: int) -> str | None:
-    """BatchNorm generators (mnist28) see per-micro-batch statistics: splitting changes the training."""
-    if GENERATOR_SPECS[cfg.generator.arch].batch_norm and world_size * accumulation_steps > 1:
-        return (
-            f"generator '{cfg.generator.arch}' uses BatchNorm: its batch statistics are per micro-batch, so "
-            f"{world_size} rank(s) × {accumulation_steps} accumulation does not train like one batch"
-        )
-    return None

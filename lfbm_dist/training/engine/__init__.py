@@ -24,11 +24,20 @@ from ...logs import cpu_deepspeed_without_cuda
 from .. import state_schema as schema
 from ..fastpath import FastPath
 from . import zero
-from .launch import LaunchError, check_world_size, init_elastic_process_group, launcher_command, lost_rendezvous
+from .launch import LaunchError, check_world_size, job_store, join_process_group, launcher_command, lost_rendezvous
 from .trackers import PROJECT, Trackers, TrackerSpec
 from .trackers import build as tracker_objects
 
-__all__ = ["Engine", "LaunchError", "PeerFailure", "TrackerSpec", "Trackers", "launcher_command"]
+__all__ = [
+    "Engine",
+    "LaunchError",
+    "PeerFailure",
+    "TrackerSpec",
+    "Trackers",
+    "job_store",
+    "launcher_command",
+    "start_job",
+]
 
 # Nothing executes code from a checkpoint: every torch.load in this process — DeepSpeed's own
 # (it passes weights_only=False) and zero_to_fp32's included — uses the weights-only unpickler.
@@ -41,6 +50,38 @@ def saved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """The buffers a state dict holds (BatchNorm statistics; not the non-persistent index tables)."""
     params = {n for n, _ in model.named_parameters()}
     return {n: t for n, t in model.state_dict(keep_vars=True).items() if n not in params}
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"  # gloo on CPU: NCCL needs GPUs
+
+
+def _timeout(cfg: Config) -> datetime.timedelta:
+    return datetime.timedelta(minutes=cfg.train.collective_timeout_min)  # long evaluations between collectives
+
+
+# What gloo and NCCL say when a peer is gone (a closed connection, a reset, an aborted communicator)
+_TRANSPORT = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport",
+              "NCCL communicator was aborted", "ncclRemoteError", "Connection refused")  # fmt: skip
+
+
+def _transport_failure(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError) or any(m in str(exc) for m in _TRANSPORT)
+
+
+def start_job(cfg: Config) -> bool:
+    """Join the job's process group now if this process was launched as one of several (idempotent: the
+    Engine uses the same group); True if so. Under torch elastic, a fresh store prefix per attempt
+    (launch.py says why)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if _backend() == "nccl":  # the NCCL flight recorder: what each rank's collectives did, for the hang dump
+        os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+        os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+        trace = os.path.join(os.path.abspath(cfg.train.run_dir), "hang", "nccl_trace_rank_")
+        os.environ.setdefault("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", trace)
+    join_process_group(_backend(), _timeout(cfg))
+    return True
 
 
 class PeerFailure(LfbmError, RuntimeError):
@@ -57,13 +98,8 @@ class Engine:
         from accelerate.utils import InitProcessGroupKwargs
 
         cuda = torch.cuda.is_available()
-        # gloo on CPU (NCCL needs GPUs); the timeout covers long evaluations between collectives.
-        init = InitProcessGroupKwargs(
-            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=cfg.train.collective_timeout_min)
-        )
-        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # Accelerate treats an explicit backend as distributed
-        if launched:  # torch elastic restarts: a fresh store prefix per attempt (launch.py says why)
-            init_elastic_process_group(init.backend, init.timeout)
+        init = InitProcessGroupKwargs(backend=_backend(), timeout=_timeout(cfg))
+        launched = start_job(cfg)  # Accelerate treats an explicit backend as distributed
         self.uses_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         # cpu=True would silently turn DeepSpeed off; DeepSpeed finds its CPU accelerator itself.
         # mixed_precision="no": bf16 autocast is ours (train.precision, generator passes only).
@@ -125,7 +161,14 @@ class Engine:
         return self.accelerator.accumulate(wrapped)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+        """The learning backward: under DDP (and DeepSpeed's last micro-step) it runs the gradients'
+        all-reduce, where a lost peer shows up as a transport error, said as one."""
+        try:
+            self.accelerator.backward(loss)
+        except (RuntimeError, ConnectionError) as exc:
+            if self.distributed and _transport_failure(exc):
+                raise PeerFailure(self._peer_lost(exc)) from None
+            raise
 
     def guarded_step(self, plain: nn.Module) -> tuple[bool, torch.Tensor | None]:
         """check → clip → step → zero, the same on every backend: a step whose gradients are not
@@ -225,6 +268,22 @@ class Engine:
     def barrier(self) -> None:
         if self.distributed:
             self._collective(torch_dist.barrier)
+
+    def collective_timeout(self, minutes: float) -> None:
+        """Change the process group's timeout (torchtitan's practice: a short one once training runs, the
+        long one around evaluations and the final snapshot). No-op without a process group."""
+        if self.distributed:
+            from torch.distributed import distributed_c10d
+
+            distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=minutes))
+
+    def dump_collectives(self, path) -> None:
+        """The NCCL flight recorder's record of this rank's collectives (CUDA; switched on by start_job)."""
+        if self.distributed and torch_dist.get_backend() == "nccl":
+            from torch._C._distributed_c10d import _dump_nccl_trace
+
+            with open(path, "wb") as f:
+                f.write(_dump_nccl_trace())
 
     # ------------------------------------------------------------------ state of any layout
     def layout(self) -> dict[str, Any]:

@@ -101,6 +101,34 @@ def lost_rendezvous() -> str | None:
         return f"{where[0]}:{where[1]}"
 
 
+_STORE = None  # the job's key-value store, once join_process_group has run
+
+
+def join_process_group(backend: str, timeout) -> None:
+    """Form the process group (once; Accelerate and DeepSpeed use an existing group as it is) and keep
+    the job's key-value store for what must not go through the group itself: the run directory's
+    lock verdict (before the group is used) and the watchdog (while the group may be stuck)."""
+    global _STORE
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if not init_elastic_process_group(backend, timeout):
+        if backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timeout)  # env:// (a launcher without torch elastic's agent)
+        from torch.distributed import distributed_c10d
+
+        _STORE = distributed_c10d._get_default_store()
+
+
+def job_store():
+    """The job's key-value store (torch.distributed's), None with no process group."""
+    return _STORE
+
+
 def init_elastic_process_group(backend: str, timeout) -> bool:
     """Under torch elastic's agent, join the process group through its store with a prefix per attempt.
 
@@ -117,9 +145,11 @@ def init_elastic_process_group(backend: str, timeout) -> bool:
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
     )
+    global _STORE
+    _STORE = dist.PrefixStore(f"/lfbm_dist/attempt_{attempt}", store)
     dist.init_process_group(
         backend,
-        store=dist.PrefixStore(f"/lfbm_dist/attempt_{attempt}", store),
+        store=_STORE,
         rank=int(os.environ["RANK"]),
         world_size=world_size,
         timeout=timeout,
