@@ -72,7 +72,7 @@ def plan(args) -> dict[str, dict]:
                      "estimate_s": 20 + c + 4 * s["plain_step_s"]},
         # step and step_uncaptured share the default-mode graph (the second from the cache); reduce-overhead
         # compiles its own
-        "chain_variants": {"cmds": [[*chain, "--variants", "step,step_uncaptured,reduce-overhead"]],
+        "chain_variants": {"cmds": [[*chain, "--variants", s["chain_variants"]]],
                            "estimate_s": 15 + 2 * c + 12 * s["chain_run_s"]},
         "resume": {"fn": resume, "estimate_s": 3 * 20 + c + s["resume_steps_s"]},
         "fid": {"cmds": [[py, "benchmarks/bench_fid_throughput.py", "--config", args.config, *o, "--samples",
@@ -192,13 +192,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:  # test_tiny, K = 2; compile on CPU costs ≈ 15 s a graph
         args.config, args.compile_s_per_graph = "test_tiny", 15.0
         # (+large_chain_batch is left to tests/test_benchmarks.py's ladder: one compile less in CI)
-        args.sizes = dict(batch=4, steps=1, chain_k=2, more_batches=[8], large=0, plain_step_s=0.1,
+        # (reduce-overhead is plain compilation on CPU: the smoke leaves it to the GPU)
+        args.sizes = dict(batch=4, steps=1, chain_k=2, chain_variants="step,step_uncaptured", more_batches=[8],
+                          large=0, plain_step_s=0.1,
                           chain_run_s=0.1, resume_steps_s=10, fid_samples=16, fid_batch=8,
                           train_batch=4, train_steps=8, train_images=32, resolution=16)  # fmt: skip
         args.overrides = ["langevin.num_steps=2", "prior.flow_steps=1"]  # one Glow step: fewer kernels to compile
     else:
         args.config = "celebahq256"
-        args.sizes = dict(batch=64, steps=3, chain_k=60, more_batches=[128, 256], large=1, plain_step_s=3.5,
+        args.sizes = dict(batch=64, steps=3, chain_k=60, chain_variants="step,step_uncaptured,reduce-overhead",
+                          more_batches=[128, 256], large=1, plain_step_s=3.5,
                           chain_run_s=0.3, resume_steps_s=20, fid_samples=10_000, fid_batch=250,
                           train_batch=16, train_steps=40, train_images=640, resolution=256)  # fmt: skip
         args.overrides = []

@@ -99,12 +99,14 @@ def test_a_run_and_its_evaluation_compile_the_predicted_graphs_and_a_restart_rea
     # Out of memory while a chain graph of 8 chains is recorded (injected where a real one would be):
     # one warning, the chain batch halved to 4 for the rest of the process, the run finishes — with
     # the eager run's weights.
-    halved = tmp_path / "halved"
-    proc = module("lfbm_dist.train", *RUN, f"train.run_dir={halved}", *FAST, LFBM_FAULT_RECORD_OOM_ABOVE="4")
+    halved = tmp_path / "halved"  # whole images: the grid's chains meet the training's one graph
+    proc = module("lfbm_dist.train", *RUN, f"train.run_dir={halved}", *FAST, "data.occlusion=none",
+                  LFBM_FAULT_RECORD_OOM_ABOVE="4")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (warning,) = [ln for ln in proc.stderr.splitlines() if "out of memory while recording" in ln]
     assert "graph of 8 chains; the chain batch is halved to 4" in warning, warning
     assert "chain batch halved to 4" in _graphs_line(proc.stdout + proc.stderr)
+    eager = finished_run(tmp_path / "eager_whole", *RUN, "perf.compile=off", "data.occlusion=none")
     for key, value in _weights(eager).items():
         assert torch.allclose(_weights(halved)[key], value, rtol=1e-4, atol=1e-5), key
 

@@ -134,8 +134,13 @@ def _elastic_node(nodes, rank: int, port: str, run_dir, *args: str) -> subproces
     conf = f"is_host={'true' if rank == 0 else 'false'},join_timeout=60,last_call_timeout=2"
     cmd += ["--rdzv-conf", conf + ",keep_alive_interval=1,keep_alive_max_attempt=3", "--local-addr", ADDRESSES[rank]]
     cmd += ["lfbm_dist/train.py", *TINY, f"train.run_dir={run_dir}", *args]
-    e = env(GLOO_SOCKET_IFNAME=link, LFBM_FAULT_STEP_SLEEP="0.5", LFBM_TEST_KEYS_DIR=str(run_dir.parent / "keys"),
-            TORCH_LOGS="-distributed", TORCH_CPP_LOG_LEVEL="ERROR")  # README's quiet agent settings
+    e = env(
+        GLOO_SOCKET_IFNAME=link,
+        LFBM_FAULT_STEP_SLEEP="0.5",
+        LFBM_TEST_KEYS_DIR=str(run_dir.parent / "keys"),
+        TORCH_LOGS="-distributed",
+        TORCH_CPP_LOG_LEVEL="ERROR",
+    )  # README's quiet agent settings
     return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
