@@ -171,6 +171,26 @@ class TrainConfig(Section):
         return names
 
 
+class EmaConfig(Section):
+    """Weight averaging (training/ema.py): never feeds training; samples, FID, evaluations and exports
+    use it. Defaults: StyleGAN2-ADA's half-life (ema_kimg = 10 for its batch of 32) and ramp-up (0.05 of
+    the images seen, as EDM's ema_rampup_ratio); EDM2's two power-function profiles for post-hoc EMA."""
+
+    halflife_kimg: Float = Field(10.0, ge=0)  # the EMA's half-life in thousands of images; 0 = no EMA
+    rampup: Float = Field(0.05, ge=0)  # the half-life is at most this share of the images seen; 0 = none
+    # relative standard deviations of the power-function EMAs kept for post-hoc EMA (EDM2); [] = none
+    posthoc_std: list[Float] = Field(default_factory=lambda: [0.05, 0.10])
+    posthoc_every_kimg: Float = Field(0.0, ge=0)  # their weight snapshots this often; 0 = with every checkpoint
+    posthoc_dtype: Literal["float16", "float32"] = "float16"  # the snapshots' weights (EDM2 keeps float16)
+
+    @field_validator("posthoc_std")
+    @classmethod
+    def _stds(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < s < 0.2887 for s in value) or len(set(value)) != len(value):
+            raise ValueError(f"needs distinct relative standard deviations in (0, 0.2887), got {value}")
+        return value
+
+
 class EvalConfig(Section):
     inception: Str = "auto"  # FID network: auto | torchscript:PATH | fidelity:PATH (torch-fidelity weights)
     fid_num_samples: Int = Field(50000, ge=0)  # generated samples (index-seeded: independent of world size)
@@ -249,6 +269,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    ema: EmaConfig = Field(default_factory=EmaConfig)
     perf: PerfConfig = Field(default_factory=PerfConfig)
 
     @model_validator(mode="before")

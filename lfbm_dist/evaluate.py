@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-tensorboard", action="store_true", help="write no tracker events (TensorBoard, MLflow, W&B) for the run"
     )
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="from a checkpoint: the EMA's weights (default) or the last step's raw ones")  # fmt: skip
+    p.add_argument("--ema-length", default="", metavar="L1,L2,…",
+                   help="post-hoc EMA: FID for each EMA length (σ_rel, e.g. 0.05,0.1,0.15) rebuilt from the run's "
+                   "power-function snapshots, beside the raw weights and the half-life EMA; a table and "
+                   "RUN_DIR/fid_vs_ema_length.png")  # fmt: skip
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
@@ -77,7 +83,9 @@ def _evaluate(args, metrics: list[str]) -> int:
     from lfbm_dist.training.engine import Engine
     from lfbm_dist.training.fastpath import FastPath
 
-    model, cfg, images_seen = load_for_inference(args.run, args.checkpoint, args.export, args.overrides)
+    model, cfg, images_seen = load_for_inference(
+        args.run, args.checkpoint, args.export, args.overrides, weights=args.weights
+    )
     run_dir = Path(args.run or cfg.train.run_dir)
     engine = Engine(cfg, None if args.no_tensorboard else _trackers(cfg, run_dir, images_seen or 0))
     logs.setup(engine.rank, engine.world_size)
@@ -112,8 +120,11 @@ def _evaluate(args, metrics: list[str]) -> int:
         engine,
         images,
         show_progress=True,
-        chain=fast.test_time_runner(cfg.eval.fid_batch, FastPath.test_time_autocast(cfg)),
+        chain=(chain := fast.test_time_runner(cfg.eval.fid_batch, FastPath.test_time_autocast(cfg))),
     )
+    results["weights"] = _weights_of(args)
+    if args.ema_length:
+        results.update(_posthoc(args, model, cfg, run_dir, engine, chain))
     if engine.is_main:
         results["images_seen"] = images_seen
         out = Path(args.out) if args.out else run_dir / "metrics.json"
@@ -127,6 +138,34 @@ def _evaluate(args, metrics: list[str]) -> int:
         _summary(results, out, engine.trackers.describe(), time.time() - started)
     engine.end()
     return 0
+
+
+def _weights_of(args) -> str:
+    """Which weights were evaluated: the export's own (its metadata), else --weights."""
+    if not args.export:
+        return args.weights
+    from safetensors import safe_open
+
+    with safe_open(str(Path(args.export) / "model.safetensors"), "pt") as f:
+        return (f.metadata() or {}).get("weights", "raw")
+
+
+def _posthoc(args, model, cfg, run_dir: Path, engine, chain) -> dict:
+    """--ema-length: FID by post-hoc EMA length (training/posthoc.py), the figure from rank 0."""
+    from lfbm_dist.training.checkpoint import CheckpointError, latest
+    from lfbm_dist.training.posthoc import FIGURE, draw, fid_by_ema_length
+
+    if args.export:
+        raise CheckpointError("--ema-length needs the run (--run or --checkpoint): an export keeps one set of weights")
+    lengths = [float(x) for x in args.ema_length.split(",") if x.strip()]
+    ckpt = Path(args.checkpoint) if args.checkpoint else latest(run_dir)
+    found = fid_by_ema_length(model, cfg, run_dir, ckpt, lengths, engine, chain, device=engine.device)
+    if engine.is_main:
+        title = f"FID against EMA length: {run_dir.name}, {ckpt.name}, {cfg.eval.fid_num_samples} samples"
+        found["fid_posthoc_figure"] = str(draw(found, run_dir / FIGURE, title))
+        for length, fid in found["fid_posthoc"].items():
+            log.info("  post-hoc EMA σ_rel %-6s FID %.3f", length, fid)
+    return found
 
 
 def _trackers(cfg, run_dir: Path, images_seen: int):
@@ -155,6 +194,15 @@ def _track(trackers, cfg, metrics: list[str], results: dict, images: dict, step:
         family = next((m for start, m in prefix.items() if key.startswith(start)), None)
         if isinstance(value, float) and family in tags:
             trackers.scalars({f"{tags[family]}/{key}": value}, step)
+    for length, fid in results.get("fid_posthoc", {}).items():  # FID against EMA length, one scalar each
+        trackers.scalars({f"{tags.get('fid', 'eval')}/fid_posthoc_std{length}": fid}, step)
+    if results.get("fid_posthoc_figure"):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        rgb = np.asarray(Image.open(results["fid_posthoc_figure"]).convert("RGB"), dtype=np.float32) / 255
+        trackers.image(f"{tags.get('fid', 'eval')}/fid_vs_ema_length", torch.from_numpy(rgb).permute(2, 0, 1), step)
     for name, grid in images.items():
         family = "fid" if name == "samples" else "inpaint"
         columns = len(INPAINT_COLUMNS) if name == "inpainting" else 8
@@ -167,7 +215,10 @@ def _summary(results: dict, out: Path, trackers: list[str], wall_s: float) -> No
         for k in ("fid", "recon_mse", "inpaint_mse", "inpaint_fid", "inpaint_digit_fd", "auprc", "aggpost_gap_nats")
         if k in results
     ]
-    log.info("results: " + ", ".join(f"{k} {results[k]:.4g}" for k in shown) + f"  ({wall_s:.0f} s)")
+    log.info(
+        "results (%s weights): %s  (%.0f s)", results.get("weights"), ", ".join(f"{k} {results[k]:.4g}" for k in shown),
+        wall_s,
+    )  # fmt: skip
     log.info("  all numbers: %s", out)
     log.info("  %s", GRAPHS.summary())
     for line in trackers:

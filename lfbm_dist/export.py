@@ -39,10 +39,10 @@ from lfbm_dist.training.checkpoint import (  # noqa: E402
 log = logging.getLogger("lfbm_dist")
 
 
-def checkpoint_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+def checkpoint_state_dict(ckpt_dir: Path, weights: str = "raw") -> dict[str, torch.Tensor]:
     """The model's full float32 state dict from a checkpoint (verified first): the same files for
-    every backend and world size that wrote it (training/checkpoint.py)."""
-    return model_state_dict(read_state(ckpt_dir))
+    every backend and world size that wrote it (training/checkpoint.py); weights="ema": the EMA's."""
+    return model_state_dict(read_state(ckpt_dir), weights)
 
 
 def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LFBM:
@@ -55,10 +55,11 @@ def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LF
     return model
 
 
-def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """overrides change the exported config's non-architecture settings (e.g. eval.*, langevin.test_num_steps)."""
+def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema") -> Path:
+    """overrides change the exported config's non-architecture settings (e.g. eval.*, langevin.test_num_steps);
+    weights: the EMA's (default) or the raw ones of the last step."""
     cfg = load_config(ckpt_dir / "config.yaml", overrides)
-    state = checkpoint_state_dict(ckpt_dir)
+    state = checkpoint_state_dict(ckpt_dir, weights)
     model = _model_from(state, cfg, ckpt_dir)
     assert_finite(state, str(ckpt_dir))
     from safetensors.torch import save_file
@@ -68,14 +69,14 @@ def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...]
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()},
         str(tmp),
-        metadata={"format": "lfbm_dist-export/1", "source": str(ckpt_dir)},
+        metadata={"format": "lfbm_dist-export/1", "source": str(ckpt_dir), "weights": weights},
     )
     tmp.replace(out_dir / "model.safetensors")
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     from lfbm_dist.hub import write_hub_files  # config.json, README.md model card, samples.png
 
     seen = json.loads((ckpt_dir / "trainer_state.json").read_text()).get("images_seen")
-    write_hub_files(out_dir, model, cfg, ckpt_dir, seen)
+    write_hub_files(out_dir, model, cfg, ckpt_dir, seen, weights)
     apply_umask(out_dir)
     return out_dir / "model.safetensors"
 
@@ -111,9 +112,11 @@ def load_for_inference(
     export_dir: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     model_id: str | None = None,
+    weights: str = "ema",
 ) -> tuple[LFBM, Config, int | None]:
     """(model in eval mode, config, images seen or None) from a Hub model (repository id or folder),
-    an export, a checkpoint or a run's newest one."""
+    an export, a checkpoint or a run's newest one; from a checkpoint, `weights` says which (the EMA's
+    by default, the raw ones of the last step); an export carries the weights it was made with."""
     if model_id:
         model, cfg = load_pretrained(model_id, overrides=overrides)
         return model, cfg, None
@@ -124,7 +127,7 @@ def load_for_inference(
     if ckpt is None:
         raise CheckpointError(f"{run}: no complete checkpoint (train first, or give --checkpoint / --export)")
     cfg = load_config(ckpt / "config.yaml", overrides)
-    model = _model_from(checkpoint_state_dict(ckpt), cfg, ckpt)
+    model = _model_from(checkpoint_state_dict(ckpt, weights), cfg, ckpt)
     images_seen = json.loads((ckpt / "trainer_state.json").read_text())["images_seen"]
     return model.eval(), cfg, images_seen
 
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         help="convert a checkpoint written by an earlier lfbm_dist (framework files) to the current format",
     )
     p.add_argument("--out", type=Path, help="output directory (model.safetensors + config.yaml)")
+    weights = "the EMA's weights (default) or the last step's raw ones; the model card says which"
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help=weights)
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt is None:
             raise CheckpointError(f"{args.run}: no complete checkpoint")
         log.info("exporting %s (verifying, consolidating) ...", ckpt)
-        written = export(ckpt, args.out, args.overrides)
+        written = export(ckpt, args.out, args.overrides, args.weights)
         log.info("exported %s -> %s", ckpt, written)
         log.info("  sample:   lfbm-sample --export %s --num 64 --out %s/samples", args.out, args.out)
         return 0

@@ -28,17 +28,21 @@ NEEDED = ("model.safetensors", "config.yaml")
 PATTERNS = ["config.json", "config.yaml", "model.safetensors", "README.md", "samples.png"]
 
 
-def write_hub_files(out_dir: Path, model, cfg: Config, source: Path, images_seen: int | None) -> None:
-    """config.json, samples.png and README.md beside an export's model.safetensors + config.yaml."""
+def write_hub_files(
+    out_dir: Path, model, cfg: Config, source: Path, images_seen: int | None, weights: str = "ema"
+) -> None:
+    """config.json, samples.png and README.md beside an export's model.safetensors + config.yaml;
+    weights: which weights the export carries (the EMA's or the raw ones), said in both."""
     from .image_grid import save_png
     from .metrics.sampling import sample_images
 
-    meta = {"model_type": "lfbm", "library_name": "lfbm_dist", "export_format": FORMAT, "config": cfg.to_dict()}
+    meta = {"model_type": "lfbm", "library_name": "lfbm_dist", "export_format": FORMAT, "config": cfg.to_dict(),
+            "weights": weights}  # fmt: skip
     write_atomic(out_dir / "config.json", json.dumps(meta, indent=1, sort_keys=True))
     with torch.no_grad():
         samples = sample_images(model.eval(), list(range(16)), 0, torch.device("cpu"))
     save_png(samples, out_dir / "samples.png")
-    write_atomic(out_dir / "README.md", model_card(cfg, source, images_seen, _metrics(source)))
+    write_atomic(out_dir / "README.md", model_card(cfg, source, images_seen, _metrics(source), weights))
 
 
 def _metrics(source: Path) -> dict:
@@ -51,7 +55,7 @@ def _metrics(source: Path) -> dict:
     return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def model_card(cfg: Config, source: Path, images_seen: int | None, metrics: dict) -> str:
+def model_card(cfg: Config, source: Path, images_seen: int | None, metrics: dict, weights: str = "ema") -> str:
     g, p, d = cfg.generator, cfg.prior, cfg.data
     data = ", ".join(d.shards) if d.source == "shards" else f"packaged '{d.dataset}'"
     seen = f"{images_seen / 1000:g} kimg" if images_seen is not None else "unknown"
@@ -69,6 +73,7 @@ likelihood with short-run Langevin posterior inference, trained with lfbm_dist.
 * Training data: {data}{f", occlusion {d.occlusion}" if d.occlusion != "none" else ""}
 * Budget: {seen} seen of {cfg.train.total_kimg:g} kimg, seed {cfg.train.seed}, global batch {cfg.train.global_batch}
 * Langevin: K = {cfg.langevin.num_steps} steps, step size {cfg.langevin.step_size}, σ = {cfg.langevin.sigma}
+* Weights: {_WEIGHTS[weights](cfg)}
 * Exported from `{source}`
 
 ## Metrics of the run
@@ -89,6 +94,15 @@ model, cfg = load_pretrained("OWNER/NAME")   # or a local folder
 ```
 or `lfbm-sample --model OWNER/NAME --num 64 --out samples/`.
 """
+
+
+_WEIGHTS = {
+    "ema": lambda cfg: (
+        f"the exponential moving average of the training weights (half-life {cfg.ema.halflife_kimg:g} kimg, "
+        f"ramp-up {cfg.ema.rampup:g} of the images seen)"
+    ),
+    "raw": lambda cfg: "the raw weights of the last training step (no averaging)",
+}
 
 
 def resolve(id_or_path: str) -> Path:

@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask", default="center", help="mask for --complete: center | region:SIZE | saltpepper:PERCENT")
     p.add_argument("--completions", type=int, default=4, help="completions per image, from different chain starts")
     p.add_argument("--out", required=True, type=Path, help="output folder (PNGs + grid.png)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="from a checkpoint: the EMA's weights (default) or the last step's raw ones")  # fmt: skip
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
@@ -113,7 +115,7 @@ def _run(args) -> int:
     from lfbm_dist.export import load_for_inference
     from lfbm_dist.image_grid import save_png
 
-    model, cfg, _ = load_for_inference(args.run, args.checkpoint, args.export, args.overrides, args.model)
+    model, cfg, _ = load_for_inference(args.run, args.checkpoint, args.export, args.overrides, args.model, args.weights)
     if args.complete:
         make_mask(args.mask, cfg.data.resolution)  # validates the spec before any work
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -77,22 +77,21 @@ def run_point(grid: Grid, scale: str, point: Point, run_dir: Path) -> dict:
         ],
         log,
     )
-    _child(
-        [
-            python,
-            "-m",
-            "lfbm_dist.evaluate",
-            "--run",
-            str(run_dir),
-            "--metrics",
-            ",".join(grid.metrics_for(scale)),
-            "--out",
-            str(run_dir / "metrics.json"),
-            *overrides,
-        ],
-        log,
-    )
+    for args in evaluate_args(grid, scale, point, run_dir):
+        _child([python, "-m", "lfbm_dist.evaluate", *args], log)
     return record_point(grid, scale, point, run_dir, time.time() - started)
+
+
+def evaluate_args(grid: Grid, scale: str, point: Point, run_dir: Path) -> list[list[str]]:
+    """The lfbm-evaluate calls of a point. The grid's metrics with the raw weights of the last step (the
+    paper's protocol, and every point recorded before weight averaging existed); with ema_lengths, FID
+    of the raw weights, the half-life EMA and each post-hoc EMA length on the same samples."""
+    common = ["--run", str(run_dir), "--out", str(run_dir / "metrics.json"), "--weights", "raw"]
+    calls = [[*common, "--metrics", ",".join(grid.metrics_for(scale)), *point.overrides]]
+    if grid.ema_lengths:
+        lengths = ",".join(f"{x:g}" for x in grid.ema_lengths)
+        calls.append([*common, "--metrics", "fid", "--ema-length", lengths, *point.overrides])
+    return calls
 
 
 def record_point(grid: Grid, scale: str, point: Point, run_dir: Path, wall_s: float) -> dict:

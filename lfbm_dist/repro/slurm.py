@@ -19,7 +19,15 @@ class PointEvalJob(EvalJob):
         self.grid, self.scale, self.point = grid, scale, point
 
     def __call__(self) -> int:
-        code = super().__call__()
+        from ..evaluate import main as evaluate_main
+        from ..slurm.jobs import export_rendezvous
+        from .run import evaluate_args
+
+        export_rendezvous()
+        for args in evaluate_args(self.grid, self.scale, self.point, Path(self.run_dir)):
+            code = evaluate_main(args)
+            if code:
+                raise RuntimeError(f"evaluation of {self.run_dir} failed with exit code {code}")
         if int(os.environ.get("SLURM_PROCID", "0")) == 0:
             record_point(self.grid, self.scale, self.point, Path(self.run_dir), wall_s=0.0)
         return code

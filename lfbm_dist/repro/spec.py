@@ -92,6 +92,9 @@ class Grid:
     tables: tuple[Table, ...]
     scales: dict
     description: str = ""
+    # post-hoc EMA lengths (σ_rel) to score by FID beside the raw weights and the half-life EMA
+    # (lfbm-evaluate --ema-length): the points' fid_raw, fid_ema, fid_posthoc, fid_posthoc_min
+    ema_lengths: tuple[float, ...] = ()
 
     def config_for(self, scale_name: str) -> str:
         return self.scale(scale_name).config or self.config
@@ -198,7 +201,7 @@ def load_grid(path: str | Path) -> Grid:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    known = {"name", "title", "description", "config", "metrics", "axes", "tables", "scales"}
+    known = {"name", "title", "description", "config", "metrics", "axes", "tables", "scales", "ema_lengths"}
     _need(isinstance(raw, dict) and not set(raw) - known, path, f"top-level keys must be among {sorted(known)}")
     for key in ("name", "config", "metrics", "scales"):
         _need(key in raw, path, f"missing '{key}'")
@@ -226,4 +229,5 @@ def load_grid(path: str | Path) -> Grid:
         scales=scales,
         description=raw.get("description", ""),
         tables=tuple(_table(t, axes, path) for t in raw.get("tables") or ()),
+        ema_lengths=tuple(float(x) for x in raw.get("ema_lengths") or ()),
     )

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 
-def _export_rendezvous() -> None:
+def export_rendezvous() -> None:
     """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from the Slurm environment (submitit)."""
     import submitit
 
@@ -44,7 +44,7 @@ class TrainJob:
         ]
 
     def __call__(self) -> dict:
-        _export_rendezvous()
+        export_rendezvous()
         from .. import logs
         from ..config import load_config
         from ..training.session import train
@@ -144,7 +144,7 @@ class EvalJob:
         return ["lfbm-evaluate", "--run", self.run_dir, "--metrics", self.metrics, *self.overrides]
 
     def __call__(self) -> int:
-        _export_rendezvous()
+        export_rendezvous()
         from ..evaluate import main as evaluate_main
 
         code = evaluate_main(["--run", self.run_dir, "--metrics", self.metrics, *self.overrides])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ from ..config import Config
 from ..errors import LfbmError
 from ..files import file_digest, write_atomic
 from .hooks import NO_HOOKS, Hooks
-from .state_schema import BUFFER, MODEL_KINDS, file_rank, kind_of, name_of
+from .state_schema import BUFFER, EMA, MODEL_KINDS, file_rank, kind_of, name_of
 
+log = logging.getLogger("lfbm_dist")
 FORMAT = "lfbm_dist-checkpoint/2"
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
@@ -257,9 +259,16 @@ def read_state(ckpt_dir: Path, verified: dict[str, Any] | None = None) -> dict[s
     return state
 
 
-def model_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's state dict (parameters and buffers) out of a full training state."""
-    return {name_of(k): v for k, v in state.items() if kind_of(k) in MODEL_KINDS}
+def model_state_dict(state: dict[str, torch.Tensor], weights: str = "raw") -> dict[str, torch.Tensor]:
+    """The model's state dict (parameters and buffers) out of a full training state: the raw weights, or
+    weights="ema", the EMA's in their place (the raw ones if the state holds none: said in one line)."""
+    model = {name_of(k): v for k, v in state.items() if kind_of(k) in MODEL_KINDS}
+    if weights == "ema":
+        ema = {name_of(k): v for k, v in state.items() if kind_of(k) == EMA}
+        if not ema:
+            log.info("lfbm_dist: this checkpoint holds no EMA (written before weight averaging): raw weights")
+        model.update(ema)
+    return model
 
 
 def check_compatible(ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -289,15 +298,19 @@ def data_states(ckpt_dir: Path) -> list[dict[str, Any]]:
 
 
 def load(
-    engine, plain, ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | None = None
+    engine, plain, ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | None = None, averages=None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Collective: restore model and optimizer into the prepared objects, whatever layout wrote the
-    checkpoint and whatever layout reads it. Returns (trainer state, every rank's data position)."""
+    """Collective: restore model, optimizer and the weight averages (training/ema.py) into the prepared
+    objects, whatever layout wrote the checkpoint and whatever layout reads it. Returns (trainer state,
+    every rank's data position)."""
     manifest = verified or verify(ckpt_dir)  # the one hash of every part (rundir.inspect's, when it did it)
     trainer_state = check_compatible(ckpt_dir, cfg, manifest)
     positions = data_states(ckpt_dir)
     try:
-        engine.load_full_state(plain, read_state(ckpt_dir, manifest))
+        state = read_state(ckpt_dir, manifest)
+        engine.load_full_state(plain, state)
+        if averages is not None:
+            averages.load(state, ckpt_dir)
     except CheckpointError:
         raise
     except Exception as exc:  # names that do not match the model, or a failing backend: name the checkpoint

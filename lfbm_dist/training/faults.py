@@ -81,7 +81,7 @@ class FaultHooks(Hooks):
         if FAIL_IMAGES:
             raise RuntimeError("injected failure while logging images")
 
-    def after_resume(self, engine, plain, cfg) -> None:
+    def after_resume(self, engine, plain, cfg, averages=None) -> None:
         dump = os.environ.get("LFBM_TEST_DUMP_LOADED")
         if dump:  # a test compares what was loaded with what was saved, as state files
             from pathlib import Path
@@ -89,6 +89,7 @@ class FaultHooks(Hooks):
             from . import checkpoint
 
             loaded = engine.full_state(plain)  # collective
+            loaded.update(averages.state() if averages is not None else {})
             if engine.is_main:
                 Path(dump).mkdir(parents=True, exist_ok=True)
                 checkpoint.write_state(Path(dump), loaded, cfg.train.snapshot_shard_mb)

@@ -28,8 +28,9 @@ class Hooks:
     def before_images(self) -> None:
         """The image grids are about to be logged (after the final checkpoint at the end of a run)."""
 
-    def after_resume(self, engine, plain: torch.nn.Module, cfg) -> None:
-        """A checkpoint has been loaded into the model and optimizer (collective context: every rank)."""
+    def after_resume(self, engine, plain: torch.nn.Module, cfg, averages=None) -> None:
+        """A checkpoint has been loaded into the model, the optimizer and the weight averages (collective
+        context: every rank)."""
 
     def before_compile(self, ordinal: int) -> None:
         """A Langevin step graph (the ordinal-th of the process) is about to be compiled, inside the fallback."""

@@ -170,17 +170,21 @@ class Snapshots:
         self._part_done: threading.Event | None = None  # the thread's own part written (settle)
         self._error: CheckpointError | None = None
 
-    def save(self, plain, trainer_state: dict, data_state: dict, final: bool) -> None:
+    def save(self, plain, trainer_state: dict, data_state: dict, final: bool, averages=None) -> None:
         """Snapshot now. In the background unless `final` (end of run, stop) or snapshot_async is off;
-        a background write's failure is reported by `failed()` at the next step, a foreground one raises."""
+        a background write's failure is reported by `failed()` at the next step, a foreground one raises.
+        averages: the run's weight averages (training/ema.py), kept in the same files."""
         t = self.cfg.train
         self.wait()  # at most one in flight; its failure, if any, is raised here
         # The file plan from the tensors' sizes, then a copy of only this rank's files' tensors
         # (collective: ZeRO gathers everything); training may then change the live tensors.
-        shards = checkpoint.plan_shards(self.engine.state_sizes(plain), int(t.snapshot_shard_mb * 2**20))
+        sizes = {**self.engine.state_sizes(plain), **(averages.sizes() if averages is not None else {})}
+        shards = checkpoint.plan_shards(sizes, int(t.snapshot_shard_mb * 2**20))
         rank, world = self.engine.rank, self.engine.world_size
         mine = {k for i, keys in enumerate(shards) if checkpoint.shard_owner(i, keys, world) == rank for k in keys}
         state = self.engine.full_state(plain, keep=mine)
+        if averages is not None:  # every rank holds them whole (replicated parameters): no collective
+            state.update(averages.state(keep=mine))
         self._assert_finite_everywhere(state)
         root = checkpoint.checkpoint_root(t.run_dir)
         name = f"ckpt-{int(trainer_state['images_seen']):012d}"

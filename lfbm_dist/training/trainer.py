@@ -29,6 +29,7 @@ from ..seeding import Stream, Tag, per_sample_normal
 from . import checkpoint
 from .build import BatchLayout, build_model, build_optimizer, count_parameters, kimg_due, lr_scale
 from .checkpoint import CheckpointError
+from .ema import WeightAverages
 from .engine import Engine
 from .hooks import NO_HOOKS, Hooks
 from .observe import Observer
@@ -86,6 +87,7 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.wrapped, self.optimizer = engine.prepare(model, optimizer)
         self.plain = engine.unwrap(self.wrapped)  # Langevin, sampling, export; `wrapped` only for learning
+        self.averages = WeightAverages(self.plain, cfg.ema, batch.global_batch)  # never feeds training
         micro = batch.batch_per_gpu  # the chain batch is resolved from the step's own layout
         chain_batch = engine.fast.chain_batch(
             micro, micro * batch.accumulation_steps, self.plain.generator, cfg.generator.nz, engine.autocast_dtype
@@ -119,12 +121,12 @@ class Trainer:
         self.state = TrainerState(**{k: v for k, v in saved.items() if k in known})
 
     def resume(self, ckpt: Path, verified: dict | None = None) -> None:
-        saved, positions = checkpoint.load(self.engine, self.plain, ckpt, self.cfg, verified)
+        saved, positions = checkpoint.load(self.engine, self.plain, ckpt, self.cfg, verified, self.averages)
         saved.setdefault("global_batch", self.state.global_batch)
         saved.setdefault("virtual_streams", self.state.virtual_streams)
         self.load_state_dict(saved)
         self.feed.load_state_dicts(positions)
-        self.hooks.after_resume(self.engine, self.plain, self.cfg)
+        self.hooks.after_resume(self.engine, self.plain, self.cfg, self.averages)
 
     def describe(self) -> str:
         p = self.plain
@@ -278,6 +280,7 @@ class Trainer:
         self._count_skip(applied)
         self.state.step += 1
         self.state.images_seen += self.state.global_batch
+        self.averages.update(self.plain, self.state.images_seen, self.state.step)  # reads the weights only
         if self.observer is not None:
             self.observer.advance(self.state.global_batch)
 
@@ -320,8 +323,10 @@ class Trainer:
                 self._fid(now)
         if kimg_due(prev, now, t.snapshot_every_kimg) or done or stop:  # in the background unless the last
             with self._long_phase("final snapshot") if done or stop else contextlib.nullcontext():
-                self.snapshots.save(self.plain, self.state_dict(), self.feed.state_dict(), final=done or stop)
+                self.snapshots.save(self.plain, self.state_dict(), self.feed.state_dict(), done or stop, self.averages)
             self.watch.progress()
+        if self._posthoc_due(prev, now, done or stop) and self.engine.is_main:
+            self.averages.write_posthoc(t.run_dir, now, self.state.step)
         if done or stop:  # optional work only after the final checkpoint is safe
             with self._long_phase("image grids"):
                 self._images(now)
@@ -331,6 +336,11 @@ class Trainer:
         elif kimg_due(prev, now, t.image_every_kimg):
             with self._long_phase("image grids"):
                 self._images(now)
+
+    def _posthoc_due(self, prev: int, now: int, last: bool) -> bool:
+        """Post-hoc EMA snapshots: with every checkpoint (ema.posthoc_every_kimg = 0) or at their own pace."""
+        every = self.cfg.ema.posthoc_every_kimg or self.cfg.train.snapshot_every_kimg
+        return bool(self.averages.gammas) and (last or kimg_due(prev, now, every))
 
     @contextlib.contextmanager
     def _long_phase(self, name: str):
@@ -369,7 +379,7 @@ class Trainer:
     def _fid(self, now: int) -> None:
         from .evaluation import run_metrics  # collective: every rank generates its share of samples
 
-        with eval_mode(self.plain):
+        with eval_mode(self.plain), self.averages.applied(self.plain):  # the EMA's samples (every rank: its own)
             fid = run_metrics(self.plain, self.cfg, ["fid"], self.engine.device, self.engine)["fid"]
         best = self.state.best
         if best.get("fid") is None or fid < best["fid"]:
@@ -378,14 +388,15 @@ class Trainer:
         log.info("FID %.3f at kimg %.3f (best %.3f)", fid, now / 1000, best["fid"])
 
     def _images(self, now: int) -> None:
-        """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time)."""
+        """Prior samples and reconstructions of a fixed batch (index-seeded chains: comparable over time),
+        with the EMA's weights (the raw ones back after)."""
         if not self.engine.is_main or self.fixed_x is None:
             return
         self.hooks.before_images()
         from ..metrics.sampling import infer, sample_images
 
         lv = self.cfg.langevin
-        with eval_mode(self.plain):
+        with eval_mode(self.plain), self.averages.applied(self.plain):
             self.observer.image_grid(
                 "samples/prior", sample_images(self.plain, list(range(32)), SAMPLE_SEED, self.engine.device), now
             )
