@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lfbm_dist import state_schema as schema  # noqa: E402
 from lfbm_dist.config import load_config  # noqa: E402
 from lfbm_dist.training.build import build_model, build_optimizer  # noqa: E402
 from lfbm_dist.training.engine import Engine  # noqa: E402
@@ -59,7 +60,7 @@ def _phase(name, engine, plain, optimizer, x, z, steps, every, run_dir, referenc
         step_s.append(_step(plain, optimizer, x, z))
         if name != "none" and i % every == 0 and i < steps:  # steps follow every snapshot, as in a run
             s0 = time.perf_counter()
-            snapshots.save(plain, {"images_seen": i * len(x), "step": i}, {}, final=False)
+            snapshots.save(plain, {schema.IMAGES_SEEN: i * len(x), schema.STEPS_DONE: i}, {}, final=False)
             save_s.append(time.perf_counter() - s0)
             saves += 1
     w0 = time.perf_counter()

@@ -25,6 +25,7 @@ if __name__ == "__main__" and not __package__:
 
 
 from lfbm_dist import cli, logs  # noqa: E402
+from lfbm_dist import state_schema as schema  # noqa: E402
 from lfbm_dist.inference import GRAPHS  # noqa: E402
 from lfbm_dist.training.evaluation import INPAINT_COLUMNS, METRICS, run_metrics, tensorboard_tags  # noqa: E402
 
@@ -126,7 +127,7 @@ def _evaluate(args, metrics: list[str]) -> int:
     if args.ema_length:
         results.update(_posthoc(args, model, cfg, run_dir, engine, chain))
     if engine.is_main:
-        results["images_seen"] = images_seen
+        results[schema.IMAGES_SEEN] = images_seen
         out = Path(args.out) if args.out else run_dir / "metrics.json"
         merged = json.loads(out.read_text()) if out.is_file() else {}
         merged.update(results)

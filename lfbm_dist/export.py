@@ -12,7 +12,6 @@ and evaluation load it with `load_exported` or `hub.load_pretrained` — no Deep
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from lfbm_dist import cli, logs  # noqa: E402
+from lfbm_dist import state_schema as schema  # noqa: E402
 from lfbm_dist.config import Config, load_config  # noqa: E402
 from lfbm_dist.files import apply_umask, write_atomic  # noqa: E402
 from lfbm_dist.models import LFBM  # noqa: E402
@@ -58,7 +58,7 @@ def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LF
 def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema") -> Path:
     """overrides change the exported config's non-architecture settings (e.g. eval.*, langevin.test_num_steps);
     weights: the EMA's (default) or the raw ones of the last step."""
-    cfg = load_config(ckpt_dir / "config.yaml", overrides)
+    cfg = load_config(ckpt_dir / schema.CONFIG, overrides)
     state = checkpoint_state_dict(ckpt_dir, weights)
     model = _model_from(state, cfg, ckpt_dir)
     assert_finite(state, str(ckpt_dir))
@@ -75,7 +75,7 @@ def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...]
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     from lfbm_dist.hub import write_hub_files  # config.json, README.md model card, samples.png
 
-    seen = json.loads((ckpt_dir / "trainer_state.json").read_text()).get("images_seen")
+    seen = schema.images_seen(ckpt_dir)
     write_hub_files(out_dir, model, cfg, ckpt_dir, seen, weights)
     apply_umask(out_dir)
     return out_dir / "model.safetensors"
@@ -126,9 +126,9 @@ def load_for_inference(
     ckpt = Path(checkpoint) if checkpoint else latest(run) if run else None
     if ckpt is None:
         raise CheckpointError(f"{run}: no complete checkpoint (train first, or give --checkpoint / --export)")
-    cfg = load_config(ckpt / "config.yaml", overrides)
+    cfg = load_config(ckpt / schema.CONFIG, overrides)
     model = _model_from(checkpoint_state_dict(ckpt, weights), cfg, ckpt)
-    images_seen = json.loads((ckpt / "trainer_state.json").read_text())["images_seen"]
+    images_seen = schema.images_seen(ckpt)
     return model.eval(), cfg, images_seen
 
 

@@ -10,6 +10,7 @@ import torch
 from launch import finished_run, module, run
 from safetensors.torch import save_file
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.config import load_config
 from lfbm_dist.files import file_digest
 from lfbm_dist.training.build import build_model, build_optimizer
@@ -43,7 +44,7 @@ def _old_format(ckpt, old, deepspeed: bool):
     files, or DeepSpeed's full_state.safetensors), with its flat manifest."""
     state = read_state(ckpt)
     old.mkdir()
-    for part in ("trainer_state.json", "config.yaml", "data_state_rank0.json"):
+    for part in (schema.TRAINER_STATE, schema.CONFIG, schema.data_state_file(0)):
         shutil.copyfile(ckpt / part, old / part)
     if deepspeed:
         save_file({k: v for k, v in state.items() if not k.startswith("buffer/")}, str(old / "full_state.safetensors"))
@@ -63,7 +64,7 @@ def _old_format(ckpt, old, deepspeed: bool):
         torch.save(adam.state_dict(), old / "optimizer.bin")
     files = [p for p in old.iterdir() if p.is_file()]
     manifest = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files}
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / schema.MANIFEST).write_text(json.dumps(manifest))
     (old / "COMPLETE").write_text("ok\n")
     return state
 

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT
 from launch import command, env, finished_run, launch_script, run
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.export import checkpoint_state_dict, export, load_exported
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
 
@@ -70,14 +71,11 @@ def test_two_rank_backends_train_checkpoint_and_export(tmp_path, layouts, name, 
     assert not any(w in proc.stderr for w in ("has not finished", "stopped responding", "straggler:")), proc.stderr
     ckpts = list_complete(run_dir)
     assert [c.name for c in ckpts] == ["ckpt-000000000032", "ckpt-000000000040"]
-    manifest = json.loads((ckpts[-1] / "manifest.json").read_text())  # one format, whoever wrote it
+    manifest = json.loads((ckpts[-1] / schema.MANIFEST).read_text())  # one format, whoever wrote it
     assert manifest["written_by"]["backend"] == backend and manifest["written_by"]["world_size"] == 2
     assert sorted(p.name for p in ckpts[-1].glob("*.safetensors")) == manifest["shards"]
     assert not list(ckpts[-1].glob("*.bin")) and not (ckpts[-1] / "pytorch_model").exists()
-    assert {p.name for p in ckpts[-1].glob("data_state_rank*.json")} == {
-        "data_state_rank0.json",
-        "data_state_rank1.json",
-    }
+    assert {p.name for p in ckpts[-1].glob(schema.DATA_STATE_GLOB)} == {schema.data_state_file(r) for r in (0, 1)}
     model, cfg = load_exported(export(ckpts[-1], tmp_path / "export").parent)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -101,8 +99,8 @@ def test_global_batch_split_equivalence_and_the_non_finite_guards(layouts):
     for name, (run_dir, proc) in layouts.items():
         _, _, chains, learning = LAYOUTS[name]
         assert f"Langevin chains {chains} at a time (learning micro-batch {learning})" in proc.stdout, name
-        state = json.loads((run_dir / "trainer_state.json").read_text())
-        assert state["skipped_steps"] == 2 and state["step"] == 5, (name, state)
+        state = schema.trainer_state(run_dir)
+        assert state[schema.SKIPPED_STEPS] == 2 and state[schema.STEPS_DONE] == 5, (name, state)
         assert scalar_series(read_events(run_dir / "tensorboard"), "skipped_steps")[-1][1] == 2.0, name
         params[name] = checkpoint_state_dict(latest(run_dir))
     ref = params["1x8"]
@@ -128,7 +126,7 @@ def _assert_bitwise_equal(a_dir, b_dir):
     assert a.name == b.name
     sa, sb = read_state(a), read_state(b)  # weights, buffers and Adam state
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    ta, tb = (json.loads((d / "trainer_state.json").read_text()) for d in (a, b))
+    ta, tb = (schema.trainer_state(d) for d in (a, b))
     assert ta == tb
 
 

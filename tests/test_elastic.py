@@ -11,6 +11,7 @@ from launch import run
 from safetensors.torch import load_file
 from shard_helpers import write_shards
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.export import checkpoint_state_dict
 from lfbm_dist.training.checkpoint import latest, read_state
 
@@ -196,7 +197,7 @@ def test_optimizer_state_moves_across_world_sizes_and_backends(tmp_path, source_
     saved = read_state(ckpt)  # the one format, whichever backend wrote it: loaded exactly
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
     # ... and the target layout writes that state as the same bytes the source layout wrote
-    shards = json.loads((ckpt / "manifest.json").read_text())["shards"]
+    shards = json.loads((ckpt / schema.MANIFEST).read_text())["shards"]
     assert len(shards) > 1 and sorted(p.name for p in dump.iterdir()) == shards
     assert all((dump / name).read_bytes() == (ckpt / name).read_bytes() for name in shards)
     _assert_close(checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(moved)))

@@ -9,8 +9,8 @@ import torch
 from launch import finished_run, module, run
 from safetensors.torch import load_file
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.config import EmaConfig
-from lfbm_dist.training import state_schema as schema
 from lfbm_dist.training.checkpoint import latest, read_state
 from lfbm_dist.training.ema import WeightAverages, posthoc_weights, std_to_gamma
 

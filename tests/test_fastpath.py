@@ -197,13 +197,10 @@ def test_a_cuda_error_while_a_graph_is_made_stops_the_chain_instead_of_falling_b
     def fail(chains):
         raise failure
 
-    GRAPHS.before_record, fallback = fail, GRAPHS.fallback_reason
-    try:
-        with pytest.raises(ChainRunError, match="failed while running: .*CUDA error"):
-            langevin_posterior(gen, prior, x, runner=ChainRunner(compile_mode="default", batch=4), **kwargs)
-        assert GRAPHS.fallback_reason == fallback  # not taken for a compiler failure
-    finally:
-        GRAPHS.before_record = None
+    fallback = GRAPHS.fallback_reason
+    with GRAPHS.hooked(before_record=fail), pytest.raises(ChainRunError, match="failed while running: .*CUDA error"):
+        langevin_posterior(gen, prior, x, runner=ChainRunner(compile_mode="default", batch=4), **kwargs)
+    assert GRAPHS.fallback_reason == fallback  # not taken for a compiler failure
 
 
 def test_batch_norm_generator_in_training_keeps_the_step_loop():

@@ -19,6 +19,7 @@ from conftest import PYTHON, ROOT
 from launch import command, env, finished_run, module, run
 from shard_helpers import write_shards
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
 
 TINY = ["--config", "configs/test_tiny.yaml"]
@@ -362,12 +363,12 @@ def test_damaged_checkpoint_parts_are_refused_in_one_line(tmp_path, finished):
     from lfbm_dist.training.checkpoint import CheckpointError, verify
 
     state_file = "state-00000-of-00001.safetensors"
-    for part in ("data_state_rank0.json", state_file, "trainer_state.json", "config.yaml"):
+    for part in (schema.data_state_file(0), state_file, schema.TRAINER_STATE, schema.CONFIG):
         original = (ckpt / part).read_bytes()
         (ckpt / part).write_bytes(original[: len(original) // 2])
         with pytest.raises(CheckpointError, match=f"cannot load checkpoint: {part} is truncated or altered"):
             verify(ckpt)  # what a resume checks first
-        if part == "data_state_rank0.json":  # and once end to end: the resume refuses in one line
+        if part == schema.data_state_file(0):  # and once end to end: the resume refuses in one line
             proc = run("single", *TINY, f"train.run_dir={run_dir}", "train.resume=auto", "train.total_kimg=0.128")
             assert proc.returncode == 2
             (line,) = _errors(proc)
@@ -538,11 +539,10 @@ def test_printed_resume_command_runs_as_printed_however_launched(monkeypatch, pa
     from lfbm_dist.training.engine import launch
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(launch, "_parent_cmdline", lambda: parent)
     argv = ["/repo/lfbm_dist/train.py", "x=1"]
-    assert launch.launcher_command(argv) == expected
-    assert session.resume_command(argv).endswith("train.resume=auto")
-    assert session.resume_command(argv).split()[0] == expected[0]
+    assert launch.launcher_command(argv, parent) == expected  # the launcher's command line, as given
+    assert session.resume_command(argv, parent).endswith("train.resume=auto")
+    assert session.resume_command(argv, parent).split()[0] == expected[0]
 
 
 # ------------------------------------------------------------------------------ kill -9 of the launcher
@@ -627,8 +627,10 @@ def test_sigterm_while_waiting_on_a_stalled_shard_checkpoints_and_exits(tmp_path
     assert "while waiting for data" in err and "resume with:" in err, err[-2000:]
     ckpt = latest(run_dir)
     assert ckpt is not None
-    saved = json.loads((ckpt / "trainer_state.json").read_text())
-    assert saved["images_seen"] == 8 * saved["step"] and saved["step"] > 0  # the last finished step
+    saved = schema.trainer_state(ckpt)
+    assert (
+        saved[schema.IMAGES_SEEN] == 8 * saved[schema.STEPS_DONE] and saved[schema.STEPS_DONE] > 0
+    )  # the last finished step
     time.sleep(1.0)
     left = [
         p for p in psutil.process_iter(["cmdline"]) if f"train.run_dir={run_dir}" in " ".join(p.info["cmdline"] or [])

@@ -95,12 +95,9 @@ def test_out_of_memory_while_recording_halves_the_chain_batch(true_fp32):
         if chains > 4:
             raise torch.OutOfMemoryError("injected: out of memory while recording")
 
-    GRAPHS.before_record, cap = out_of_memory_above_4, GRAPHS.batch_cap
-    try:
+    with GRAPHS.hooked(before_record=out_of_memory_above_4):
         z = langevin_posterior(gen, prior, x, runner=FastPath.resolve(PerfConfig(), device).runner(16), **kwargs)
         assert GRAPHS.batch_cap == 4 and (z - eager).abs().max() <= 1e-4
-    finally:
-        GRAPHS.before_record, GRAPHS.batch_cap = None, cap
 
 
 def test_bf16_default_chain_stays_close_to_fp32():

@@ -17,6 +17,7 @@ import yaml
 from conftest import ROOT
 from launch import command, env, run
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state, verify
 from lfbm_dist.training.runlock import LOCK_NAME, RunDirLocked, RunLock
 
@@ -86,7 +87,7 @@ def test_two_launches_on_one_run_directory_at_the_same_moment(tmp_path):
         assert f"pid {winner.pid}" in line and "give this one another train.run_dir" in line, line
         complete = list_complete(run_dir)
         assert complete and all(verify(c) for c in complete)  # every file there, every digest right
-        assert json.loads((latest(run_dir) / "trainer_state.json").read_text())["step"] == 8
+        assert schema.trainer_state(latest(run_dir))[schema.STEPS_DONE] == 8
         seed = {both[0].pid: 1, both[1].pid: 2}[winner.pid]
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"] == seed  # the winner's
         assert not (run_dir / LOCK_NAME).exists()  # released at the end

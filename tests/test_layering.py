@@ -222,3 +222,73 @@ def test_no_import_cycle_between_packages_counting_imports_inside_functions():
                 graph.setdefault(_unit(m), set()).add(_unit(owner))
     cycle = _cycle(graph)
     assert cycle is None, "package import cycle: " + " -> ".join(cycle)
+
+
+def _layout_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Layout")
+    return readme[readme.index("```", start) + 3 : readme.index("```", readme.index("```", start) + 3)]
+
+
+def test_readmes_layout_names_every_module_where_it_lives():
+    """README's layout block lists every module of the package under its own folder's line(s)."""
+    import re
+
+    named: set[str] = set()
+    folder = ""
+    for line in _layout_block().splitlines():
+        if not line.startswith("  ") or line.startswith(("data_tools", "benchmarks", "configs")):
+            continue
+        head = re.match(r"^  ([a-z_]+/(?:[a-z_]+/)?)\s", line)
+        if head:
+            folder = head.group(1)
+        elif re.match(r"^  [a-z_]+\.py", line):
+            folder = ""  # a line of top-level modules
+        named |= {folder + name for name in re.findall(r"([A-Za-z_]+\.py)", line)}
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert not modules - named, f"README's layout does not name: {sorted(modules - named)}"
+
+
+CHECKPOINT_LITERALS = ('"trainer_state.json"', "'trainer_state.json'", "data_state_rank", '"images_seen"',
+                       '"virtual_streams"', '"manifest.json"')  # fmt: skip
+
+
+def test_a_checkpoints_files_and_keys_are_named_only_in_the_schema():
+    """state_schema.py names every file of a checkpoint and the keys read from its JSON files: no other
+    module, benchmark or test spells them; the trainer's state holds exactly its TRAINER_KEYS."""
+    from lfbm_dist import state_schema as schema
+    from lfbm_dist.training.trainer import TrainerState
+
+    found = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        if path.name in ("state_schema.py", "test_layering.py"):
+            continue
+        text = path.read_text()
+        found += [f"{path.relative_to(ROOT)}: {w}" for w in CHECKPOINT_LITERALS if w in text]
+    assert not found, found
+    assert set(vars(TrainerState())) == set(schema.TRAINER_KEYS)
+
+
+def test_no_test_replaces_a_function_or_attribute_of_the_product():
+    """Tests use the product's seams (training/hooks.py, constructor and function arguments): no
+    monkeypatch.setattr, setattr or attribute assignment on lfbm_dist's modules, classes or objects —
+    nor on the libraries the product calls (torch.distributed counted through torch's profiler)."""
+    found = []
+    for path in (ROOT / "tests").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        ours = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                and (n.module or "").startswith("lfbm_dist") for a in n.names}  # fmt: skip
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+                if name == "setattr":
+                    found.append(f"{path.name}:{node.lineno} {ast.unparse(node)[:80]}")
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AugAssign) else []  # fmt: skip
+            for target in (e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])):
+                root = target
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if target is not root and isinstance(root, ast.Name) and root.id in ours:
+                    found.append(f"{path.name}:{node.lineno} assigns {ast.unparse(target)}")
+    assert not found, found

@@ -16,6 +16,7 @@ import torch
 from conftest import PYTHON, ROOT, stopped_at
 from launch import ACCELERATE, env, finished_run, free_port, module, run
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.export import checkpoint_state_dict
 from lfbm_dist.training.checkpoint import latest
 
@@ -102,7 +103,7 @@ def test_one_node_run_resumes_on_two_nodes_and_their_fid_equals_one_process(tmp_
         nodes, "lfbm_dist/train.py", *args, "train.total_kimg=0.08", f"train.run_dir={grown}", "train.resume=auto"
     )
     assert "2 rank(s)" in out[0].stdout and "resumed from ckpt-000000000040" in out[0].stdout
-    assert json.loads((grown / "trainer_state.json").read_text())["images_seen"] == 80
+    assert schema.images_seen(grown) == 80
     a, b = checkpoint_state_dict(latest(straight)), checkpoint_state_dict(latest(grown))
     for key, ref in a.items():
         assert ((b[key] - ref).norm() / ref.norm().clamp_min(1e-12)) <= 1e-5, key

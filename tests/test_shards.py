@@ -13,6 +13,7 @@ from conftest import PYTHON, ROOT
 from shard_helpers import png_bytes, write_raw_tar, write_shards
 from torch.utils.data import DataLoader
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.config import load_config
 from lfbm_dist.data.errors import DataError
 from lfbm_dist.data.index import ShardInfo, expand_shard_specs
@@ -132,7 +133,7 @@ def test_feed_state_roundtrip_through_config(tmp_path):
     again = build_feed(cfg, 0, layout, batch, torch.device("cpu"), streams=2)
     again.load_state_dicts([json.loads(json.dumps(state))])
     assert [again.micro_batch(0, s, 0).keys for s in range(3)] == tail
-    assert state["epoch"] == 1 and state["step"] == 2 and len(first) == 8
+    assert state[schema.DATA_EPOCH] == 1 and state[schema.DATA_STEP] == 2 and len(first) == 8
 
 
 def test_http_loopback_gives_the_same_samples(tmp_path):

@@ -9,6 +9,8 @@ import yaml
 from launch import env, script
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
+from lfbm_dist import state_schema as schema
+
 pytestmark = pytest.mark.slow
 LAUNCHER = "launchers/slurm.py"
 
@@ -42,13 +44,13 @@ def test_two_task_cpu_training_job_then_resubmitted_on_one_task_resumes_the_run(
               "--out", str(tmp_path), "--name", "job2", "--wait"]  # fmt: skip
     _ok(launcher(*common, "--tasks-per-node", "2"))
     run_dir = tmp_path / "job2"
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["images_seen"] == 64  # 2 ranks × 8 per step
+    state = schema.trainer_state(run_dir)
+    assert state[schema.STEPS_DONE] == 4 and state[schema.IMAGES_SEEN] == 64  # 2 ranks × 8 per step
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_0_log.out"))
     assert "2 rank(s)" in logs
     _ok(launcher(*common, "--tasks-per-node", "1", "train.total_kimg=0.128"))
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    assert state["images_seen"] == 128 and state["global_batch"] == 16  # the run's own global batch, kept
+    state = schema.trainer_state(run_dir)
+    assert state[schema.IMAGES_SEEN] == 128 and state[schema.GLOBAL_BATCH] == 16  # the run's own global batch, kept
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_0_log.*"))
     assert "resumed from ckpt-000000000064" in logs and "note: global batch 16 on 1 rank(s)" in logs
 
@@ -79,7 +81,7 @@ def test_array_sweep_and_summary(cluster, tmp_path):
     summary = _ok(launcher("summary", "--root", str(tmp_path / "sw"), "--json"))
     rows = json.loads(summary.stdout)
     assert [r["point"] for r in rows] == ["num_steps-1", "num_steps-2", "num_steps-3"]
-    assert all(r["step"] == 8 for r in rows)
+    assert all(r[schema.STEPS_DONE] == 8 for r in rows)
     assert (tmp_path / "sw/summary.md").read_text().count("| num_steps-") == 3
     # The sweep in one HParams table: every task's swept setting is its run's session hyper-parameter.
     from tb_read import hparams_of
@@ -122,12 +124,12 @@ def test_preemption_signal_requeues_and_resumes_to_the_same_step_count(cluster, 
     # What Slurm sends before the time limit / on preemption (submitit asks for USR2).
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, env=env(SLURM_CONF=str(cluster.conf)))
     while time.time() < deadline:
-        state_file = run_dir / "trainer_state.json"
-        if state_file.is_file() and json.loads(state_file.read_text())["step"] == 24:
+        state_file = run_dir / schema.TRAINER_STATE
+        if state_file.is_file() and schema.trainer_state(run_dir)[schema.STEPS_DONE] == 24:
             break
         time.sleep(0.5)
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    assert state["step"] == 24 and state["images_seen"] == 192  # same as an uninterrupted run
+    state = schema.trainer_state(run_dir)
+    assert state[schema.STEPS_DONE] == 24 and state[schema.IMAGES_SEEN] == 192  # same as an uninterrupted run
     requeues = json.loads((run_dir / "requeues.json").read_text())
     assert len(requeues) == 1 and requeues[0]["job"] == job_id
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.*"))
@@ -211,8 +213,8 @@ def test_elastic_job_restarts_a_failed_rank_inside_the_allocation(cluster, tmp_p
         )
     )  # fmt: skip
     run_dir = tmp_path / "el"
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    assert state["step"] == 8 and state["images_seen"] == 128
+    state = schema.trainer_state(run_dir)
+    assert state[schema.STEPS_DONE] == 8 and state[schema.IMAGES_SEEN] == 128
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.*"))
     assert "injected failure of rank 1 after step 5" in logs
     assert "resumed from ckpt-000000000064" in logs  # the agent's restart, inside the allocation

@@ -4,12 +4,14 @@ part and a timeout each end in one line, the unfinished directory is gone, and t
 checkpoint stays the newest and intact."""
 
 import itertools
+import json
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from lfbm_dist import state_schema as schema
 from lfbm_dist.training import checkpoint
 from lfbm_dist.training.checkpoint import CheckpointError, latest, list_complete, read_state
 from lfbm_dist.training.hooks import Hooks
@@ -28,7 +30,7 @@ def _job(run_dir: Path, images: int, rank: int, world: int = 2, **kw) -> _Job:
         shards=checkpoint.plan_shards(STATE, 300),  # 4 files of one tensor: two per rank
         rank=rank,
         world_size=world,
-        texts={"trainer_state.json": f'{{"images_seen": {images}}}', "config.yaml": "train: {}\n"},
+        texts={schema.TRAINER_STATE: json.dumps({schema.IMAGES_SEEN: images}), schema.CONFIG: "train: {}\n"},
         writer={"world_size": world},
         keep=5,
         run_dir=run_dir,

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import private_apis
+from .. import state_schema as schema
 from ..lifetime import interruptible_wait
 from ..seeding import Stream, per_sample_uniform
 from .errors import DataError
@@ -168,11 +169,11 @@ class ShardFeed:
     def state_dict(self) -> dict:
         return {
             "version": DATA_STATE_VERSION,
-            "epoch": self.epoch,
-            "step": self.step_in_epoch,
-            "streams": self.streams,
-            "global_batch": self.global_batch,
-            "positions": {str(v): self.positions[v].to_list() for v in sorted(self.positions)},
+            schema.DATA_EPOCH: self.epoch,
+            schema.DATA_STEP: self.step_in_epoch,
+            schema.DATA_STREAMS: self.streams,
+            schema.DATA_GLOBAL_BATCH: self.global_batch,
+            schema.DATA_POSITIONS: {str(v): self.positions[v].to_list() for v in sorted(self.positions)},
             "corrupt_earlier_epochs": self.corrupt_earlier_epochs,
             "reported": sorted(self.reported),
         }
@@ -188,21 +189,19 @@ class ShardFeed:
                 "export and start from the export"
             )
         first = states[0]
+        plan = (schema.DATA_EPOCH, schema.DATA_STEP, schema.DATA_STREAMS, schema.DATA_GLOBAL_BATCH)
         for s in states:
-            if (s["epoch"], s["step"], s["streams"], s["global_batch"]) != (
-                first["epoch"],
-                first["step"],
-                first["streams"],
-                first["global_batch"],
-            ):
+            if tuple(s[k] for k in plan) != tuple(first[k] for k in plan):
                 raise DataError("checkpoint data positions of the ranks disagree (epoch/step/streams)")
-        if (first["streams"], first["global_batch"]) != (self.streams, self.global_batch):
+        streams, global_batch = first[schema.DATA_STREAMS], first[schema.DATA_GLOBAL_BATCH]
+        if (streams, global_batch) != (self.streams, self.global_batch):
             raise DataError(
-                f"checkpoint data plan has {first['streams']} streams and global batch "
-                f"{first['global_batch']}, this run {self.streams} and {self.global_batch}"
+                f"checkpoint data plan has {streams} streams and global batch "
+                f"{global_batch}, this run {self.streams} and {self.global_batch}"
             )
-        saved = {int(v): StreamPosition.from_list(p) for s in states for v, p in s["positions"].items()}
-        self.epoch, self.step_in_epoch = int(first["epoch"]), int(first["step"])
+        positions = [(v, p) for s in states for v, p in s[schema.DATA_POSITIONS].items()]
+        saved = {int(v): StreamPosition.from_list(p) for v, p in positions}
+        self.epoch, self.step_in_epoch = int(first[schema.DATA_EPOCH]), int(first[schema.DATA_STEP])
         mine = {v for micro in self.micro_streams for v in micro}
         missing = mine - set(saved)
         if missing and self.step_in_epoch:

@@ -14,6 +14,7 @@ tells failures apart:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,6 +258,17 @@ class ChainGraphs:
         self.cuda_graphs_recorded += 1
         self._recorded[key] = _Recorded(graph, inputs, (zz, grad_norm), weights)
         return self._recorded[key]
+
+    @contextlib.contextmanager
+    def hooked(self, before_compile: Callable[[int], None] | None = None, before_record=None):
+        """These hooks for the duration (a test's seam; the trainer sets the run's from training/hooks.py),
+        the previous ones and the chain-batch cap restored after."""
+        saved = self.before_compile, self.before_record, self.batch_cap
+        self.before_compile, self.before_record = before_compile, before_record
+        try:
+            yield self
+        finally:
+            self.before_compile, self.before_record, self.batch_cap = saved
 
     def reset(self) -> None:
         """Forget every graph (with torch._dynamo.reset(): a benchmark's next variant compiles afresh)."""

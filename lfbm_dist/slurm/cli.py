@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .. import cli, logs
+from .. import state_schema as schema
 from ..grids import write_summary
 from .jobs import ElasticTrainJob, EvalJob, TrainJob
 from .options import LaunchOptionError, parse_elastic, parse_grid, point_name, sbatch_lines, slurm_parameters
@@ -171,7 +172,7 @@ def collect(root: Path) -> list[dict]:
     rows = []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file()):
         row = {"point": run_dir.name}
-        for name in ("trainer_state.json", "metrics.json"):
+        for name in (schema.TRAINER_STATE, "metrics.json"):
             path = run_dir / name
             if path.is_file():
                 data = json.loads(path.read_text())

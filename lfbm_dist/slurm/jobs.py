@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from .. import state_schema as schema
+
 
 def export_rendezvous() -> None:
     """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from the Slurm environment (submitit)."""
@@ -54,8 +56,8 @@ class TrainJob:
         state = train(cfg, self.command())
         return {
             "run_dir": self.run_dir,
-            "step": state["step"],
-            "images_seen": state["images_seen"],
+            schema.STEPS_DONE: state[schema.STEPS_DONE],
+            schema.IMAGES_SEEN: state[schema.IMAGES_SEEN],
             "requeues": self.requeues,
         }
 
@@ -121,9 +123,9 @@ class ElasticTrainJob(TrainJob):
         code = subprocess.run(cmd).returncode
         if code:
             raise RuntimeError(f"the elastic agent on node {env.node} exited with {code}")
-        state = json.loads((Path(self.run_dir) / "trainer_state.json").read_text())
-        return {"run_dir": self.run_dir, "step": state["step"], "images_seen": state["images_seen"],
-                "requeues": self.requeues}  # fmt: skip
+        state = schema.trainer_state(self.run_dir)
+        done = {k: state[k] for k in (schema.STEPS_DONE, schema.IMAGES_SEEN)}
+        return {"run_dir": self.run_dir, **done, "requeues": self.requeues}
 
     def checkpoint(self, *args, **kwargs):
         delayed = super().checkpoint(*args, **kwargs)

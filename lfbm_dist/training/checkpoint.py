@@ -4,12 +4,13 @@ Layout of one checkpoint (a directory under RUN_DIR/checkpoints/):
 
     ckpt-000000012800/                    name = images seen, zero-padded so names sort by progress
         state-00000-of-00002.safetensors  the full training state, unpartitioned, by name:
-        state-00001-of-00002.safetensors    its keys and layout: training/state_schema.py
-        trainer_state.json                counters and best metrics (plain JSON)
-        data_state_rank{R}.json           each rank's data-stream positions
-        config.yaml                       the resolved config that produced it
-        manifest.json                     format, shard files, and every file's size and sha256
+        state-00001-of-00002.safetensors    its keys and layout: lfbm_dist/state_schema.py
+        TRAINER_STATE                     counters and best metrics (plain JSON)
+        data_state_file(R)                each rank's data-stream positions
+        CONFIG                            the resolved config that produced it
+        MANIFEST                          format, shard files, and every file's size and sha256
         COMPLETE                          written last; a directory without it is never loaded
+    (the files' names and their JSON keys: lfbm_dist/state_schema.py)
 
 The state files hold the same bytes whoever wrote them: 1 rank or 8, DDP or ZeRO-1/2 (ZeRO assembles
 the full values from its partitions first), because the split into files depends only on the
@@ -36,16 +37,16 @@ from typing import Any
 import torch
 import yaml
 
+from .. import state_schema as schema
 from ..config import Config
 from ..errors import LfbmError
 from ..files import file_digest, write_atomic
+from ..state_schema import BUFFER, EMA, MODEL_KINDS, file_rank, kind_of, name_of
 from .hooks import NO_HOOKS, Hooks
-from .state_schema import BUFFER, EMA, MODEL_KINDS, file_rank, kind_of, name_of
 
 log = logging.getLogger("lfbm_dist")
 FORMAT = "lfbm_dist-checkpoint/2"
-COMPLETE_MARKER = "COMPLETE"
-MANIFEST = "manifest.json"
+COMPLETE_MARKER, MANIFEST = schema.COMPLETE, schema.MANIFEST
 UPGRADE = "lfbm-export --upgrade-checkpoint {}"  # converts the framework-file format of earlier versions
 _ARCH_KEYS = ("generator", "prior", "inference")  # config sections that change the saved tensors
 
@@ -245,7 +246,7 @@ def verify(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def read_state(ckpt_dir: Path, verified: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """The full training state, keyed as training/state_schema.py says; verified first unless the
+    """The full training state, keyed as lfbm_dist/state_schema.py says; verified first unless the
     caller passes the manifest its own verify() returned (a start hashes a checkpoint once)."""
     from safetensors.torch import load_file
 
@@ -277,10 +278,10 @@ def check_compatible(ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | Non
     if verified is None:
         verify(ckpt_dir)
     try:
-        saved_cfg = yaml.safe_load((ckpt_dir / "config.yaml").read_text())
+        saved_cfg = yaml.safe_load((ckpt_dir / schema.CONFIG).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise CheckpointError(f"{ckpt_dir}: unreadable checkpoint config ({type(exc).__name__})") from None
-    state = read_json(ckpt_dir / "trainer_state.json", "trainer state")
+    state = read_json(ckpt_dir / schema.TRAINER_STATE, "trainer state")
     current = cfg.to_dict()
     for section in _ARCH_KEYS:
         if saved_cfg.get(section) != current[section]:
@@ -293,7 +294,7 @@ def check_compatible(ckpt_dir: Path, cfg: Config, verified: dict[str, Any] | Non
 
 def data_states(ckpt_dir: Path) -> list[dict[str, Any]]:
     """Every rank's saved data position (the run may resume on another number of ranks)."""
-    files = sorted(ckpt_dir.glob("data_state_rank*.json"))
+    files = sorted(ckpt_dir.glob(schema.DATA_STATE_GLOB))
     return [read_json(f, "data position") for f in files]
 
 

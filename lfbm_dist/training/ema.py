@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import state_schema as schema
 from ..config import EmaConfig
-from . import state_schema as schema
 
 log = logging.getLogger("lfbm_dist")
 POSTHOC_DIR = "ema_posthoc"  # RUN_DIR/ema_posthoc/ema_std<σ>-<images>.safetensors
@@ -171,7 +171,12 @@ class WeightAverages:
             path = folder / f"{kind}-{images_seen:012d}.safetensors"
             tmp = path.with_suffix(".tmp")
             tensors = {n: t.to("cpu", dtype) for n, t in self.kinds[kind].items()}
-            meta = {"step": str(step), "images_seen": str(images_seen), "gamma": repr(gamma), "kind": kind}
+            meta = {
+                schema.STEPS_DONE: str(step),
+                schema.IMAGES_SEEN: str(images_seen),
+                "gamma": repr(gamma),
+                "kind": kind,
+            }
             save_file(tensors, str(tmp), metadata=meta)
             tmp.replace(path)
         write_atomic(folder / "README.txt", "Power-function EMA weights for post-hoc EMA: lfbm-evaluate --ema-length\n")
@@ -185,8 +190,8 @@ def posthoc_snapshots(run_dir: str | Path, up_to_images: int | None = None) -> l
     for path in sorted((Path(run_dir) / POSTHOC_DIR).glob(f"{schema.EMA}_std*-*.safetensors")):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
-        if up_to_images is None or int(meta["images_seen"]) <= up_to_images:
-            found.append((path, int(meta["step"]), float(meta["gamma"])))
+        if up_to_images is None or int(meta[schema.IMAGES_SEEN]) <= up_to_images:
+            found.append((path, int(meta[schema.STEPS_DONE]), float(meta["gamma"])))
     return found
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import state_schema as schema
 from ..config import Config
 from .checkpoint import (
     CheckpointDamaged,
@@ -35,7 +35,7 @@ _ARTEFACTS = (
     "checkpoints",
     "tensorboard",
     "logs",
-    "trainer_state.json",
+    schema.TRAINER_STATE,
     "metrics.json",
     "config.yaml",
     "trackers.json",
@@ -60,7 +60,7 @@ class RunState:
 
 def _images_seen(ckpt: Path) -> int:
     try:
-        return int(json.loads((ckpt / "trainer_state.json").read_text())["images_seen"])
+        return schema.images_seen(ckpt)
     except (OSError, ValueError, KeyError):
         return int(ckpt.name.split("-")[1])
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from .. import logs
+from .. import state_schema as schema
 from ..config import Config, ConfigError
 from ..data.plan import Layout
 from ..errors import GracefulStop
@@ -32,12 +33,13 @@ log = logging.getLogger("lfbm_dist")
 
 
 def _saved(ckpt: Path | None) -> dict:
-    return checkpoint.read_json(ckpt / "trainer_state.json", "trainer state") if ckpt else {}
+    return checkpoint.read_json(ckpt / schema.TRAINER_STATE, "trainer state") if ckpt else {}
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that continues this run: the same launcher and arguments, with train.resume=auto."""
-    args = [a for a in launcher_command(argv) if not a.startswith(("train.resume=", "train.overwrite="))]
+def resume_command(argv: list[str], parent: list[str] | None = None) -> str:
+    """The command that continues this run: the same launcher and arguments, with train.resume=auto
+    (parent: the launcher's command line, None: read from the parent process)."""
+    args = [a for a in launcher_command(argv, parent) if not a.startswith(("train.resume=", "train.overwrite="))]
     return shlex.join([*args, "train.resume=auto"])
 
 
@@ -83,7 +85,7 @@ def _train(cfg: Config, argv: list[str] | None, lock: RunLock | None) -> dict:
         return _saved(state.checkpoint)
     saved = _saved(state.checkpoint)
     world = launched_world_size()
-    batch = resolve_batch_layout(cfg, world, saved.get("global_batch"))
+    batch = resolve_batch_layout(cfg, world, saved.get(schema.GLOBAL_BATCH))
     cfg = cfg.model_copy(
         update={
             "train": t.model_copy(
@@ -109,7 +111,7 @@ def _train(cfg: Config, argv: list[str] | None, lock: RunLock | None) -> dict:
         log.info("lfbm_dist: the earlier run's artefacts were moved to %s", moved)
     cache = use_compile_cache(cfg.perf.compile_cache, t.run_dir) if engine.fast.compile_mode else None
     layout = Layout(engine.world_size, batch.accumulation_steps, cfg.data.num_workers)
-    streams = saved.get("virtual_streams") or default_streams(cfg, layout)
+    streams = saved.get(schema.VIRTUAL_STREAMS) or default_streams(cfg, layout)
     feed = build_feed(cfg, engine.rank, layout, batch, engine.device, streams)
     # The test suite's fault injection (training/faults.py): the no-op hooks unless its variables are set.
     trainer = Trainer(cfg, engine, batch, feed, streams, faults.from_env())
@@ -232,10 +234,10 @@ def _summary(cfg: Config, engine: Engine, result: dict, wall_s: float, skew: str
     run_dir = Path(cfg.train.run_dir)
     log.info(
         "done: %d steps, kimg %g, %d skipped, %d unusable samples skipped, %.0f s; newest checkpoint %s",
-        result["step"],
-        result["images_seen"] / 1000,
-        result["skipped_steps"],
-        result.get("corrupt_samples", 0),
+        result[schema.STEPS_DONE],
+        result[schema.IMAGES_SEEN] / 1000,
+        result[schema.SKIPPED_STEPS],
+        result.get(schema.CORRUPT_SAMPLES, 0),
         wall_s,
         checkpoint.latest(run_dir),
     )

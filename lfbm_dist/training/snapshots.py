@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from .. import state_schema as schema
 from ..config import Config
 from ..files import apply_umask, write_atomic
 from . import checkpoint
@@ -76,7 +77,7 @@ class _Job:
             if checkpoint.shard_owner(index, keys, self.world_size) == self.rank:
                 digests.update(checkpoint.write_shard(self.tmp, index, keys, count, self.state))
         data_state = json.dumps(self.data_state, sort_keys=True)
-        digests.update(checkpoint.write_text(self.tmp, f"data_state_rank{self.rank}.json", data_state))
+        digests.update(checkpoint.write_text(self.tmp, schema.data_state_file(self.rank), data_state))
         write_atomic(self.tmp / f".done-rank{self.rank}", json.dumps(digests))
 
     def wait_for_ranks(self) -> None:
@@ -126,7 +127,7 @@ class _Job:
         if self.final.exists():  # same progress saved twice (e.g. final snapshot right after a periodic one)
             checkpoint.remove(self.final, self.hooks)
         self.tmp.rename(self.final)
-        write_atomic(self.run_dir / "trainer_state.json", self.texts["trainer_state.json"])
+        write_atomic(self.run_dir / schema.TRAINER_STATE, self.texts[schema.TRAINER_STATE])
         for old in checkpoint.list_complete(self.run_dir)[: -self.keep]:
             checkpoint.remove(old, self.hooks)
         root = checkpoint.checkpoint_root(self.run_dir)
@@ -187,7 +188,7 @@ class Snapshots:
             state.update(averages.state(keep=mine))
         self._assert_finite_everywhere(state)
         root = checkpoint.checkpoint_root(t.run_dir)
-        name = f"ckpt-{int(trainer_state['images_seen']):012d}"
+        name = f"ckpt-{int(trainer_state[schema.IMAGES_SEEN]):012d}"
         job = _Job(
             tmp=root / f"{name}.tmp",
             final=root / name,
@@ -196,13 +197,13 @@ class Snapshots:
             rank=self.engine.rank,
             world_size=self.engine.world_size,
             texts={
-                "trainer_state.json": json.dumps(trainer_state, indent=2, sort_keys=True),
-                "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+                schema.TRAINER_STATE: json.dumps(trainer_state, indent=2, sort_keys=True),
+                schema.CONFIG: yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
             },
             writer=self.engine.layout(),
             keep=t.keep_snapshots,
             run_dir=Path(t.run_dir),
-            images_seen=int(trainer_state["images_seen"]),
+            images_seen=int(trainer_state[schema.IMAGES_SEEN]),
             data_state=data_state,
             timeout_s=t.collective_timeout_min * 60,
             hooks=self.hooks,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .. import state_schema as schema
 from ..config import Config
 from ..errors import GracefulStop, LfbmError
 from ..inference import GRAPHS, batch_coupled
@@ -122,8 +123,8 @@ class Trainer:
 
     def resume(self, ckpt: Path, verified: dict | None = None) -> None:
         saved, positions = checkpoint.load(self.engine, self.plain, ckpt, self.cfg, verified, self.averages)
-        saved.setdefault("global_batch", self.state.global_batch)
-        saved.setdefault("virtual_streams", self.state.virtual_streams)
+        saved.setdefault(schema.GLOBAL_BATCH, self.state.global_batch)
+        saved.setdefault(schema.VIRTUAL_STREAMS, self.state.virtual_streams)
         self.load_state_dict(saved)
         self.feed.load_state_dicts(positions)
         self.hooks.after_resume(self.engine, self.plain, self.cfg, self.averages)

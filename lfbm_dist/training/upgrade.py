@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from .. import state_schema as schema
 from ..config import load_config
 from ..files import apply_umask, file_digest, write_atomic
 from . import checkpoint
-from . import state_schema as schema
 from .build import build_model, build_optimizer
 from .checkpoint import COMPLETE_MARKER, FORMAT, MANIFEST, CheckpointError
 
@@ -41,7 +41,7 @@ def _old_state(ckpt: Path) -> dict[str, torch.Tensor]:
     """The full state (as the trainer writes it now) of an old-format checkpoint."""
     from safetensors.torch import load_file
 
-    cfg = load_config(ckpt / "config.yaml")
+    cfg = load_config(ckpt / schema.CONFIG)
     torch.manual_seed(0)  # the values are replaced; only the names and the group order matter
     model = build_model(cfg)
     groups = [
@@ -93,7 +93,7 @@ def upgrade(ckpt: Path, shard_mb: float = 2048.0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     shards = checkpoint.write_state(tmp, state, shard_mb)
-    for part in ["trainer_state.json", "config.yaml", *(p.name for p in ckpt.glob("data_state_rank*.json"))]:
+    for part in [schema.TRAINER_STATE, schema.CONFIG, *(p.name for p in ckpt.glob(schema.DATA_STATE_GLOB))]:
         shutil.copyfile(ckpt / part, tmp / part)
     writer = {"converted_from": "lfbm_dist checkpoint format 1"}
     write_atomic(tmp / MANIFEST, checkpoint.manifest_text(tmp, shards, writer))

@@ -18,10 +18,10 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from ... import state_schema as schema
 from ...config import Config
 from ...errors import LfbmError
 from ...logs import cpu_deepspeed_without_cuda
-from .. import state_schema as schema
 from ..fastpath import FastPath
 from . import zero
 from .launch import LaunchError, check_world_size, job_store, join_process_group, launcher_command, lost_rendezvous

@@ -53,11 +53,12 @@ def check_world_size(world_size: int) -> None:
         )
 
 
-def launcher_command(argv: list[str]) -> list[str]:
+def launcher_command(argv: list[str], parent: list[str] | None = None) -> list[str]:
     """The command line that started this run: the launcher's (accelerate launch, torchrun) when one
-    started us, else this process's own, as a user would type it."""
+    started us, else this process's own, as a user would type it. parent: the parent process's command
+    line (None: read it)."""
     script = os.path.basename(argv[0]) if argv else ""
-    parent = _parent_cmdline()
+    parent = _parent_cmdline() if parent is None else parent
     launched = any(x in " ".join(parent[:3]) for x in ("accelerate", "torchrun", "torch.distributed.run"))
     if "WORLD_SIZE" in os.environ and launched and any(a.endswith(script) for a in parent[1:]):
         # `python /path/bin/accelerate launch …` is typed as `accelerate launch …`; but

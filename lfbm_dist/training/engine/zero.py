@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ... import state_schema as schema
 from ...config import Config, ConfigError
-from .. import state_schema as schema
 
 _SAFE_GLOBALS = (  # plain data holders DeepSpeed pickles into ZeRO checkpoints
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
