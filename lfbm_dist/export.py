@@ -12,6 +12,7 @@ and evaluation load it with `load_exported` or `hub.load_pretrained` — no Deep
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -55,9 +56,27 @@ def _model_from(state: dict[str, torch.Tensor], cfg: Config, source: Path) -> LF
     return model
 
 
-def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema") -> Path:
+def describe_without_local_paths(cfg: Config) -> Config:
+    """The config as a published model should say it: the training data by name (the shard index's
+    folder and file), the run by its folder's name — nothing of the trainer's file system."""
+    d, t = cfg.data, cfg.train
+    shards = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).parent.name else Path(s).name for s in d.shards]
+    return cfg.model_copy(
+        update={
+            "data": d.model_copy(update={"shards": shards}),
+            "train": t.model_copy(update={"run_dir": Path(t.run_dir).name}),
+            "eval": cfg.eval.model_copy(update={"cache_dir": type(cfg.eval)().cache_dir}),
+        }
+    )
+
+
+def export(
+    ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema",
+    local_paths: bool = False,
+) -> Path:  # fmt: skip
     """overrides change the exported config's non-architecture settings (e.g. eval.*, langevin.test_num_steps);
-    weights: the EMA's (default) or the raw ones of the last step."""
+    weights: the EMA's (default) or the raw ones of the last step; local_paths: keep the training data's
+    and the run's paths in the config and the model card (by default they are described by name)."""
     cfg = load_config(ckpt_dir / schema.CONFIG, overrides)
     state = checkpoint_state_dict(ckpt_dir, weights)
     model = _model_from(state, cfg, ckpt_dir)
@@ -66,17 +85,19 @@ def export(ckpt_dir: Path, out_dir: Path, overrides: list[str] | tuple[str, ...]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".model.safetensors.tmp"
+    source = str(ckpt_dir) if local_paths else f"{ckpt_dir.parent.parent.name}/{ckpt_dir.name}"
+    cfg = cfg if local_paths else describe_without_local_paths(cfg)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()},
         str(tmp),
-        metadata={"format": "lfbm_dist-export/1", "source": str(ckpt_dir), "weights": weights},
+        metadata={"format": "lfbm_dist-export/1", "source": source, "weights": weights},
     )
     tmp.replace(out_dir / "model.safetensors")
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    from lfbm_dist.hub import write_hub_files  # config.json, README.md model card, samples.png
+    from lfbm_dist.hub import write_hub_files  # config.json (from config.yaml), model card, samples.png
 
     seen = schema.images_seen(ckpt_dir)
-    write_hub_files(out_dir, model, cfg, ckpt_dir, seen, weights)
+    write_hub_files(out_dir, model, cfg, ckpt_dir, seen, weights, source)
     apply_umask(out_dir)
     return out_dir / "model.safetensors"
 
@@ -89,12 +110,39 @@ def load_exported(
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
+    _agree(folder)
     cfg = load_config(folder / "config.yaml", overrides)
     try:
         state = load_file(str(folder / "model.safetensors"), device=str(map_location))
     except Exception as exc:
         raise CheckpointError(f"{folder}/model.safetensors: cannot read the export ({type(exc).__name__})") from None
     return _model_from(state, cfg, folder).eval().to(map_location), cfg
+
+
+def _agree(folder: Path) -> None:
+    """An export's config.json (the Hub's file, which users read and edit) says what its config.yaml
+    says (config.yaml is what the model is built from); one line naming the first difference if not."""
+    if not (folder / "config.json").is_file():
+        return
+
+    def flatten(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    try:
+        listed = flatten(json.loads((folder / "config.json").read_text()).get("config") or {})
+        built = flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{folder}: unreadable config.json or config.yaml ({type(exc).__name__})") from None
+    for key in sorted(set(listed) | set(built)):
+        if listed.get(key) != built.get(key):
+            raise CheckpointError(
+                f"{folder}: config.json and config.yaml disagree at {key} ({listed.get(key)!r} in config.json, "
+                f"{built.get(key)!r} in config.yaml); the model is built from config.yaml: make them agree, or "
+                "export again (lfbm-export)"
+            )
 
 
 def load_pretrained(
@@ -146,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output directory (model.safetensors + config.yaml)")
     weights = "the EMA's weights (default) or the last step's raw ones; the model card says which"
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help=weights)
+    p.add_argument("--local-paths", action="store_true",
+                   help="keep the training data's and the run's local paths in the config and the card")  # fmt: skip
     cli.add_overrides(p)
     args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     logs.setup()
@@ -163,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt is None:
             raise CheckpointError(f"{args.run}: no complete checkpoint")
         log.info("exporting %s (verifying, consolidating) ...", ckpt)
-        written = export(ckpt, args.out, args.overrides, args.weights)
+        written = export(ckpt, args.out, args.overrides, args.weights, args.local_paths)
         log.info("exported %s -> %s", ckpt, written)
         log.info("  sample:   lfbm-sample --export %s --num 64 --out %s/samples", args.out, args.out)
         return 0

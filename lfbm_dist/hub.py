@@ -29,8 +29,9 @@ PATTERNS = ["config.json", "config.yaml", "model.safetensors", "README.md", "sam
 
 
 def write_hub_files(
-    out_dir: Path, model, cfg: Config, source: Path, images_seen: int | None, weights: str = "ema"
-) -> None:
+    out_dir: Path, model, cfg: Config, source: Path, images_seen: int | None, weights: str = "ema",
+    described: str | None = None,
+) -> None:  # fmt: skip
     """config.json, samples.png and README.md beside an export's model.safetensors + config.yaml;
     weights: which weights the export carries (the EMA's or the raw ones), said in both."""
     from .image_grid import save_png
@@ -42,7 +43,8 @@ def write_hub_files(
     with torch.no_grad():
         samples = sample_images(model.eval(), list(range(16)), 0, torch.device("cpu"))
     save_png(samples, out_dir / "samples.png")
-    write_atomic(out_dir / "README.md", model_card(cfg, source, images_seen, _metrics(source), weights))
+    card = model_card(cfg, described or str(source), images_seen, _metrics(source), weights)
+    write_atomic(out_dir / "README.md", card)
 
 
 def _metrics(source: Path) -> dict:
@@ -55,9 +57,10 @@ def _metrics(source: Path) -> dict:
     return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def model_card(cfg: Config, source: Path, images_seen: int | None, metrics: dict, weights: str = "ema") -> str:
+def model_card(cfg: Config, source: str, images_seen: int | None, metrics: dict, weights: str = "ema") -> str:
     g, p, d = cfg.generator, cfg.prior, cfg.data
-    data = ", ".join(d.shards) if d.source == "shards" else f"packaged '{d.dataset}'"
+    data = f"shards {', '.join(d.shards)}" if d.source == "shards" else f"packaged '{d.dataset}'"
+    data += f", {d.resolution}², {g.image_channels} channel(s)"
     seen = f"{images_seen / 1000:g} kimg" if images_seen is not None else "unknown"
     rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())) or "| (none recorded) | |"
     return f"""---
@@ -74,7 +77,7 @@ likelihood with short-run Langevin posterior inference, trained with lfbm_dist.
 * Budget: {seen} seen of {cfg.train.total_kimg:g} kimg, seed {cfg.train.seed}, global batch {cfg.train.global_batch}
 * Langevin: K = {cfg.langevin.num_steps} steps, step size {cfg.langevin.step_size}, σ = {cfg.langevin.sigma}
 * Weights: {_WEIGHTS[weights](cfg)}
-* Exported from `{source}`
+* Exported from checkpoint `{source}`
 
 ## Metrics of the run
 

@@ -42,7 +42,7 @@ def test_the_split_into_files_depends_on_the_tensors_only():
 def _old_format(ckpt, old, deepspeed: bool):
     """`ckpt` rewritten as lfbm_dist wrote checkpoints before the single format (Accelerate's DDP
     files, or DeepSpeed's full_state.safetensors), with its flat manifest."""
-    state = read_state(ckpt)
+    state = {k: v for k, v in read_state(ckpt).items() if not schema.is_ema(schema.kind_of(k))}  # (came later)
     old.mkdir()
     for part in (schema.TRAINER_STATE, schema.CONFIG, schema.data_state_file(0)):
         shutil.copyfile(ckpt / part, old / part)
@@ -50,7 +50,7 @@ def _old_format(ckpt, old, deepspeed: bool):
         save_file({k: v for k, v in state.items() if not k.startswith("buffer/")}, str(old / "full_state.safetensors"))
         (old / "layout.json").write_text(json.dumps({"backend": "deepspeed", "zero_stage": 2, "world_size": 2}))
     else:
-        cfg = load_config(ckpt / "config.yaml")
+        cfg = load_config(ckpt / schema.CONFIG)
         model = build_model(cfg)
         adam = build_optimizer(cfg, model)
         model.load_state_dict(model_state_dict(state))
@@ -65,7 +65,7 @@ def _old_format(ckpt, old, deepspeed: bool):
     files = [p for p in old.iterdir() if p.is_file()]
     manifest = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files}
     (old / schema.MANIFEST).write_text(json.dumps(manifest))
-    (old / "COMPLETE").write_text("ok\n")
+    (old / schema.COMPLETE).write_text("ok\n")
     return state
 
 
@@ -97,3 +97,30 @@ def test_an_earlier_format_is_refused_in_one_line_then_converted_exactly(tmp_pat
     assert again.returncode == 2 and "already in the current format" in again.stderr
     resume = run("single", *TINY, f"train.run_dir={tmp_path / 'old'}", "train.resume=auto", "train.total_kimg=0.064")
     assert resume.returncode == 0 and "resumed from ckpt-000000000032" in resume.stdout, resume.stderr[-2000:]
+    # weight averaging came after this format: the converted run's averages start from its raw weights
+    assert "holds no ema, ema_std0.05, ema_std0.1: they start from its raw weights" in resume.stdout
+
+
+class _CodeOnLoad:
+    """What a pickle can carry and the weights-only loader refuses: an object rebuilt by running code."""
+
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
+def test_an_optimizer_pickle_that_would_run_code_is_refused_in_one_line(tmp_path, trained):
+    old = tmp_path / "old/checkpoints/ckpt-000000000032"
+    old.parent.mkdir(parents=True)
+    _old_format(latest(trained), old, deepspeed=False)
+    torch.save({"state": {}, "param_groups": [], "extra": _CodeOnLoad()}, old / "optimizer.bin")
+    manifest = json.loads((old / schema.MANIFEST).read_text())
+    manifest["optimizer.bin"] = {
+        "bytes": (old / "optimizer.bin").stat().st_size,
+        "sha256": file_digest(old / "optimizer.bin"),
+    }
+    (old / schema.MANIFEST).write_text(json.dumps(manifest))
+    proc = module("lfbm_dist.export", "--upgrade-checkpoint", str(old), timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "optimizer.bin cannot be read as plain tensors" in lines[0] and "never does" in lines[0], lines[0]
+    assert "this ran on load" not in proc.stdout + proc.stderr

@@ -37,6 +37,44 @@ def test_export_writes_the_hub_layout_and_a_model_card(exported):
     assert "Training data: packaged 'synthetic'" in card and "kimg seen of 0.064 kimg" in card
 
 
+def test_an_export_describes_the_model_without_the_trainers_local_paths(exported, tmp_path):
+    """config.json, config.yaml and the model card name the data and the run, not where they lay; local
+    paths only with --local-paths."""
+    run_dir, out = exported
+    for name in ("config.json", "config.yaml", "README.md"):
+        text = (out / name).read_text()
+        assert str(run_dir) not in text and str(run_dir.parent) not in text, name
+    assert f"Exported from checkpoint `{run_dir.name}/ckpt-" in (out / "README.md").read_text()
+    local = tmp_path / "local"
+    proc = module("lfbm_dist.export", "--run", str(run_dir), "--out", str(local), "--local-paths", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert str(run_dir) in (local / "config.yaml").read_text() and str(run_dir) in (local / "README.md").read_text()
+
+
+def test_a_model_folder_is_checked_as_a_config_is(exported, tmp_path):
+    """config.json (the Hub's file, which users edit) must say what config.yaml says; a size that would
+    not fit in this machine's memory is refused before anything is allocated — each in one line."""
+    _, out = exported
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    meta = json.loads((edited / "config.json").read_text())
+    meta["config"]["langevin"]["num_steps"] = 99
+    (edited / "config.json").write_text(json.dumps(meta))
+    proc = module("lfbm_dist.sample", "--export", str(edited), "--num", "4", "--out", str(tmp_path / "s1"))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "config.json and config.yaml disagree at langevin.num_steps (99 in config.json" in lines[0], lines[0]
+    huge = tmp_path / "huge"
+    shutil.copytree(out, huge)
+    for name in ("config.yaml", "config.json"):  # both, as a user scaling the model up would write them
+        text = (huge / name).read_text()
+        (huge / name).write_text(text.replace("ngf: 8", "ngf: 1000000").replace('"ngf": 8', '"ngf": 1000000'))
+    proc = module("lfbm_dist.sample", "--export", str(huge), "--num", "4", "--out", str(tmp_path / "s2"))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "GiB" in lines[0] and "generator.ngf=1000000" in lines[0] and "this machine has free" in lines[0], lines[0]
+
+
 def test_one_call_loads_the_folder_and_samples_what_the_checkpoint_samples(exported):
     run_dir, out = exported
     from_checkpoint, _, _ = load_for_inference(str(run_dir))

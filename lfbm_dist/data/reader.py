@@ -40,6 +40,16 @@ def verify(sample: Sample, checksums: dict[str, str]) -> None:
         raise SampleError(f"checksum mismatch (index {expected}, content {actual}): altered or corrupt bytes")
 
 
+def plain_cause(exc: BaseException) -> str:
+    """What went wrong reading a tar, in words (no stream reprs: webdataset appends `@ <_io.…>`)."""
+    text = str(exc).split(" @ <", 1)[0].strip()
+    if isinstance(exc, EOFError) or text in ("unexpected end of data", "truncated header", "empty file"):
+        return "the file ends inside a tar member: truncated"
+    if isinstance(exc, tarfile.TarError):
+        return f"not a readable tar ({text})" if text else "not a readable tar"
+    return text or type(exc).__name__
+
+
 def iter_samples(url: str, opts: IOOptions = DEFAULT_IO) -> Iterator[Sample]:
     """Samples in tar order. A corrupt, truncated or stalled shard raises ShardSkip naming the last
     good key, so the caller can count the rest of the shard as skipped."""
@@ -57,7 +67,7 @@ def iter_samples(url: str, opts: IOOptions = DEFAULT_IO) -> Iterator[Sample]:
     except ShardSkip as exc:
         raise ShardSkip(f"shard {exc} after key {last}", exc.unreachable) from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise ShardSkip(f"shard {url}: corrupt or truncated tar after key {last} ({exc})") from None
+        raise ShardSkip(f"shard {url}: corrupt or truncated tar after key {last} ({plain_cause(exc)})") from None
     finally:
         stream.close()
 

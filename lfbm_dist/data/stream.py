@@ -237,26 +237,26 @@ class ShardStream(IterableDataset):
                 verify(item, checksums)
             img = decode_image(item.members, d.channels, d.resolution, d.on_mismatch)
         except SampleError as exc:
-            if not counted:
-                return None
-            count = item.count if isinstance(item, _Skipped) else 1
+            skipped_rest = isinstance(item, _Skipped)
+            # "shard URL key K", or "shard URL" for the rest of a shard that could not be read
+            sample = f"shard {item.url}" if skipped_rest else f"shard {item.url} key {item.key}"
+            if not counted or sample in self.quiet:
+                return None  # met again (a later pass, a later epoch): skipped, not counted or said twice
+            count = item.count if skipped_rest else 1
             pos.corrupt += count
-            where = "" if isinstance(item, _Skipped) else f"shard {item.url} key {item.key}: "
-            if d.on_mismatch == "error" and not isinstance(item, _Skipped):
+            where = "" if skipped_rest else f"{sample}: "
+            if d.on_mismatch == "error" and not skipped_rest:
                 raise DataError(f"{where}{exc}") from None
-            sample = where.rstrip(": ")  # "shard URL key K" ("" for the skipped rest of a shard)
-            if not isinstance(item, _Skipped):
-                self._skipped_since_chunk.setdefault(stream, []).append(sample)
-            if sample not in self.quiet:  # reported in an earlier epoch: counted, not repeated
-                log.warning(
-                    "skipped %s%s [%d sample(s); %d/%d on stream %d this epoch]",
-                    where,
-                    exc,
-                    count,
-                    pos.corrupt,
-                    self.options.max_corrupt,
-                    stream,
-                )
+            self._skipped_since_chunk.setdefault(stream, []).append(sample)  # quiet in later epochs
+            log.warning(  # the first time this run: said once, with its cause
+                "skipped %s%s [%d sample(s); %d/%d on stream %d this epoch]",
+                where,
+                exc,
+                count,
+                pos.corrupt,
+                self.options.max_corrupt,
+                stream,
+            )
             if pos.corrupt > self.options.max_corrupt:
                 raise DataError(
                     f"more than data.max_corrupt_samples={self.options.max_corrupt} unusable samples "

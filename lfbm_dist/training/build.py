@@ -23,7 +23,42 @@ from ..data.urls import IOOptions, local_path
 from ..models import GENERATOR_SPECS, LFBM, EBMPrior, FlowPrior, GaussianPrior, build_generator
 
 
+class ModelTooLarge(ConfigError):
+    """A config whose model would not fit in this machine's memory: refused before allocating it."""
+
+
+def check_fits(cfg: Config, copies: int = 1) -> int:
+    """The model's parameter count, computed on the meta device (no memory, no compute); one line if
+    `copies` float32 copies of it (weights alone: 1; training with Adam and the averages: more) would
+    not fit in the memory this machine has available. Names the biggest part's size settings."""
+    import psutil
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the real build draws the same numbers
+        model = _assemble(cfg)
+    parts = {name: sum(p.numel() for p in m.parameters()) for name, m in model.named_children() if m is not None}
+    total = sum(parts.values())
+    need, have = total * 4 * copies, psutil.virtual_memory().available
+    if need > have:
+        g, p, i = cfg.generator, cfg.prior, cfg.inference
+        settings = {"generator": f"generator.ngf={g.ngf}, generator.nz={g.nz}",
+                    "prior": f"prior.flow_hidden={p.flow_hidden}, prior.flow_steps={p.flow_steps}",
+                    "encoder": f"inference.encoder_ndf={i.encoder_ndf}"}  # fmt: skip
+        biggest = max(parts, key=parts.get)
+        raise ModelTooLarge(
+            f"the model needs {need / 2**30:.1f} GiB ({total:,} parameters, {copies} float32 cop"
+            f"{'y' if copies == 1 else 'ies'}), more than the {have / 2**30:.1f} GiB this machine has free: "
+            f"its {biggest} has {parts[biggest]:,} ({settings.get(biggest, biggest)}); check those settings"
+        )
+    return total
+
+
 def build_model(cfg: Config) -> LFBM:
+    """The model of a config (refused in one line first if it would not fit in memory: check_fits)."""
+    check_fits(cfg)
+    return _assemble(cfg)
+
+
+def _assemble(cfg: Config) -> LFBM:
     g, p = cfg.generator, cfg.prior
     generator = build_generator(g.arch, nz=g.nz, ngf=g.ngf or None, image_channels=g.image_channels)
     priors = {

@@ -236,10 +236,15 @@ def verify(ckpt_dir: Path) -> dict[str, Any]:
                 f"{ckpt_dir}: cannot load checkpoint: {rel} is missing; resume from an earlier "
                 "checkpoint (train.resume=PATH)"
             )
-        if path.stat().st_size != want["bytes"] or file_digest(path) != want["sha256"]:
+        size = path.stat().st_size
+        if size != want["bytes"] or file_digest(path) != want["sha256"]:
+            how = (
+                f"{size} bytes, written with {want['bytes']}"
+                if size != want["bytes"]
+                else "same size, but its sha256 differs from the one written in the manifest: changed since"
+            )
             raise CheckpointDamaged(
-                f"{ckpt_dir}: cannot load checkpoint: {rel} is truncated or altered "
-                f"({path.stat().st_size} bytes, written with {want['bytes']}); resume from an "
+                f"{ckpt_dir}: cannot load checkpoint: {rel} is truncated or altered ({how}); resume from an "
                 "earlier checkpoint (train.resume=PATH)"
             )
     return manifest

@@ -21,7 +21,14 @@ from ..errors import GracefulStop
 from ..files import write_atomic
 from ..inference import GRAPHS
 from . import checkpoint, faults, rundir
-from .build import batch_statistics_warning, build_feed, default_streams, launched_world_size, resolve_batch_layout
+from .build import (
+    batch_statistics_warning,
+    build_feed,
+    check_fits,
+    default_streams,
+    launched_world_size,
+    resolve_batch_layout,
+)
 from .compile_cache import use_compile_cache
 from .engine import Engine, TrackerSpec, job_store, launcher_command, start_job
 from .engine.trackers import check_installed, flatten
@@ -46,6 +53,8 @@ def resume_command(argv: list[str], parent: list[str] | None = None) -> str:
 def train(cfg: Config, argv: list[str] | None = None) -> dict:
     """Train per cfg; returns the final trainer state (GracefulStop after a signal's checkpoint)."""
     check_installed(cfg.train.log_with)  # before anything is made: one line naming the pip command
+    # weights, gradients, Adam's two moments and the averages, in float32: one line if they cannot fit
+    check_fits(cfg, copies=4 + (cfg.ema.halflife_kimg > 0) + len(cfg.ema.posthoc_std))
     lock = hold_run_dir(cfg)  # one job per run directory: before anything in it is read or written
     try:
         return _train(cfg, argv, lock)

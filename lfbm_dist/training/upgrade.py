@@ -69,7 +69,14 @@ def _old_state(ckpt: Path) -> dict[str, torch.Tensor]:
             "a ZeRO checkpoint without full_state.safetensors cannot be converted"
         )
     weights = load_file(str(ckpt / "model.safetensors"))
-    optim = torch.load(ckpt / "optimizer.bin", weights_only=True, map_location="cpu")
+    try:
+        optim = torch.load(ckpt / "optimizer.bin", weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 — pickle.UnpicklingError, or torch's refusal of its globals
+        raise CheckpointError(
+            f"{ckpt}: optimizer.bin cannot be read as plain tensors ({type(exc).__name__}): it is a pickle that "
+            "would run code to load, which lfbm_dist never does; re-save it as plain tensors with the lfbm_dist "
+            "version that wrote it (torch.save of the state dict), then convert again"
+        ) from None
     state = {schema.key(schema.BUFFER, n): weights[n] for n in buffers}
     for index, name in enumerate(n for group in groups for n in group):  # torch numbers them group by group
         st = optim["state"].get(index, {})
