@@ -170,7 +170,7 @@ class WeightAverages:
         for kind, gamma in self.gammas.items():
             path = folder / f"{kind}-{images_seen:012d}.safetensors"
             tmp = path.with_suffix(".tmp")
-            tensors = {n: t.to("cpu", dtype) for n, t in self.kinds[kind].items()}
+            tensors = {n: t.to("cpu", dtype).contiguous() for n, t in self.kinds[kind].items()}  # NHWC weights
             meta = {
                 schema.STEPS_DONE: str(step),
                 schema.IMAGES_SEEN: str(images_seen),
