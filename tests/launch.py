@@ -234,16 +234,17 @@ def _warm():
 
 
 def module(
-    name: str, *args: str, timeout: int = 600, cold: bool = False, **extra_env: str
+    name: str, *args: str, timeout: int = 600, cold: bool = False, cwd: Path = ROOT, **extra_env: str
 ) -> subprocess.CompletedProcess:
-    """`python -m name args` in ROOT with env(**extra_env), as subprocess.run(capture_output=True) would.
-    cold=True starts a new interpreter, for runs whose environment a preloaded module reads at its import."""
-    return _python(["-m", name], list(args), timeout, cold, extra_env)
+    """`python -m name args` in cwd (ROOT) with env(**extra_env), as subprocess.run(capture_output=True)
+    would. cold=True starts a new interpreter, for runs whose environment a preloaded module reads at its
+    import."""
+    return _python(["-m", name], list(args), timeout, cold, extra_env, cwd)
 
 
 def script(path: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     """`python path args` (path relative to ROOT), likewise."""
-    return _python([path], list(args), timeout, False, extra_env)
+    return _python([path], list(args), timeout, False, extra_env, ROOT)
 
 
 def finished_run(run_dir: Path, *args: str, **extra_env: str) -> Path:
@@ -254,17 +255,17 @@ def finished_run(run_dir: Path, *args: str, **extra_env: str) -> Path:
 
 
 def _python(
-    target: list[str], args: list[str], timeout: int, cold: bool, extra_env: dict
+    target: list[str], args: list[str], timeout: int, cold: bool, extra_env: dict, cwd: Path
 ) -> subprocess.CompletedProcess:
     cmd = [PYTHON, *target, *args]
     ctx = None if cold else _warm()
     if ctx is None:
-        return captured(cmd, timeout, env(**extra_env))
+        return captured(cmd, timeout, env(**extra_env), cwd)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         out.touch()
         err.touch()
-        proc = ctx.Process(target=_as_main, args=(target, args, env(**extra_env), str(ROOT), str(out), str(err)))
+        proc = ctx.Process(target=_as_main, args=(target, args, env(**extra_env), str(cwd), str(out), str(err)))
         proc.start()
         proc.join(timeout)
         if proc.exitcode is None:

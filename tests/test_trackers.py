@@ -1,16 +1,20 @@
-"""Experiment trackers through Accelerate (train.log_with), for real and offline: MLflow (a local file
-store, read back with MlflowClient) and W&B (offline run folders, read back from their records) get the
-same scalars on the same images-seen axis as TensorBoard, the config as parameters and the image grids;
-a run killed with SIGKILL and resumed continues the same tracker runs with no step twice; lfbm-evaluate
-adds its results to them; a tracker whose package is missing is one line before anything is made; the
-swept settings reach TensorBoard's HParams plugin."""
+"""Experiment trackers through Accelerate (train.log_with), for real and offline: MLflow (a real `mlflow
+server` on a loopback port, over HTTP, read back with MlflowClient; and each store a user can name
+without one: MLflow's default, sqlite, a file store refused in one line or opted into) and W&B (offline
+run folders, read back from their records) get the same scalars on the same images-seen axis as
+TensorBoard, the config as parameters and the image grids; a run killed with SIGKILL and resumed
+continues the same tracker runs with no step twice; lfbm-evaluate adds its results to them; a tracker
+whose package is missing is one line before anything is made; the swept settings reach TensorBoard's
+HParams plugin."""
 
 import json
 import signal
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from launch import module, run
+from mlflow_server import mlflow_server
 from tb_read import hparams_of, read_events, scalar_series
 from wandb_read import run_contents
 
@@ -25,13 +29,16 @@ def _ok(proc):
 
 
 @pytest.mark.slow
-def test_mlflow_and_wandb_get_what_tensorboard_gets_and_a_sigkilled_run_continues_them(tmp_path, monkeypatch):
+def test_mlflow_and_wandb_get_what_tensorboard_gets_and_a_sigkilled_run_continues_them(tmp_path):
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        _trackers_continue(tmp_path, uri)
+
+
+def _trackers_continue(tmp_path, uri: str) -> None:
     from mlflow import MlflowClient
 
-    mlruns = tmp_path / "mlruns"
     offline = {
-        "MLFLOW_TRACKING_URI": mlruns.as_uri(),
-        "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3 asks to opt in to its file store
+        "MLFLOW_TRACKING_URI": uri,  # the server, over HTTP
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
     }
@@ -52,8 +59,7 @@ def test_mlflow_and_wandb_get_what_tensorboard_gets_and_a_sigkilled_run_continue
     events = read_events(run_dir / "tensorboard")
     tags = events.Tags()["scalars"]
     assert {"loss/generator", "recon_mse", "log_p_z", "lr/generator"} <= set(tags)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this test's own client too
-    client = MlflowClient(mlruns.as_uri())
+    client = MlflowClient(uri)
     (mlflow_run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert mlflow_run.info.run_id == ids["mlflow"]
     for tag in tags:  # MLflow's history is TensorBoard's: same steps, same (float32) values, no step twice
@@ -87,6 +93,61 @@ def test_mlflow_and_wandb_get_what_tensorboard_gets_and_a_sigkilled_run_continue
         "train.total_kimg": 0.064,
         "optim.lr_prior": 0.0005,
     }
+
+
+def _mlflow_history_is_tensorboards(store: str, run_dir) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    (mlflow_run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert mlflow_run.info.run_id == json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    events = read_events(run_dir / "tensorboard")
+    history = client.get_metric_history(mlflow_run.info.run_id, "recon_mse")
+    assert sorted((m.step, float(np.float32(m.value))) for m in history) == scalar_series(events, "recon_mse")
+
+
+@pytest.mark.slow
+def test_mlflow_runs_on_its_default_store_and_sqlite_and_a_file_store_is_one_line_with_the_fix(tmp_path):
+    """Each store a user can name with no server: none (MLflow 3's default, sqlite:///mlflow.db in the
+    working folder), sqlite:///, a file store (refused with the fix before anything is made; accepted
+    with MLflow's opt-in variable); and a server that does not answer, refused likewise."""
+    config = ["--config", str(ROOT / "configs/test_tiny.yaml"), "train.total_kimg=0.016", "train.log_every_kimg=0.008"]
+    config.append("train.log_with=[tensorboard,mlflow]")
+
+    def train(name: str, **store):
+        folder = tmp_path / name
+        folder.mkdir()
+        return folder, module("lfbm_dist.train", *config, f"train.run_dir={folder / 'run'}", cwd=folder, **store)
+
+    default, proc = train("default", MLFLOW_TRACKING_URI=None, MLFLOW_ALLOW_FILE_STORE=None)
+    _ok(proc)
+    _mlflow_history_is_tensorboards(f"sqlite:///{default / 'mlflow.db'}", default / "run")
+    sqlite, proc = train("sqlite", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'sqlite/runs.db'}")
+    _ok(proc)
+    _mlflow_history_is_tensorboards(f"sqlite:///{sqlite / 'runs.db'}", sqlite / "run")
+
+    store = (tmp_path / "file/mlruns").as_uri()
+    folder, refused = train("file", MLFLOW_TRACKING_URI=store, MLFLOW_ALLOW_FILE_STORE=None)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and errors == [refused.stderr.strip().splitlines()[-1]], refused.stderr
+    assert "MLFLOW_TRACKING_URI=sqlite:///mlflow.db" in errors[0] and "MLFLOW_ALLOW_FILE_STORE=true" in errors[0]
+    assert not (folder / "run").exists() and not (folder / "mlruns").exists()
+    opted_in = {"MLFLOW_TRACKING_URI": store, "MLFLOW_ALLOW_FILE_STORE": "true"}
+    _ok(module("lfbm_dist.train", *config, f"train.run_dir={folder / 'run'}", cwd=folder, **opted_in))
+    assert (folder / "mlruns").is_dir() and (folder / "run/trackers.json").is_file()
+
+    port = _closed_port()
+    _, refused = train("server", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    (error,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and f"http://127.0.0.1:{port} did not answer" in error, refused.stderr
+    assert "mlflow server --backend-store-uri sqlite:///mlflow.db" in error
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening (bound, then closed)."""
+    from mlflow_server import free_port
+
+    return free_port()
 
 
 @pytest.mark.slow

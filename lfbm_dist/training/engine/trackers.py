@@ -24,6 +24,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -48,11 +49,64 @@ PACKAGES = {
 
 def check_installed(names: list[str]) -> None:
     """One line naming the pip command for the first tracker whose package is missing (Accelerate
-    itself would drop it with a warning and train on untracked)."""
+    itself would drop it with a warning and train on untracked), and for an MLflow store that MLflow
+    would refuse or cannot reach; before anything is made."""
     for name in names:
         module, pip = PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"train.log_with={name}: the {module} package is not installed; {pip}")
+    if "mlflow" in names:
+        check_mlflow_store()
+
+
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+SERVER_HINT = "mlflow server --backend-store-uri sqlite:///mlflow.db --host 0.0.0.0 --port 5000"
+
+
+def check_mlflow_store() -> str:
+    """The tracking URI MLflow will use (MLFLOW_TRACKING_URI, else its default: sqlite:///mlflow.db in
+    the working folder, or ./mlruns where that folder exists), refused in one line naming the fix where
+    MLflow would refuse it later with a traceback: a file store without MLflow's opt-in variable (in
+    maintenance mode since MLflow 3), an SQL store without MLflow's SQL support (mlflow-skinny), a
+    server that does not answer."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme = urlparse(uri).scheme.split("+")[0]
+    where = f"train.log_with=mlflow: the MLflow store {uri}"
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise ConfigError(
+                f"{where} is a file store, which MLflow 3 refuses (maintenance mode); use "
+                "MLFLOW_TRACKING_URI=sqlite:///mlflow.db (or a server, http://HOST:5000), or set "
+                "MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
+            )
+    elif scheme in SQL_SCHEMES:
+        if importlib.util.find_spec("sqlalchemy") is None or importlib.util.find_spec("alembic") is None:
+            raise ConfigError(f"{where} needs MLflow's SQL store (the full mlflow package); pip install -e '.[mlflow]'")
+        path = Path(uri.partition(":///")[2]) if scheme == "sqlite" else None
+        if path is not None and not path.parent.is_dir():
+            raise ConfigError(f"{where}: the folder {path.parent} does not exist; create it or fix MLFLOW_TRACKING_URI")
+    elif scheme in ("http", "https"):
+        _check_server(uri, where)
+    return uri
+
+
+def _check_server(uri: str, where: str) -> None:
+    """MLflow's /health endpoint answers, within seconds (not MLflow's own retries over minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=15) as answer:
+            if answer.status == 200:
+                return
+            problem = f"HTTP {answer.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise ConfigError(f"{where} did not answer ({problem}); start it ({SERVER_HINT}) or fix MLFLOW_TRACKING_URI")
 
 
 @dataclass(frozen=True)
