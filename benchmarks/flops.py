@@ -12,51 +12,9 @@ Excluded (small at 256²): the flow prior (≈ 0.6 M MACs per pass), activations
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-
-def generator_forward_flops(generator: nn.Module, nz: int) -> int:
-    """FLOPs of one forward pass for ONE image, by running shapes through the real module."""
-    total = 0
-
-    def hook(module: nn.Module, inputs, output) -> None:
-        nonlocal total
-        if isinstance(module, nn.ConvTranspose2d):
-            x = inputs[0]
-            k_h, k_w = module.kernel_size
-            total += (
-                2 * module.in_channels * module.out_channels // module.groups * k_h * k_w * x.shape[-2] * x.shape[-1]
-            )
-        elif isinstance(module, nn.Conv2d):
-            k_h, k_w = module.kernel_size
-            total += (
-                2
-                * module.in_channels
-                // module.groups
-                * module.out_channels
-                * k_h
-                * k_w
-                * output.shape[-2]
-                * output.shape[-1]
-            )
-        elif isinstance(module, nn.Linear):  # the mnist28 generator's fully-connected layers
-            total += 2 * module.in_features * module.out_features
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in generator.modules()
-        if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear))
-    ]
-    was_training = generator.training
-    try:
-        with torch.no_grad():  # eval: BatchNorm cannot take a batch of one in training mode
-            generator.eval()(torch.zeros(1, nz, device=next(generator.parameters()).device))
-    finally:
-        generator.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
+from lfbm_dist.training.workload import generator_forward_flops  # the cost model lfbm-evaluate counts with
 
 
 def iteration_flops_per_image(generator: nn.Module, nz: int, num_langevin_steps: int) -> dict[str, int]:

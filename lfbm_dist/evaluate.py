@@ -30,20 +30,6 @@ from lfbm_dist.inference import GRAPHS  # noqa: E402
 from lfbm_dist.training.evaluation import INPAINT_COLUMNS, METRICS, run_metrics, tensorboard_tags  # noqa: E402
 
 log = logging.getLogger("lfbm_dist")
-CPU_IMAGES_PER_MIN = {"fid": 400, "chain_steps": 60_000}  # rough 2-core CPU rates for the up-front estimate
-
-
-def estimate_minutes(cfg, metrics: list[str], world: int) -> float:
-    """A rough CPU duration, said up front when it is long (GPU runs are far faster)."""
-    e, lv = cfg.eval, cfg.langevin
-    steps = 0
-    if "recon" in metrics:
-        steps += e.recon_samples * lv.test_num_steps
-    if "inpaint" in metrics:
-        steps += e.inpaint_samples * lv.test_num_steps * e.inpaint_completions
-    fid_min = e.fid_num_samples / CPU_IMAGES_PER_MIN["fid"] if "fid" in metrics else 0.0
-    scale = (cfg.data.resolution / 32) ** 2  # generator cost grows with the image area
-    return (fid_min + steps * scale / CPU_IMAGES_PER_MIN["chain_steps"]) / world
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,30 +85,15 @@ def _evaluate(args, metrics: list[str]) -> int:
     log.info("fast path: %s", fast.describe())
     if fast.compile_mode:  # the training run's compiled graphs, if they are there: a warm start
         log.info(use_compile_cache(cfg.perf.compile_cache, run_dir if run_dir.is_dir() else None))
-    minutes = estimate_minutes(cfg, metrics, engine.world_size) if engine.device.type == "cpu" else 0.0
-    log.info(
-        "evaluating %s on %d rank(s) (%s): %s%s",
-        args.export or args.checkpoint or run_dir,
-        engine.world_size,
-        engine.device,
-        ", ".join(metrics),
-        f"; ≈ {minutes:.0f} min on CPU (fewer samples: "
-        "eval.fid_num_samples=…, eval.recon_samples=…, langevin.test_num_steps=…)"
-        if minutes > 2
-        else "",
-    )
+    log.info("evaluating %s on %d rank(s) (%s): %s", args.export or args.checkpoint or run_dir,
+             engine.world_size, engine.device, ", ".join(metrics))  # fmt: skip
+    lengths = [x for x in args.ema_length.split(",") if x.strip()]
     started = time.time()
     images: dict = {}
-    results = run_metrics(
-        model,
-        cfg,
-        metrics,
-        engine.device,
-        engine,
-        images,
-        show_progress=True,
-        chain=(chain := fast.test_time_runner(cfg.eval.fid_batch, FastPath.test_time_autocast(cfg))),
-    )
+    chain = fast.test_time_runner(cfg.eval.fid_batch, FastPath.test_time_autocast(cfg))
+    announce = (lambda line: log.info("time: %s", line)) if engine.is_main else (lambda _line: None)
+    kw = {"show_progress": True, "chain": chain, "announce": announce, "extra_fids": len(lengths) + 2 * bool(lengths)}
+    results = run_metrics(model, cfg, metrics, engine.device, engine, images, **kw)
     results["weights"] = _weights_of(args)
     if args.ema_length:
         results.update(_posthoc(args, model, cfg, run_dir, engine, chain))

@@ -22,6 +22,7 @@ test digits about equally well: the difference is the prior, which the flow lear
 latents that inference produces ("what the prior learned", in nats, in the table above).
 
 Next:  tensorboard --logdir $OUT                     (losses, samples and reconstructions over training)
-       lfbm-evaluate --run $OUT/flow --metrics fid   (real FID; minutes on a CPU)
+       lfbm-evaluate --run $OUT/flow --metrics fid eval.fid_num_samples=5000
+                                                     (real FID; it says up front how long it takes)
        lfbm-repro summary experiments/table4_anomaly.yaml   (the paper's tables, docs/REPRODUCTION.md)
 EOT

@@ -33,7 +33,11 @@ def test_inpainting_by_digit_proxy_keeps_visible_pixels_and_needs_no_inception(t
     cfg = load_config("configs/mnist28.yaml", [*OVERRIDES, absent])
     model = _model(cfg)
     images: dict = {}
-    results = run_metrics(model, cfg, ["inpaint"], torch.device("cpu"), images=images)
+    said: list[str] = []
+    results = run_metrics(model, cfg, ["inpaint"], torch.device("cpu"), images=images, announce=said.append)
+    # the time estimate: one line, counting the work (40 images × 2 completions × 3 steps), no Inception
+    assert len(said) == 1 and "\n" not in said[0] and said[0].startswith("≈ "), said
+    assert "240 Langevin sample-steps, 0 samples, 0 Inception images" in said[0], said
     assert 0 < results["inpaint_mse"] < 1 and results["inpaint_digit_fd"] > 0
     assert 0 <= results["inpaint_recognisable"] <= 1 and "inpaint_fid" not in results
     assert images["inpainting"].shape[1:] == (1, 28, 28)
@@ -46,6 +50,23 @@ def test_inpainting_by_digit_proxy_keeps_visible_pixels_and_needs_no_inception(t
     assert torch.equal(done[~hole.expand_as(x)], x[~hole.expand_as(x)])  # visible pixels untouched
     with torch.no_grad():
         assert not torch.allclose(done[hole.expand_as(x)], x[hole.expand_as(x)])  # the hole is g(z)'s
+
+
+def test_the_estimate_counts_each_metrics_work_and_the_generators_flops():
+    from lfbm_dist.training import workload
+
+    cfg = load_config("configs/mnist28.yaml", [*OVERRIDES, "eval.recon_samples=30", "eval.fid_num_samples=50"])
+    sizes = {("test", 30): 30, ("test", 40): 40, ("test", 0): 1000, ("train", 30): 30}
+    work = workload.count(cfg, ["fid", "recon", "inpaint", "anomaly", "aggpost"], lambda *k: sizes[k], extra_fids=3)
+    lv = cfg.langevin
+    steps = 30 * lv.test_num_steps + 40 * 2 * lv.test_num_steps + 1000 * lv.test_num_steps + 30 * lv.num_steps
+    assert (work.chain_steps, work.samples, work.inception_images) == (steps, 4 * 50, 4 * 50)
+    rates = workload.Rates(chain_step=1e-3, sample=2e-3, inception_image=1e-2)
+    seconds, line = workload.describe(work, rates, world=2, generator_flops=10**6)
+    assert seconds == (steps * 1e-3 + 200 * 2e-3 + 200 * 1e-2) / 2 and "\n" not in line
+    # the MNIST generator: Linear 20→1024→6272 (128×7×7), ConvTranspose 128→64 (k2, on 7×7), 64→1 (k2, on 14×14)
+    flops = workload.generator_forward_flops(build_model(cfg).generator, cfg.generator.nz)
+    assert flops == 2 * (20 * 1024 + 1024 * 6272 + 128 * 64 * 4 * 7 * 7 + 64 * 1 * 4 * 14 * 14)
 
 
 def test_inpainting_quality_is_fid_by_default():

@@ -134,6 +134,11 @@ def save_cached(cache_dir: Path, key: str, mu, sigma, n: int, settings: dict) ->
     return path
 
 
+def is_cached(settings: dict, cache_dir: Path) -> bool:
+    """Whether reference_stats will read these statistics instead of computing them."""
+    return _cache_path(cache_dir, cache_key(settings)).is_file()
+
+
 def reference_stats(
     settings: dict, cache_dir: Path, compute: Callable[[], FeatureStats], comm: Collectives = SINGLE_PROCESS
 ):

@@ -4,6 +4,7 @@ number of ranks (every call is collective through the engine's collectives)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,17 +76,8 @@ class Suite:
     # ------------------------------------------------------------------ FID
     def fid_reference(self) -> None:
         """The FID network and the training images' statistics (cached under their settings)."""
-        from ..metrics.inception import load_inception
-
         e, c = self.cfg.eval, self.comm
-        self.inception = load_inception(e.inception).to(self.device)
-        settings = {
-            "data": eval_reader.identity(self.data, "train"),
-            "resolution": self.cfg.data.resolution,
-            "channels": self.cfg.generator.image_channels,
-            "ref_samples": e.fid_ref_samples,
-            "network": self.inception.name,
-        }
+        settings = self._reference_settings()
 
         def compute():
             with self.bar(self.count("train", e.fid_ref_samples), "FID reference statistics") as p:
@@ -102,6 +94,51 @@ class Suite:
                 "fid_ref_cache": cache,
             }
         )
+
+    def _reference_settings(self) -> dict:
+        """The reference statistics' cache key (loads the FID network once)."""
+        from ..metrics.inception import load_inception
+
+        if self.inception is None:
+            self.inception = load_inception(self.cfg.eval.inception).to(self.device)
+        return {
+            "data": eval_reader.identity(self.data, "train"),
+            "resolution": self.cfg.data.resolution,
+            "channels": self.cfg.generator.image_channels,
+            "ref_samples": self.cfg.eval.fid_ref_samples,
+            "network": self.inception.name,
+        }
+
+    def estimate(self, metrics: list[str], extra_fids: int = 0) -> tuple[float, str]:
+        """(seconds, one line): this evaluation's work, timed on one batch of each kind here."""
+        from ..metrics.sampling import infer, sample_images
+        from . import workload
+
+        e, lv = self.cfg.eval, self.cfg.langevin
+        work = workload.count(self.cfg, metrics, self.count, extra_fids)
+        uses_inception = work.inception_images > 0
+        if uses_inception and not fidlib.is_cached(self._reference_settings(), Path(e.cache_dir)):
+            work.inception_images += self.count("train", e.fid_ref_samples)
+        x = next(iter(self.batches(e.split, e.fid_batch)))[0] if work.chain_steps else None
+
+        def chains(n, steps):
+            infer(self.model, x[:n], list(range(len(x[:n]))), e.seed, steps, lv.step_size)
+
+        def samples(n, _steps):
+            with torch.no_grad():
+                return sample_images(self.model, list(range(n)), e.seed, self.device)
+
+        def inception(n, _steps):
+            with torch.no_grad():
+                self.inception(fidlib.to_uint8(samples(n, 1)))
+
+        rates = workload.calibrate(
+            work, self.device, e.fid_batch, chains, samples, inception if uses_inception else None
+        )
+        if uses_inception:  # the Inception batch also drew its images: count the network alone
+            rates = workload.Rates(rates.chain_step, rates.sample, max(rates.inception_image - rates.sample, 0.0))
+        flops = workload.generator_forward_flops(self.model.generator, self.model.nz)
+        return workload.describe(work, rates, self.comm.world_size, flops)
 
     def fid(self) -> None:
         from ..metrics.sampling import sample_images
@@ -284,10 +321,15 @@ def run_metrics(
     images: dict | None = None,
     show_progress: bool = False,
     chain: ChainRunner = EAGER,
+    announce: Callable[[str], None] | None = None,
+    extra_fids: int = 0,
 ) -> dict:
     """Compute `metrics` (collective: every rank calls it). `images`, if given, receives eval image grids;
-    `chain`: how the test-time Langevin chains run (FastPath.test_time_runner: compiled, padded batches)."""
+    `chain`: how the test-time Langevin chains run (FastPath.test_time_runner: compiled, padded batches);
+    `announce`, if given, receives the time estimate's line first (with `extra_fids` FIDs to follow)."""
     suite = Suite(model, cfg, device, comm, show_progress, chain=chain)
+    if announce is not None:
+        announce(suite.estimate(metrics, extra_fids)[1])
     if "fid" in metrics or ("inpaint" in metrics and cfg.eval.inpaint_quality == "fid"):
         suite.fid_reference()
     for name in METRICS:
