@@ -255,7 +255,7 @@ def finished_run(run_dir: Path, *args: str, **extra_env: str) -> Path:
 
 
 def _python(
-    target: list[str], args: list[str], timeout: int, cold: bool, extra_env: dict, cwd: Path
+    target: list[str], args: list[str], timeout: int, cold: bool, extra_env: dict, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess:
     cmd = [PYTHON, *target, *args]
     ctx = None if cold else _warm()
