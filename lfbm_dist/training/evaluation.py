@@ -119,10 +119,11 @@ class Suite:
         uses_inception = work.inception_images > 0
         if uses_inception and not fidlib.is_cached(self._reference_settings(), Path(e.cache_dir)):
             work.inception_images += self.count("train", e.fid_ref_samples)
-        x = next(iter(self.batches(e.split, e.fid_batch)))[0] if work.chain_steps else None
+        x = next(iter(self.batches(e.split, min(e.fid_batch, work.chain_images))))[0] if work.chain_steps else None
 
-        def chains(n, steps):
-            infer(self.model, x[:n], list(range(len(x[:n]))), e.seed, steps, lv.step_size)
+        def chains(n, steps):  # n images (the split's first batch, repeated if it holds fewer)
+            xs = x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
+            infer(self.model, xs, list(range(n)), e.seed, steps, lv.step_size)
 
         def samples(n, _steps):
             with torch.no_grad():

@@ -18,6 +18,7 @@ from torch import nn
 # InceptionV3 at 299×299: 5.71 G multiply-accumulates (torchvision's model card), FLOPs = 2 × MACs.
 # Only a unit: the FID network's rate is timed, so the estimate does not depend on this figure.
 INCEPTION_FLOPS = 2 * 5_713_000_000
+INCEPTION_BATCH = 16  # images the FID network's rate is timed on
 
 
 def forward_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
@@ -63,6 +64,11 @@ class Work:
     chain_steps: int = 0
     samples: int = 0
     inception_images: int = 0
+    chain_images: int = 0  # the most images one chain metric infers (its batches are at most this)
+
+    def chains(self, images: int, steps: int) -> None:
+        self.chain_steps += images * steps
+        self.chain_images = max(self.chain_images, images)
 
 
 def count(cfg, metrics: list[str], split_size: Callable[[str, int], int], extra_fids: int = 0) -> Work:
@@ -73,17 +79,17 @@ def count(cfg, metrics: list[str], split_size: Callable[[str, int], int], extra_
     w.samples += fids * e.fid_num_samples + ("digits" in metrics) * e.fid_num_samples
     w.inception_images += fids * e.fid_num_samples
     if "recon" in metrics:
-        w.chain_steps += split_size(e.split, e.recon_samples) * lv.test_num_steps
+        w.chains(split_size(e.split, e.recon_samples), lv.test_num_steps)
     if "inpaint" in metrics:
         n = split_size(e.split, e.inpaint_samples)
-        w.chain_steps += n * e.inpaint_completions * lv.test_num_steps
+        w.chains(n, e.inpaint_completions * lv.test_num_steps)
         w.inception_images += n if e.inpaint_quality == "fid" else 0
     if "anomaly" in metrics:
-        w.chain_steps += split_size("test", 0) * lv.test_num_steps
+        w.chains(split_size("test", 0), lv.test_num_steps)
     if "aggpost" in metrics:
-        w.chain_steps += split_size("train", e.recon_samples) * lv.num_steps
+        w.chains(split_size("train", e.recon_samples), lv.num_steps)
     if "recovery" in metrics:
-        w.chain_steps += split_size("train", e.recon_samples) * lv.test_num_steps
+        w.chains(split_size("train", e.recon_samples), lv.test_num_steps)
     return w
 
 
@@ -112,19 +118,21 @@ def calibrate(
     """Each *_batch(n, steps) runs n units of its kind (Langevin steps on n images, n prior samples, n
     Inception images); each kind the work needs is run once untimed (first-call costs) and once timed, on
     the evaluation's own batch size (per-image costs fall with the batch: 0.83 ms per MNIST sample-step
-    at 32 against 0.55 at 100 on 2 CPU cores)."""
+    at 32 against 0.55 at 100 on 2 CPU cores) — except the Inception network, whose cost per image does
+    not (99–155 ms per image at batches of 4 to 100 on 2 CPU cores), timed on INCEPTION_BATCH images
+    after a first call on 2: on CPU a batch of 100 would add ≈ 25 s to every evaluation."""
 
-    def per_unit(run, needed: int, steps: int = 1) -> float:
+    def per_unit(run, needed: int, steps: int = 1, cap: int | None = None) -> float:
         if not needed or run is None:
             return 0.0
-        n = min(batch, needed)
-        run(n, 1)
+        n = min(batch, needed, cap or batch)
+        run(n if cap is None else min(n, 2), 1)
         return _timed(lambda: run(n, steps), device) / (n * steps)
 
     return Rates(
-        chain_step=per_unit(chain_batch, work.chain_steps, steps=2),
+        chain_step=per_unit(chain_batch, work.chain_images, steps=2),
         sample=per_unit(sample_batch, work.samples),
-        inception_image=per_unit(inception_batch, work.inception_images),
+        inception_image=per_unit(inception_batch, work.inception_images, cap=INCEPTION_BATCH),
     )
 
 
