@@ -154,6 +154,9 @@ def _final_keys(keys_dir) -> list[str]:
     return [k for r in rows if r["attempt"] == newest[r["step"]] for k in r["keys"]]
 
 
+TORCH_LOG_RECORD = re.compile(r"[EWI]\d{4} \d\d:\d\d:\d\d")  # torch elastic's own log records (glog format)
+
+
 def _lose_a_node(nodes, run_dir, args: list[str], after: str, lost: int, timeout: int):
     """Both nodes of an elastic job (_elastic_node); once checkpoint `after` exists, SIGKILL node `lost`'s
     agent and worker at once (the node is gone). Returns the other node's process, its stdout and stderr,
@@ -217,10 +220,16 @@ def test_losing_the_node_that_hosts_the_rendezvous_is_one_line_naming_it_and_the
     # stack dumps and tracebacks go to its log file); what follows is torch elastic's agent, quieted by
     # README's settings (TORCH_LOGS=-distributed, TORCH_CPP_LOG_LEVEL=ERROR) down to the traceback of its
     # own uncaught RendezvousConnectionError, which no setting of torch's suppresses.
+    # The agent's traceback has two lengths, by which of its loops meets the lost store first: its monitor
+    # (≈ 45 lines) or, when our worker exits first, its restart of the workers (≈ 18 lines more, after its
+    # own "failed (exitcode …)" log record). So the test checks what each line is, not how many there are.
     lines = err.splitlines()
     after = lines[lines.index(first) + 1 :]
     agent = after.index("Traceback (most recent call last):") if "Traceback (most recent call last):" in after else 0
-    assert agent <= 10, after[:12]  # the worker's own lines after its first error line: none expected
-    assert "RendezvousConnectionError" in after[-1] and len(lines) <= 60, (len(lines), lines[:5])
+    worker_lines = [ln for ln in after[:agent] if not TORCH_LOG_RECORD.match(ln)]
+    assert not worker_lines, worker_lines  # the worker's own lines after its first error line: none
+    assert agent <= 10 and "RendezvousConnectionError" in after[-1], after[:12]
+    ours = [ln for ln in lines[: lines.index(first) + 1 + agent] if not TORCH_LOG_RECORD.match(ln)]
+    assert len(ours) <= 2, ours  # the whole console but the agent's: our line, perhaps the stop note
     assert f"the node hosting the job's rendezvous ({ADDRESSES[0]}:{port}) is gone" in first, first
     assert "--rdzv-endpoint" in first and "train.resume=auto" in first, first
