@@ -6,21 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from launch import PYTHON, env
+from launch import PYTHON, env, free_port
 
 START_LIMIT_S = 180  # a generous cap on a cold start (imports, database migration) on a busy CI machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

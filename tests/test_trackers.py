@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 from conftest import ROOT
-from launch import module, run
+from launch import free_port, module, run
 from mlflow_server import mlflow_server
 from tb_read import hparams_of, read_events, scalar_series
 from wandb_read import run_contents
@@ -136,18 +136,11 @@ def test_mlflow_runs_on_its_default_store_and_sqlite_and_a_file_store_is_one_lin
     _ok(module("lfbm_dist.train", *config, f"train.run_dir={folder / 'run'}", cwd=folder, **opted_in))
     assert (folder / "mlruns").is_dir() and (folder / "run/trackers.json").is_file()
 
-    port = _closed_port()
+    port = free_port()  # a loopback port with nothing listening (bound, then closed)
     _, refused = train("server", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
     (error,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert refused.returncode == 2 and f"http://127.0.0.1:{port} did not answer" in error, refused.stderr
     assert "mlflow server --backend-store-uri sqlite:///mlflow.db" in error
-
-
-def _closed_port() -> int:
-    """A loopback port with nothing listening (bound, then closed)."""
-    from mlflow_server import free_port
-
-    return free_port()
 
 
 @pytest.mark.slow
