@@ -69,6 +69,7 @@ def _evaluate(args, metrics: list[str]) -> int:
     from lfbm_dist.training.compile_cache import use_compile_cache
     from lfbm_dist.training.engine import Engine
     from lfbm_dist.training.fastpath import FastPath
+    from lfbm_dist.training.posthoc import fid_count
 
     model, cfg, images_seen = load_for_inference(
         args.run, args.checkpoint, args.export, args.overrides, weights=args.weights
@@ -87,16 +88,16 @@ def _evaluate(args, metrics: list[str]) -> int:
         log.info(use_compile_cache(cfg.perf.compile_cache, run_dir if run_dir.is_dir() else None))
     log.info("evaluating %s on %d rank(s) (%s): %s", args.export or args.checkpoint or run_dir,
              engine.world_size, engine.device, ", ".join(metrics))  # fmt: skip
-    lengths = [x for x in args.ema_length.split(",") if x.strip()]
+    lengths = [float(x) for x in args.ema_length.split(",") if x.strip()]
     started = time.time()
     images: dict = {}
     chain = fast.test_time_runner(cfg.eval.fid_batch, FastPath.test_time_autocast(cfg))
     announce = (lambda line: log.info("time: %s", line)) if engine.is_main else (lambda _line: None)
-    kw = {"show_progress": True, "chain": chain, "announce": announce, "extra_fids": len(lengths) + 2 * bool(lengths)}
+    kw = {"show_progress": True, "chain": chain, "announce": announce, "extra_fids": fid_count(lengths)}
     results = run_metrics(model, cfg, metrics, engine.device, engine, images, **kw)
     results["weights"] = _weights_of(args)
     if args.ema_length:
-        results.update(_posthoc(args, model, cfg, run_dir, engine, chain))
+        results.update(_posthoc(args, lengths, model, cfg, run_dir, engine, chain))
     if engine.is_main:
         results[schema.IMAGES_SEEN] = images_seen
         out = Path(args.out) if args.out else run_dir / "metrics.json"
@@ -122,14 +123,13 @@ def _weights_of(args) -> str:
         return (f.metadata() or {}).get("weights", "raw")
 
 
-def _posthoc(args, model, cfg, run_dir: Path, engine, chain) -> dict:
+def _posthoc(args, lengths: list[float], model, cfg, run_dir: Path, engine, chain) -> dict:
     """--ema-length: FID by post-hoc EMA length (training/posthoc.py), the figure from rank 0."""
     from lfbm_dist.training.checkpoint import CheckpointError, latest
     from lfbm_dist.training.posthoc import FIGURE, draw, fid_by_ema_length
 
     if args.export:
         raise CheckpointError("--ema-length needs the run (--run or --checkpoint): an export keeps one set of weights")
-    lengths = [float(x) for x in args.ema_length.split(",") if x.strip()]
     ckpt = Path(args.checkpoint) if args.checkpoint else latest(run_dir)
     found = fid_by_ema_length(model, cfg, run_dir, ckpt, lengths, engine, chain, device=engine.device)
     if engine.is_main:

@@ -37,6 +37,23 @@ log = logging.getLogger("lfbm_dist")
 POSTHOC_DIR = "ema_posthoc"  # RUN_DIR/ema_posthoc/ema_std<σ>-<images>.safetensors
 
 
+@contextlib.contextmanager
+def weights_loaded(model: nn.Module, named: dict[str, torch.Tensor]):
+    """The model with these parameter values inside, the ones it had restored after — in place, so the
+    parameters keep their addresses (compiled and recorded chains stay valid)."""
+    params = dict(model.named_parameters())
+    kept = {n: params[n].detach().clone() for n in named}
+    try:
+        with torch.no_grad():
+            for name, value in named.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, value in kept.items():
+                params[name].copy_(value)
+
+
 # ---------------------------------------------------------------------------- power-function profiles
 def std_to_gamma(std: float) -> float:
     """The exponent γ of the power-function profile whose relative standard deviation is `std`:
@@ -141,22 +158,12 @@ class WeightAverages:
     # ------------------------------------------------------------------ using them
     @contextlib.contextmanager
     def applied(self, model: nn.Module, kind: str = schema.EMA):
-        """The model with the averaged weights inside, the raw ones restored after — in place, so the
-        parameters keep their addresses (compiled and recorded chains stay valid)."""
+        """The model with the averaged weights inside, the raw ones restored after (weights_loaded)."""
         if kind not in self.kinds:
             yield model
             return
-        params = dict(model.named_parameters())
-        raw = {n: p.detach().clone() for n, p in params.items()}
-        try:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(self.kinds[kind][name])
+        with weights_loaded(model, self.kinds[kind]):
             yield model
-        finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(raw[name])
 
     def write_posthoc(self, run_dir: str | Path, images_seen: int, step: int) -> None:
         """Rank 0: the power-function EMAs' weights now (small: weights only), for post-hoc EMA."""

@@ -9,47 +9,37 @@ metrics.json (`fid_posthoc`), a table in the log, RUN_DIR/fid_vs_ema_length.png 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
-import torch
-
 from .checkpoint import model_state_dict, read_state
-from .ema import posthoc_weights
+from .ema import posthoc_weights, weights_loaded
 from .evaluation import run_metrics
 
 log = logging.getLogger("lfbm_dist")
 FIGURE = "fid_vs_ema_length.png"
 
 
-@contextlib.contextmanager
-def _weights(model: torch.nn.Module, named: dict[str, torch.Tensor]):
-    """The model with these parameter values inside (the ones it had restored after)."""
-    params = dict(model.named_parameters())
-    kept = {n: p.detach().clone() for n, p in params.items()}
-    try:
-        with torch.no_grad():
-            for name, value in named.items():
-                params[name].copy_(value.to(params[name].device, params[name].dtype))
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(kept[name])
+def fid_count(lengths: list[float]) -> int:
+    """How many FIDs fid_by_ema_length computes: the raw weights', the half-life EMA's and one per length."""
+    return len(lengths) + 2 if lengths else 0
 
 
 def fid_by_ema_length(model, cfg, run_dir: Path, ckpt: Path, lengths: list[float], comm, chain, **kw) -> dict:
     """Collective: FID of the raw weights, the half-life EMA and each post-hoc EMA length."""
     images_seen = int(ckpt.name.split("-")[1]) if ckpt.name.startswith("ckpt-") else None
     state = read_state(ckpt)
-    candidates = {"raw": model_state_dict(state, "raw"), "ema": model_state_dict(state, "ema")}
-    for length in lengths:
-        candidates[f"{length:g}"] = posthoc_weights(run_dir, length, images_seen)
+    names = {n for n, _ in model.named_parameters()}
+
+    def candidates():  # one set of weights at a time (a 256² model's seven would be 1.4 GB at once)
+        yield "raw", model_state_dict(state, "raw")
+        yield "ema", model_state_dict(state, "ema")
+        for length in lengths:
+            yield f"{length:g}", posthoc_weights(run_dir, length, images_seen)
+
     fids = {}
-    for name, weights in candidates.items():
-        params = {k: v for k, v in weights.items() if k in dict(model.named_parameters())}
-        with _weights(model, params):
+    for name, weights in candidates():
+        with weights_loaded(model, {k: v for k, v in weights.items() if k in names}):
             fids[name] = run_metrics(model, cfg, ["fid"], kw["device"], comm, chain=chain)["fid"]
         log.info("FID %.3f with %s", fids[name], name if name in ("raw", "ema") else f"post-hoc EMA σ_rel {name}")
     return {
