@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from lfbm_dist.config import load_config  # noqa: E402
 from lfbm_dist.training.build import build_model, count_parameters  # noqa: E402
+from lfbm_dist.training.engine.launch import join_process_group  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
-    torch_dist.init_process_group("nccl" if cuda else "gloo")
+    join_process_group("nccl" if cuda else "gloo", timedelta(minutes=5))  # the trainer's own (see there)
     rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     cfg = load_config(ROOT / "configs" / f"{args.config}.yaml")
@@ -69,9 +71,7 @@ def main() -> None:
                 indent=2,
             )
         )
-    # Every rank past its last all_reduce before any tears gloo down (as Engine.end does): a rank that
-    # destroyed its group while the other still finished the transfer aborted ("terminate called without an
-    # active exception", 4 of 12 runs on 2 idle cores; 0 of 12 with the barrier).
+    # Every rank past its last all_reduce before any tears gloo down (as Engine.end does).
     torch_dist.barrier()
     torch_dist.destroy_process_group()
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import PYTHON, ROOT
 from launch import command, env, finished_run, launch_script, run
 
 from lfbm_dist import state_schema as schema
@@ -234,3 +234,40 @@ def test_posterior_inference_uses_no_collectives(tmp_path, kind):
         assert r["inference"] == 0, r
         assert r["inference_compiled"] == 0 and r["compile_fallback"] is None, r
         assert r["learning"] > 0, r
+
+
+_GROUP_ENDS_WITH_ITS_THREADS = """
+import json, os, sys
+from datetime import timedelta
+import torch, torch.distributed as dist
+from lfbm_dist.config import load_config
+from lfbm_dist.training.build import build_model
+from lfbm_dist.training.engine.launch import join_process_group
+assert "torch._dynamo" not in sys.modules  # started cold, as a user's rank starts
+join_process_group("gloo", timedelta(seconds=60))
+build_model(load_config("configs/test_tiny.yaml"))  # its meta-device size check imports torch._dynamo
+buf = torch.ones(64)
+dist.all_reduce(buf)
+dist.barrier()
+dist.destroy_process_group()
+print(json.dumps(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))))
+"""
+
+
+def test_destroying_the_group_joins_its_gloo_threads_so_a_finished_rank_cannot_abort_at_exit():
+    # A gloo worker thread still alive when the interpreter finalizes may be releasing the last
+    # collective's tensor and abort the finished process (exit −6, a race). Deterministic here: after
+    # destroy_process_group no worker thread of the group may remain.
+    from launch import free_port
+
+    proc = subprocess.run(
+        [PYTHON, "-c", _GROUP_ENDS_WITH_ITS_THREADS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not [t for t in threads if "gloo" in t], threads
