@@ -43,6 +43,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ok(proc):
+    """proc, asserted to have exited 0; else its exit status and the ends of its output, in full (a str
+    message: pytest shortens any other kind to a line, which hid a failing run's own error)."""
+    assert proc.returncode == 0, (
+        f"exit status {proc.returncode}\n--- stdout (end) ---\n{proc.stdout[-2000:]}\n"
+        f"--- stderr (end) ---\n{proc.stderr[-6000:]}"
+    )
+    return proc
+
+
 def command(kind: str, *args: str) -> list[str]:
     if kind == "single":
         return [PYTHON, "-m", "lfbm_dist.train", *args]

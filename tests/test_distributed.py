@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import PYTHON, ROOT
 from launch import command, env, finished_run, launch_script, run
+from launch import ok as _ok
 
 from lfbm_dist import state_schema as schema
 from lfbm_dist.export import checkpoint_state_dict, export, load_exported
@@ -19,11 +20,6 @@ from lfbm_dist.training.checkpoint import latest, list_complete, read_state
 
 TINY = ["--config", "configs/test_tiny.yaml"]
 pytestmark = pytest.mark.slow
-
-
-def _ok(proc):
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
-    return proc
 
 
 # name: (launch, args, Langevin chains at a time, learning micro-batch); CPU auto: one micro-batch

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import stopped_at
+from launch import ok as _ok
 from launch import run
 from safetensors.torch import load_file
 from shard_helpers import write_shards
@@ -18,11 +19,6 @@ from lfbm_dist.training.checkpoint import latest, read_state
 pytestmark = pytest.mark.slow
 TINY = ["--config", "configs/test_tiny.yaml"]
 KIND = {1: "single", 2: "ddp2", 4: "ddp4"}
-
-
-def _ok(proc):
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
-    return proc
 
 
 def _global_batches(keys_dir) -> dict[int, list[str]]:

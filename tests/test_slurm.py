@@ -7,6 +7,7 @@ import time
 import pytest
 import yaml
 from launch import env, script
+from launch import ok as _ok
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 from lfbm_dist import state_schema as schema
@@ -30,11 +31,6 @@ def launcher(*args, timeout=600, **extra_env):
     import os
 
     return script(LAUNCHER, *args, timeout=timeout, SLURM_CONF=os.environ["SLURM_CONF"], **extra_env)
-
-
-def _ok(proc):
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    return proc
 
 
 def test_two_task_cpu_training_job_then_resubmitted_on_one_task_resumes_the_run(cluster, tmp_path):

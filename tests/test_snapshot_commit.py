@@ -7,6 +7,7 @@ import itertools
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,19 +16,19 @@ from lfbm_dist import state_schema as schema
 from lfbm_dist.training import checkpoint
 from lfbm_dist.training.checkpoint import CheckpointError, latest, list_complete, read_state
 from lfbm_dist.training.hooks import Hooks
-from lfbm_dist.training.snapshots import _Job, poll_pauses
+from lfbm_dist.training.snapshots import Snapshots, _Job, poll_pauses
 
 STATE = {f"param/w{i}": torch.full((64,), float(i)) for i in range(4)}
 
 
-def _job(run_dir: Path, images: int, rank: int, world: int = 2, **kw) -> _Job:
+def _job(run_dir: Path, images: int, rank: int, world: int = 2, state: dict = STATE, **kw) -> _Job:
     root = checkpoint.checkpoint_root(run_dir)
     name = f"ckpt-{images:012d}"
     return _Job(
         tmp=root / f"{name}.tmp",
         final=root / name,
-        state=STATE,
-        shards=checkpoint.plan_shards(STATE, 300),  # 4 files of one tensor: two per rank
+        state=state,
+        shards=checkpoint.plan_shards(state, 300),  # 4 files of one tensor: two per rank
         rank=rank,
         world_size=world,
         texts={schema.TRAINER_STATE: json.dumps({schema.IMAGES_SEEN: images}), schema.CONFIG: "train: {}\n"},
@@ -148,3 +149,30 @@ def test_a_run_directory_that_another_rank_does_not_see_is_one_line_at_start(tmp
     with pytest.raises(ConfigError, match=r"is not shared: rank\(s\) 1 do not see what rank 0 wrote there"):
         check_shared_run_dir(TwoRankStandIn(other_sees_it=False), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+class _SlowToFree(dict):
+    """A state copy whose release takes a while (as a large one's does): until `released` is set."""
+
+    released = threading.Event()
+
+    def __del__(self):
+        self.released.wait(30)
+
+
+def test_a_stopping_rank_joins_its_writer_so_its_state_copy_is_not_freed_as_the_interpreter_ends(run_dir):
+    # A rank other than 0 that stops after an error: its writer's part is written and the thread then
+    # frees its copy of the state. Were the process to exit then, that would happen during interpreter
+    # finalization, where torch's tensor deallocation aborts a daemon thread (exit −6, not the rank's
+    # error). settle() returns only once the writer thread has ended.
+    job = _job(run_dir, 64, rank=1, state=_SlowToFree(STATE))
+    job.tmp.mkdir(parents=True)
+    snapshots = Snapshots(SimpleNamespace(rank=1), cfg=None)
+    snapshots.start(job)
+    part_done, job = job.part_done, None  # the writer holds the only reference now
+    assert part_done.wait(30)
+    assert snapshots.writing  # its part is written; it is still releasing the state copy
+    threading.Timer(0.2, _SlowToFree.released.set).start()
+    snapshots.settle()
+    assert not snapshots.writing
+    assert (checkpoint.checkpoint_root(run_dir) / "ckpt-000000000064.tmp" / ".done-rank1").is_file()

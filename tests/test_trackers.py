@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from launch import free_port, module, run
+from launch import ok as _ok
 from mlflow_server import mlflow_server
 from tb_read import hparams_of, read_events, scalar_series
 from wandb_read import run_contents
@@ -21,11 +22,6 @@ from wandb_read import run_contents
 from lfbm_dist.config import load_config
 
 TINY = ["--config", "configs/test_tiny.yaml"]
-
-
-def _ok(proc):
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
-    return proc
 
 
 @pytest.mark.slow

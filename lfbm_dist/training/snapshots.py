@@ -216,9 +216,19 @@ class Snapshots:
             job.run()
             self.engine.barrier()  # every rank returns once the checkpoint is in place
             return
+        self.start(job)
+
+    def start(self, job: _Job) -> None:
+        """Write `job` in a daemon thread (this rank's part; rank 0 then commits every part)."""
         self._part_done = job.part_done  # not the job: its state copy is freed when the thread ends
+        name = job.final.name
         self._thread = threading.Thread(target=self._background, args=(job,), name=f"snapshot {name}", daemon=True)
         self._thread.start()
+
+    @property
+    def writing(self) -> bool:
+        """A background write's thread is still alive (its part, its commit, or freeing its state copy)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _assert_finite_everywhere(self, state: dict) -> None:
         """No checkpoint may hold NaN/Inf. Each rank checks its own part; one vote, so all refuse together."""
@@ -246,15 +256,20 @@ class Snapshots:
     def settle(self) -> None:
         """On the way out after an error (no collectives: other ranks may be gone). The writer thread is
         a daemon, so without this the process's exit would cut its part short and rank 0's commit would
-        never see it: the restart would resume from the snapshot before."""
+        never see it: the restart would resume from the snapshot before.
+
+        Joined on every rank, not only waited for until its part is written: a writer still ending when
+        the interpreter finalizes frees its copy of the state there, and torch releases the GIL inside a
+        tensor's deallocation, so that daemon thread is ended through C++ frames and the stopping rank
+        aborts ("terminate called without an active exception", exit −6) instead of exiting with its error."""
         thread, part_done = self._thread, self._part_done
         if thread is None or part_done is None or not thread.is_alive():
             return
         part_done.wait(PART_GRACE_S)
-        if self.engine.rank == 0:
-            thread.join(COMMIT_GRACE_S)
-            if thread.is_alive():
-                log.warning("lfbm_dist: %s was not complete when this process stopped; it is not used", thread.name)
+        thread.join(COMMIT_GRACE_S)  # another rank's writer ends once its part is written; rank 0's commits
+        if thread.is_alive():
+            what = "was not complete" if self.engine.rank == 0 else "was still being written"
+            log.warning("lfbm_dist: %s %s when this process stopped; it is not used", thread.name, what)
 
     def wait(self) -> None:
         """Until the snapshot in flight is on disk; raises its failure."""
