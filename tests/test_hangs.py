@@ -17,7 +17,6 @@ import yaml
 from conftest import ROOT
 from launch import command, env, run
 
-from lfbm_dist import state_schema as schema
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state, verify
 from lfbm_dist.training.runlock import LOCK_NAME, RunDirLocked, RunLock
 
@@ -72,22 +71,29 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_two_launches_on_one_run_directory_at_the_same_moment(tmp_path):
     """A double submission, three times: exactly one trains, the other is refused in one line naming
-    the holder, and every checkpoint marked complete has all its files (their digests verified)."""
+    the holder, and every checkpoint marked complete has all its files (their digests verified).
+    The one that trains is stopped (SIGTERM: checkpoint, exit 143) only after the other has ended, so it
+    holds the lease when the other asks however slowly either starts: a short run could finish and
+    free the folder before a late second process looked."""
     for attempt in range(3):
         run_dir = tmp_path / f"r{attempt}"
-        both = [_start("single", run_dir, "train.total_kimg=0.064", f"train.seed={s}", LFBM_FAULT_STEP_SLEEP="0.3")
-                for s in (1, 2)]  # fmt: skip
-        outs = [p.communicate(timeout=300) for p in both]
-        codes = sorted(p.returncode for p in both)
-        assert codes == [0, 2], (codes, [o[1][-1500:] for o in outs])
-        (refused,) = [err for p, (_, err) in zip(both, outs) if p.returncode == 2]
-        (line,) = _errors(refused)
+        both = [_start("single", run_dir, "train.total_kimg=10", "train.snapshot_every_kimg=0.016", f"train.seed={s}",
+                       LFBM_FAULT_STEP_SLEEP="0.3") for s in (1, 2)]  # fmt: skip
+        _wait_for(lambda both=both: any(p.poll() is not None for p in both), 300, "one of the two to end")
+        ended = [p for p in both if p.poll() is not None]
+        assert len(ended) == 1, [(p.returncode, p.communicate()[1][-1500:]) for p in ended]  # not both
+        refused, winner = ended[0], next(p for p in both if p is not ended[0])
+        _, refused_err = refused.communicate(timeout=60)
+        assert refused.returncode == 2, (refused.returncode, refused_err[-1500:])
+        (line,) = _errors(refused_err)
         assert line.startswith(f"error: train.run_dir {run_dir} is in use by another job (host "), line
-        winner = next(p for p in both if p.returncode == 0)
         assert f"pid {winner.pid}" in line and "give this one another train.run_dir" in line, line
+        _wait_for(lambda d=run_dir: latest(d) is not None, 120, "the winner's first checkpoint")  # it is training
+        os.killpg(winner.pid, signal.SIGTERM)
+        _, winner_err = winner.communicate(timeout=120)
+        assert winner.returncode == 143, (winner.returncode, winner_err[-1500:])  # a graceful stop
         complete = list_complete(run_dir)
         assert complete and all(verify(c) for c in complete)  # every file there, every digest right
-        assert schema.trainer_state(latest(run_dir))[schema.STEPS_DONE] == 8
         seed = {both[0].pid: 1, both[1].pid: 2}[winner.pid]
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"] == seed  # the winner's
         assert not (run_dir / LOCK_NAME).exists()  # released at the end
