@@ -21,6 +21,7 @@ from shard_helpers import write_shards
 
 from lfbm_dist import state_schema as schema
 from lfbm_dist.training.checkpoint import latest, list_complete, read_state
+from lfbm_dist.training.signals import SAME_SIGNAL_S
 
 TINY = ["--config", "configs/test_tiny.yaml"]
 pytestmark = pytest.mark.slow
@@ -506,21 +507,40 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_bitwise(tmp_path, kin
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
+    """The first SIGINT asks for a checkpoint and an exit; a second one, later than the launcher's
+    forwarding of the first, exits at once. The checkpoint write is slowed to a minute (a slow disk), so
+    the process is still writing it when the second signal comes, however fast the machine; the second is
+    sent only once the first is seen handled, so their gap is past SAME_SIGNAL_S however late the first
+    handler ran."""
     proc = subprocess.Popen(
         command("single", *TINY, f"train.run_dir={tmp_path}/r", "train.total_kimg=10"),
         cwd=ROOT,
-        env=env(LFBM_FAULT_STEP_SLEEP="2"),
+        env=env(LFBM_FAULT_STEP_SLEEP="0.2", LFBM_FAULT_SLOW_WRITE_S="60"),
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not (tmp_path / "r/tensorboard").exists():
+    lines: list[str] = []
+    handled = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "SIGINT: finishing this step" in line:
+                handled.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while not (tmp_path / "r/tensorboard").exists():  # made after the signal handlers are installed
+        assert proc.poll() is None, "".join(lines)[-3000:]
         time.sleep(0.1)
-    time.sleep(1.0)  # inside the first step
     proc.send_signal(signal.SIGINT)
-    time.sleep(2.5)  # a second Ctrl-C, not the launcher forwarding the first
+    assert handled.wait(120), "".join(lines)[-3000:]
+    time.sleep(SAME_SIGNAL_S + 0.5)  # not the launcher forwarding the first
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "exiting at once" in err
+    proc.wait(timeout=30)  # not the minute of the slowed checkpoint
+    reader.join(30)
+    err = "".join(lines)
+    assert proc.returncode == 130 and "exiting at once" in err, (proc.returncode, err[-3000:])
 
 
 # ------------------------------------------------------------------------------ run directories
