@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from conftest import PYTHON, ROOT
-from launch import command, env, finished_run, launch_script, run
+from launch import command, env, finished_run, free_port, launch_script, run
 from launch import ok as _ok
 
 from lfbm_dist import state_schema as schema
@@ -254,16 +254,15 @@ def test_destroying_the_group_joins_its_gloo_threads_so_a_finished_rank_cannot_a
     # A gloo worker thread still alive when the interpreter finalizes may be releasing the last
     # collective's tensor and abort the finished process (exit −6, a race). Deterministic here: after
     # destroy_process_group no worker thread of the group may remain.
-    from launch import free_port
-
-    proc = subprocess.run(
-        [PYTHON, "-c", _GROUP_ENDS_WITH_ITS_THREADS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"),
+    proc = _ok(
+        subprocess.run(
+            [PYTHON, "-c", _GROUP_ENDS_WITH_ITS_THREADS],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"),
+        )
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     threads = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not [t for t in threads if "gloo" in t], threads

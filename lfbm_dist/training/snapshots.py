@@ -221,8 +221,9 @@ class Snapshots:
     def start(self, job: _Job) -> None:
         """Write `job` in a daemon thread (this rank's part; rank 0 then commits every part)."""
         self._part_done = job.part_done  # not the job: its state copy is freed when the thread ends
-        name = job.final.name
-        self._thread = threading.Thread(target=self._background, args=(job,), name=f"snapshot {name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._background, args=(job,), name=f"snapshot {job.final.name}", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -249,7 +250,7 @@ class Snapshots:
 
     def failed(self) -> CheckpointError | None:
         """This rank's finished background write's failure (no wait): the step's guard votes on it."""
-        if self._thread is not None and not self._thread.is_alive():
+        if not self.writing:
             self._thread = None
         return self._error if self._thread is None else None
 
@@ -263,7 +264,7 @@ class Snapshots:
         tensor's deallocation, so that daemon thread is ended through C++ frames and the stopping rank
         aborts ("terminate called without an active exception", exit −6) instead of exiting with its error."""
         thread, part_done = self._thread, self._part_done
-        if thread is None or part_done is None or not thread.is_alive():
+        if not self.writing or part_done is None:
             return
         part_done.wait(PART_GRACE_S)
         thread.join(COMMIT_GRACE_S)  # another rank's writer ends once its part is written; rank 0's commits
